@@ -1,0 +1,267 @@
+//! The only code that touches YAML: [`load`] reads a file into a validated [`Config`].
+//!
+//! After this module nothing is a bare string standing for a URL, a duration, a schedule, a
+//! method or a regex: the rest of the program works with checked types.
+
+mod raw;
+pub mod secret;
+mod validate;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use url::Url;
+
+pub use secret::Secret;
+pub use values::{DivaltoMode, StatusMatcher};
+
+use crate::schedule::Schedule;
+
+/// Path used when `--config.file` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/webhook-exporter.yaml";
+/// Default of `max_concurrent_probes`: enough for hundreds of probes, far below file limits.
+pub const DEFAULT_MAX_CONCURRENT_PROBES: usize = 256;
+/// Default of `history_size`.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+
+/// A validated configuration, shared read-only by the scheduler and the HTTP side.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    /// Global cap on runs in flight.
+    pub max_concurrent_probes: usize,
+    /// Results kept per probe.
+    pub history_size: usize,
+    /// Buckets of `webhook_probe_duration_seconds`, in seconds.
+    pub duration_buckets: Vec<f64>,
+    /// Servers by name.
+    pub servers: BTreeMap<String, Server>,
+    /// Probes in file order.
+    pub probes: Vec<Arc<ProbeSpec>>,
+}
+
+/// A Divalto REST base, as far as the scheduler cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Its name in the file.
+    pub name: String,
+    /// Runs in flight against it at once (`None`: only the global cap applies).
+    pub max_concurrent: Option<usize>,
+}
+
+/// Everything needed to run one probe, defaults and server settings already merged in.
+#[derive(Debug)]
+pub struct ProbeSpec {
+    /// Unique name, the `probe` label.
+    pub name: String,
+    /// Server the probe belongs to, for the per-server concurrency cap.
+    pub server: Option<String>,
+    /// The URL called, with its secret.
+    pub target: Target,
+    /// HTTP method.
+    pub method: Method,
+    /// Request headers (values never shown).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Static labels added to every series of the probe.
+    pub labels: BTreeMap<String, String>,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// Budget of one whole run.
+    pub timeout: Duration,
+    /// Extra attempts inside one run.
+    pub retries: u32,
+    /// Pause between attempts.
+    pub retry_delay: Duration,
+    /// Whether 3xx answers are followed.
+    pub follow_redirects: bool,
+    /// Largest body read before `body_too_large`.
+    pub max_body_bytes: u64,
+    /// TLS client configuration, built once at load time.
+    pub tls: TlsClient,
+    /// What counts as success.
+    pub expect: Expect,
+}
+
+impl ProbeSpec {
+    /// `text` with every secret of this probe redacted: for messages that might quote the
+    /// URL (redirect targets, errors).
+    pub fn redact(&self, text: &str) -> String {
+        self.target.redact(text)
+    }
+}
+
+/// The URL of a probe and the secrets inside it.
+#[derive(Clone)]
+pub struct Target {
+    /// The full URL, secret included: only the request builder reads it.
+    pub url: Url,
+    /// Each way a secret may be spelled in text (raw, percent-encoded), with its redacted form.
+    redactions: Vec<(String, String)>,
+}
+
+impl Target {
+    /// A target whose URL holds `secrets` (the webhook code, a URL password).
+    pub fn new(url: Url, secrets: &[Secret]) -> Self {
+        let mut redactions = Vec::new();
+        for secret in secrets.iter().filter(|s| !s.expose().is_empty()) {
+            let raw = secret.expose();
+            let form_encoded: String = url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
+            for form in [raw.to_owned(), form_encoded, path_encoded(raw)] {
+                if !redactions.iter().any(|(known, _)| *known == form) {
+                    redactions.push((form, secret.redacted()));
+                }
+            }
+        }
+        // Longest first, so an encoded form is replaced before a raw substring of it.
+        redactions.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+        Self { url, redactions }
+    }
+
+    /// The URL as shown to people: `https://host/api/v1/WebHook/MONW…3F53?dos=998`.
+    pub fn redacted(&self) -> String {
+        self.redact(self.url.as_str())
+    }
+
+    /// `text` with each secret, in any of its spellings, replaced by its redacted form.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (form, replacement) in &self.redactions {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), replacement);
+            }
+        }
+        out
+    }
+}
+
+/// `raw` as the `url` crate writes it in one path segment.
+fn path_encoded(raw: &str) -> String {
+    let mut url = Url::parse("http://localhost/").expect("a constant, valid URL");
+    url.path_segments_mut()
+        .expect("an http URL has path segments")
+        .push(raw);
+    url.path()[1..].to_owned()
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({})", self.redacted())
+    }
+}
+
+/// TLS settings of a probe and the client configuration built from them.
+#[derive(Clone)]
+pub struct TlsClient {
+    /// The settings as configured, for display.
+    pub settings: TlsSettings,
+    /// The rustls configuration every run of the probe reuses.
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.settings.fmt(f)
+    }
+}
+
+/// TLS client settings after merging.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// Accept any certificate.
+    pub insecure_skip_verify: bool,
+    /// CAs trusted instead of the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// Key of the client certificate.
+    pub key_file: Option<PathBuf>,
+    /// Name checked in the certificate, when not the URL host.
+    pub server_name: Option<String>,
+}
+
+/// What counts as a successful run.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    /// Accepted HTTP statuses.
+    pub status: Vec<StatusMatcher>,
+    /// Use of the Divalto code.
+    pub divalto: DivaltoMode,
+    /// Divalto codes meaning success.
+    pub success_codes: Vec<String>,
+    /// The body must match this.
+    pub body_matches: Option<regex::Regex>,
+    /// The body must not match this.
+    pub body_not_matches: Option<regex::Regex>,
+}
+
+/// A config problem, pointing at the file and, when known, the line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, 0 when the position is unknown.
+    pub line: u64,
+    /// 1-based column, 0 when the position is unknown.
+    pub column: u64,
+    /// What is wrong and how to fix it; secrets already redacted.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        if self.line > 0 {
+            write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)
+        } else {
+            write!(f, "{file}: {}", self.message)
+        }
+    }
+}
+
+/// All the problems found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, parses and validates the config file at `path`.
+///
+/// # Errors
+/// Every problem found, each with the file, line and column and the fix.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` is used in messages and to resolve nothing else.
+///
+/// # Errors
+/// As [`load`].
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    validate::parse(path, text)
+}

@@ -1,0 +1,133 @@
+//! The config file exactly as written: serde structs, unknown keys rejected.
+//!
+//! Scalars are already typed (see [`super::values`]); what needs more than one field at a
+//! time (merging defaults, server and probe; timeout against interval; server references)
+//! happens in [`super::validate`]. `Spanned` keeps the position of the values those checks
+//! may have to point at.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::values::{
+    ByteSize, CronValue, DivaltoMode, DurationValue, HeaderKey, LabelKey, MethodValue, RegexValue,
+    SecretText, StatusMatcher, Text, TimeZoneValue,
+};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Global cap on runs in flight.
+    pub max_concurrent_probes: Option<Spanned<usize>>,
+    /// Results kept per probe for the API and the status page.
+    pub history_size: Option<Spanned<usize>>,
+    /// Upper bounds (seconds) of `webhook_probe_duration_seconds`.
+    pub duration_buckets: Option<Spanned<Vec<f64>>>,
+    /// Settings every probe inherits.
+    #[serde(default)]
+    pub defaults: Option<Spanned<RawProbe>>,
+    /// Named Divalto REST bases.
+    #[serde(default)]
+    pub servers: BTreeMap<String, Spanned<RawServer>>,
+    /// The probes.
+    #[serde(default)]
+    pub probes: Vec<Spanned<RawProbe>>,
+}
+
+/// A Divalto REST base shared by probes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// `https://api.divaltocloud.com/123456/TEST1`.
+    pub base_url: Spanned<Text>,
+    /// Path between the base and the code; `/api/v1/WebHook` by default.
+    pub webhook_path: Option<Text>,
+    /// Runs in flight against this server at once.
+    pub max_concurrent: Option<Spanned<usize>>,
+    /// Headers for every probe of the server.
+    pub headers: Option<BTreeMap<HeaderKey, Text>>,
+    /// Query parameters for every probe of the server.
+    pub params: Option<BTreeMap<Text, Text>>,
+    /// Static labels for every probe of the server.
+    pub labels: Option<BTreeMap<LabelKey, Text>>,
+    /// TLS settings for every probe of the server.
+    pub tls: Option<RawTls>,
+}
+
+/// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    /// Unique name, the `probe` label.
+    pub name: Option<Spanned<String>>,
+    /// Name of a server in `servers`.
+    pub server: Option<Spanned<String>>,
+    /// The webhook code.
+    pub code: Option<Spanned<SecretText>>,
+    /// A file holding the webhook code.
+    pub code_file: Option<Spanned<Text>>,
+    /// A full URL, instead of server + code.
+    pub url: Option<Spanned<Text>>,
+    /// Fixed period between runs.
+    pub interval: Option<Spanned<DurationValue>>,
+    /// Cron expression, instead of an interval.
+    pub schedule: Option<Spanned<CronValue>>,
+    /// Zone of the cron expression.
+    pub timezone: Option<TimeZoneValue>,
+    /// Budget of one whole run.
+    pub timeout: Option<Spanned<DurationValue>>,
+    /// HTTP method.
+    pub method: Option<MethodValue>,
+    /// Request headers (merged).
+    pub headers: Option<BTreeMap<HeaderKey, Text>>,
+    /// Query parameters (merged).
+    pub params: Option<BTreeMap<Text, Text>>,
+    /// Static labels (merged).
+    pub labels: Option<BTreeMap<LabelKey, Text>>,
+    /// Extra attempts inside one run.
+    pub retries: Option<u32>,
+    /// Pause between attempts.
+    pub retry_delay: Option<DurationValue>,
+    /// Whether 3xx answers are followed.
+    pub follow_redirects: Option<bool>,
+    /// Largest body read.
+    pub max_body_bytes: Option<ByteSize>,
+    /// TLS client settings.
+    pub tls: Option<RawTls>,
+    /// What counts as success.
+    pub expect: Option<RawExpect>,
+}
+
+/// TLS client settings; each key overrides on its own.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Accept any certificate (testing only).
+    pub insecure_skip_verify: Option<bool>,
+    /// PEM bundle of CAs to trust instead of the system store.
+    pub ca_file: Option<Spanned<Text>>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert_file: Option<Spanned<Text>>,
+    /// Key of the client certificate (PEM).
+    pub key_file: Option<Spanned<Text>>,
+    /// Name sent in SNI and checked in the certificate, when not the URL host.
+    pub server_name: Option<Text>,
+}
+
+/// Success rules; each key overrides on its own.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    /// Accepted HTTP statuses.
+    pub status: Option<Vec<StatusMatcher>>,
+    /// Use of the Divalto code.
+    pub divalto: Option<DivaltoMode>,
+    /// Divalto codes that mean success.
+    pub success_codes: Option<Vec<Text>>,
+    /// The body must match this.
+    pub body_matches: Option<RegexValue>,
+    /// The body must not match this.
+    pub body_not_matches: Option<RegexValue>,
+}

@@ -1,0 +1,560 @@
+//! Raw file -> [`Config`]: merging defaults, servers and probes, and the checks that need
+//! more than one value at a time. Every error names the file, the position and the fix.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use http::{HeaderName, HeaderValue};
+use serde_saphyr::{Location, Spanned};
+use url::Url;
+
+use super::raw::{RawConfig, RawExpect, RawProbe, RawServer, RawTls};
+use super::values::{DivaltoMode, StatusMatcher, Text};
+use super::{
+    Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES,
+    Expect, ProbeSpec, Secret, Server, Target, TlsClient, TlsSettings,
+};
+use crate::schedule::Schedule;
+
+/// Interval of a probe that sets neither an interval nor a schedule.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Budget of a run when no timeout is set.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts when none is set.
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Body cap when none is set.
+const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+/// Path between a server's base URL and the webhook code.
+const DEFAULT_WEBHOOK_PATH: &str = "/api/v1/WebHook";
+/// Buckets suited to webhook latencies: an ERP answers in tens of ms to a few seconds.
+pub const DEFAULT_DURATION_BUCKETS: &[f64] =
+    &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Collects errors with their positions while validation goes on, so one run of
+/// `check-config` reports every problem, not just the first.
+struct Errors<'a> {
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, location: Location, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_owned(),
+            line: location.line(),
+            column: location.column(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Parses `text` (the content of `path`) and validates it.
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+        let location = e.location().unwrap_or(Location::UNKNOWN);
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: location.line(),
+            column: location.column(),
+            message: yaml_message(&e),
+        }])
+    })?;
+    let mut errors = Errors { file: path, list: Vec::new() };
+    let config = build(path, raw, &mut errors);
+    if errors.list.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors.list))
+    }
+}
+
+/// The message of a YAML error without its position (we print that ourselves) and with a
+/// hint where serde's wording is not obvious to an operator.
+fn yaml_message(error: &serde_saphyr::Error) -> String {
+    let options = serde_saphyr::render_options! {
+        formatter: &serde_saphyr::UserMessageFormatter,
+        snippets: serde_saphyr::SnippetMode::Off,
+    };
+    let rendered = error.without_snippet().render_with_options(options);
+    let message = strip_position_suffix(rendered.trim());
+    if message.contains("unknown field") {
+        format!("{message}; check the spelling or remove the key")
+    } else if message.contains("duplicate") {
+        format!("{message}; each key may appear once")
+    } else {
+        message.to_owned()
+    }
+}
+
+/// Drops a trailing ` at line N column M` that the YAML library appends.
+fn strip_position_suffix(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(pos) if message[pos..].contains("column") => &message[..pos],
+        _ => message,
+    }
+}
+
+fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
+    let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+
+    let max_concurrent_probes = positive(raw.max_concurrent_probes, DEFAULT_MAX_CONCURRENT_PROBES, "max_concurrent_probes", errors);
+    let history_size = positive(raw.history_size, DEFAULT_HISTORY_SIZE, "history_size", errors);
+    let duration_buckets = match raw.duration_buckets {
+        None => DEFAULT_DURATION_BUCKETS.to_vec(),
+        Some(buckets) => {
+            let increasing = buckets.value.windows(2).all(|w| w[0] < w[1]);
+            let valid = !buckets.value.is_empty() && increasing && buckets.value.iter().all(|b| b.is_finite() && *b > 0.0);
+            if !valid {
+                errors.at(buckets.referenced, "duration_buckets: list positive, strictly increasing upper bounds in seconds, e.g. [0.1, 0.5, 1, 5]");
+            }
+            buckets.value
+        }
+    };
+
+    let defaults = raw.defaults.map(|d| {
+        for (key, location) in probe_only_keys(&d.value) {
+            errors.at(location, format!("defaults.{key}: only a probe can set {key}; move it into the probes that need it"));
+        }
+        d.value
+    }).unwrap_or_default();
+
+    let servers: BTreeMap<String, ResolvedServer> = raw
+        .servers
+        .into_iter()
+        .filter_map(|(name, server)| {
+            let resolved = resolve_server(&name, server, errors)?;
+            Some((name, resolved))
+        })
+        .collect();
+
+    let mut tls_cache = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut probes = Vec::new();
+    for (index, probe) in raw.probes.into_iter().enumerate() {
+        let Some(name) = probe_name(index, &probe, &mut seen, errors) else { continue };
+        let context = ProbeContext { index, name: &name, base_dir: &base_dir, defaults: &defaults, servers: &servers };
+        if let Some(spec) = context.build(probe, &mut tls_cache, errors) {
+            probes.push(Arc::new(spec));
+        }
+    }
+
+    Config {
+        source: path.to_owned(),
+        max_concurrent_probes,
+        history_size,
+        duration_buckets,
+        servers: servers.into_iter().map(|(name, s)| (name.clone(), Server { name, max_concurrent: s.max_concurrent })).collect(),
+        probes,
+    }
+}
+
+fn positive(value: Option<Spanned<usize>>, default: usize, key: &str, errors: &mut Errors<'_>) -> usize {
+    match value {
+        None => default,
+        Some(v) if v.value == 0 => {
+            errors.at(v.referenced, format!("{key}: must be at least 1"));
+            default
+        }
+        Some(v) => v.value,
+    }
+}
+
+/// Keys a `defaults` block must not carry, with their positions.
+fn probe_only_keys(raw: &RawProbe) -> Vec<(&'static str, Location)> {
+    let mut found = Vec::new();
+    if let Some(v) = &raw.name { found.push(("name", v.referenced)); }
+    if let Some(v) = &raw.server { found.push(("server", v.referenced)); }
+    if let Some(v) = &raw.code { found.push(("code", v.referenced)); }
+    if let Some(v) = &raw.code_file { found.push(("code_file", v.referenced)); }
+    if let Some(v) = &raw.url { found.push(("url", v.referenced)); }
+    found
+}
+
+/// A server with its URL parts checked.
+struct ResolvedServer {
+    base_url: Url,
+    webhook_path: String,
+    max_concurrent: Option<usize>,
+    headers: BTreeMap<String, String>,
+    params: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    tls: RawTls,
+}
+
+fn resolve_server(name: &str, server: Spanned<RawServer>, errors: &mut Errors<'_>) -> Option<ResolvedServer> {
+    let raw = server.value;
+    let base_url = match Url::parse(raw.base_url.value.0.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
+        Ok(_) => {
+            errors.at(raw.base_url.referenced, format!("servers.{name}.base_url: must be an http:// or https:// URL with a host"));
+            return None;
+        }
+        Err(e) => {
+            errors.at(raw.base_url.referenced, format!("servers.{name}.base_url: invalid URL ({e}); write e.g. https://api.divaltocloud.com/123456/TEST1"));
+            return None;
+        }
+    };
+    if let Some(max) = &raw.max_concurrent
+        && max.value == 0
+    {
+        errors.at(max.referenced, format!("servers.{name}.max_concurrent: must be at least 1"));
+    }
+    Some(ResolvedServer {
+        base_url,
+        webhook_path: raw.webhook_path.map_or_else(|| DEFAULT_WEBHOOK_PATH.to_owned(), |p| p.0),
+        max_concurrent: raw.max_concurrent.map(|m| m.value.max(1)),
+        headers: text_map(raw.headers, |k| k.0),
+        params: text_map(raw.params, |k| k.0),
+        labels: text_map(raw.labels, |k| k.0),
+        tls: raw.tls.unwrap_or_default(),
+    })
+}
+
+fn text_map<K>(map: Option<BTreeMap<K, Text>>, key: impl Fn(K) -> String) -> BTreeMap<String, String> {
+    map.unwrap_or_default().into_iter().map(|(k, v)| (key(k), v.0)).collect()
+}
+
+/// Names are label values and URL path parts of the API: keep them to a safe alphabet.
+fn valid_probe_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn probe_name(index: usize, probe: &Spanned<RawProbe>, seen: &mut HashSet<String>, errors: &mut Errors<'_>) -> Option<String> {
+    let Some(name) = &probe.value.name else {
+        errors.at(probe.referenced, format!("probes[{index}]: missing name; give every probe a unique name"));
+        return None;
+    };
+    if !valid_probe_name(&name.value) {
+        errors.at(name.referenced, format!("probes[{index}].name: \"{}\" is not a valid name; use letters, digits, _, . and -", name.value));
+        return None;
+    }
+    if !seen.insert(name.value.clone()) {
+        errors.at(name.referenced, format!("probes[{index}].name: duplicate probe name \"{}\"; names must be unique", name.value));
+        return None;
+    }
+    Some(name.value.clone())
+}
+
+/// What building one probe needs to know about the rest of the file.
+struct ProbeContext<'a> {
+    index: usize,
+    name: &'a str,
+    base_dir: &'a Path,
+    defaults: &'a RawProbe,
+    servers: &'a BTreeMap<String, ResolvedServer>,
+}
+
+impl ProbeContext<'_> {
+    /// `probes[2] "refresh-customer"`: how messages name the probe.
+    fn label(&self) -> String {
+        format!("probes[{}] \"{}\"", self.index, self.name)
+    }
+
+    fn resolve_path(&self, file: &str) -> PathBuf {
+        let path = Path::new(file);
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
+    }
+
+    fn build(
+        &self,
+        probe: Spanned<RawProbe>,
+        tls_cache: &mut HashMap<TlsSettings, Arc<rustls::ClientConfig>>,
+        errors: &mut Errors<'_>,
+    ) -> Option<ProbeSpec> {
+        let at = probe.referenced;
+        let raw = probe.value;
+        let defaults = self.defaults;
+        let label = self.label();
+        let before = errors.list.len();
+
+        let server = match &raw.server {
+            Some(server_ref) => match self.servers.get(&server_ref.value) {
+                Some(server) => Some((server_ref.value.clone(), server)),
+                None => {
+                    let known: Vec<&str> = self.servers.keys().map(String::as_str).collect();
+                    errors.at(server_ref.referenced, format!("{label}.server: unknown server \"{}\"; define it under servers (known: {})", server_ref.value, list_or_none(&known)));
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let target = self.target(at, &raw, server.as_ref().map(|(_, s)| *s), errors)?;
+
+        let schedule = self.schedule(&raw, errors)?;
+        let timeout = raw.timeout.as_ref().or(defaults.timeout.as_ref());
+        let timeout_value = timeout.map_or(DEFAULT_TIMEOUT, |t| t.value.0);
+        if let Some(gap) = schedule.shortest_gap(Utc::now())
+            && timeout_value >= gap
+        {
+            let location = timeout.map_or(at, |t| t.referenced);
+            errors.at(location, format!(
+                "{label}.timeout: {} must be shorter than the time between two runs ({}); lower the timeout or run less often",
+                humantime::format_duration(timeout_value), humantime::format_duration(gap)
+            ));
+        }
+
+        let server_raw = server.as_ref().map(|(_, s)| *s);
+        let headers = self.headers(&raw, server_raw, at, errors);
+        let labels = merge_maps(&defaults.labels, server_raw.map(|s| &s.labels), &raw.labels, |k| k.0.clone());
+        let tls = self.tls(&raw, server_raw, tls_cache, at, errors)?;
+        let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
+
+        if errors.list.len() > before {
+            return None;
+        }
+        Some(ProbeSpec {
+            name: self.name.to_owned(),
+            server: server.map(|(name, _)| name),
+            target,
+            method: raw.method.or_else(|| defaults.method.clone()).map_or(http::Method::GET, |m| m.0),
+            headers,
+            labels,
+            schedule,
+            timeout: timeout_value,
+            retries: raw.retries.or(defaults.retries).unwrap_or(0),
+            retry_delay: raw.retry_delay.or(defaults.retry_delay).map_or(DEFAULT_RETRY_DELAY, |d| d.0),
+            follow_redirects: raw.follow_redirects.or(defaults.follow_redirects).unwrap_or(true),
+            max_body_bytes: raw.max_body_bytes.or(defaults.max_body_bytes).map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
+            tls,
+            expect,
+        })
+    }
+
+    /// The URL: `url`, or the server's base + webhook path + code + params.
+    fn target(&self, at: Location, raw: &RawProbe, server: Option<&ResolvedServer>, errors: &mut Errors<'_>) -> Option<Target> {
+        let label = self.label();
+        let params = merge_maps(&self.defaults.params, server.map(|s| &s.params), &raw.params, |k| k.0.clone());
+        match (&raw.url, server) {
+            (Some(url), Some(_)) => {
+                errors.at(url.referenced, format!("{label}: has both url and server; keep url for a plain URL, or server + code for a Divalto webhook"));
+                None
+            }
+            (None, None) => {
+                errors.at(at, format!("{label}: has neither url nor server; set url, or server + code (or code_file)"));
+                None
+            }
+            (Some(url), None) => {
+                if let Some(code) = raw.code.as_ref().map(|c| c.referenced).or(raw.code_file.as_ref().map(|c| c.referenced)) {
+                    errors.at(code, format!("{label}: code and code_file need a server; with url, put the whole URL in url"));
+                    return None;
+                }
+                let mut parsed = match Url::parse(url.value.0.trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => u,
+                    Ok(_) => {
+                        errors.at(url.referenced, format!("{label}.url: must be an http:// or https:// URL with a host"));
+                        return None;
+                    }
+                    Err(e) => {
+                        errors.at(url.referenced, format!("{label}.url: invalid URL ({e})"));
+                        return None;
+                    }
+                };
+                append_params(&mut parsed, &params);
+                let secrets = secrets_in_url(&parsed);
+                Some(Target::new(parsed, &secrets))
+            }
+            (None, Some(server)) => {
+                let code = self.code(at, raw, errors)?;
+                let mut url = server.base_url.clone();
+                {
+                    let Ok(mut segments) = url.path_segments_mut() else {
+                        errors.at(at, format!("{label}: the server's base_url cannot take a path"));
+                        return None;
+                    };
+                    segments.pop_if_empty();
+                    for part in server.webhook_path.split('/').filter(|p| !p.is_empty()) {
+                        segments.push(part);
+                    }
+                    segments.push(code.expose());
+                }
+                append_params(&mut url, &params);
+                let mut secrets = secrets_in_url(&url);
+                secrets.push(code);
+                Some(Target::new(url, &secrets))
+            }
+        }
+    }
+
+    fn code(&self, at: Location, raw: &RawProbe, errors: &mut Errors<'_>) -> Option<Secret> {
+        let label = self.label();
+        match (&raw.code, &raw.code_file) {
+            (Some(code), None) => Some(code.value.0.clone()),
+            (None, Some(file)) => {
+                let path = self.resolve_path(&file.value.0);
+                match std::fs::read_to_string(&path) {
+                    Ok(content) if !content.trim().is_empty() => Some(Secret::new(content.trim())),
+                    Ok(_) => {
+                        errors.at(file.referenced, format!("{label}.code_file: {} is empty; write the webhook code in it", path.display()));
+                        None
+                    }
+                    Err(e) => {
+                        errors.at(file.referenced, format!("{label}.code_file: cannot read {}: {e}; check the path and its permissions", path.display()));
+                        None
+                    }
+                }
+            }
+            (Some(code), Some(_)) => {
+                errors.at(code.referenced, format!("{label}: has both code and code_file; keep one"));
+                None
+            }
+            (None, None) => {
+                errors.at(at, format!("{label}: a server probe needs code or code_file (the webhook code)"));
+                None
+            }
+        }
+    }
+
+    fn schedule(&self, raw: &RawProbe, errors: &mut Errors<'_>) -> Option<Schedule> {
+        let label = self.label();
+        if let (Some(_), Some(cron)) = (&raw.interval, &raw.schedule) {
+            errors.at(cron.referenced, format!("{label}: has both interval and schedule; keep one"));
+            return None;
+        }
+        // A probe's own interval or schedule wins over either one in defaults.
+        let (interval, cron) = if raw.interval.is_some() || raw.schedule.is_some() {
+            (raw.interval.as_ref(), raw.schedule.as_ref())
+        } else {
+            (self.defaults.interval.as_ref(), self.defaults.schedule.as_ref())
+        };
+        if let Some(cron) = cron {
+            let zone = raw.timezone.or(self.defaults.timezone).map_or(chrono_tz::UTC, |z| z.0);
+            return Some(Schedule::Cron { source: cron.value.source.clone(), cron: cron.value.cron.clone(), zone });
+        }
+        Some(Schedule::Interval(interval.map_or(DEFAULT_INTERVAL, |i| i.value.0)))
+    }
+
+    fn headers(&self, raw: &RawProbe, server: Option<&ResolvedServer>, at: Location, errors: &mut Errors<'_>) -> Vec<(HeaderName, HeaderValue)> {
+        let merged = merge_maps(&self.defaults.headers, server.map(|s| &s.headers), &raw.headers, |k| k.0.clone());
+        let mut headers = Vec::with_capacity(merged.len());
+        for (name, value) in merged {
+            // Names were checked at decode time; values may hold bytes HTTP forbids.
+            let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) else {
+                errors.at(at, format!("{}.headers.{name}: the value holds characters not allowed in an HTTP header (control characters or newlines)", self.label()));
+                continue;
+            };
+            headers.push((name, value));
+        }
+        headers
+    }
+
+    fn tls(
+        &self,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        cache: &mut HashMap<TlsSettings, Arc<rustls::ClientConfig>>,
+        at: Location,
+        errors: &mut Errors<'_>,
+    ) -> Option<TlsClient> {
+        let empty = RawTls::default();
+        let layers = [raw.tls.as_ref().unwrap_or(&empty), server.map_or(&empty, |s| &s.tls), self.defaults.tls.as_ref().unwrap_or(&empty)];
+        let pick = |get: fn(&RawTls) -> Option<&Spanned<Text>>| layers.iter().find_map(|layer| get(layer));
+        let ca = pick(|t| t.ca_file.as_ref());
+        let cert = pick(|t| t.cert_file.as_ref());
+        let key = pick(|t| t.key_file.as_ref());
+        let settings = TlsSettings {
+            insecure_skip_verify: layers.iter().find_map(|l| l.insecure_skip_verify).unwrap_or(false),
+            ca_file: ca.map(|f| self.resolve_path(&f.value.0)),
+            cert_file: cert.map(|f| self.resolve_path(&f.value.0)),
+            key_file: key.map(|f| self.resolve_path(&f.value.0)),
+            server_name: layers.iter().find_map(|l| l.server_name.as_ref()).map(|n| n.0.clone()),
+        };
+        if let Some(config) = cache.get(&settings) {
+            return Some(TlsClient { settings, config: config.clone() });
+        }
+        match crate::probe::tls::client_config(&settings) {
+            Ok(config) => {
+                cache.insert(settings.clone(), config.clone());
+                Some(TlsClient { settings, config })
+            }
+            Err(failure) => {
+                let location = match failure.field {
+                    "ca_file" => ca.map(|f| f.referenced),
+                    "cert_file" => cert.map(|f| f.referenced),
+                    "key_file" => key.map(|f| f.referenced),
+                    _ => None,
+                }
+                .unwrap_or(at);
+                errors.at(location, format!("{}.tls.{}: {}", self.label(), failure.field, failure.message));
+                None
+            }
+        }
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+}
+
+/// Merges a map key the contract's way: defaults, then the server, then the probe.
+fn merge_maps<K>(
+    defaults: &Option<BTreeMap<K, Text>>,
+    server: Option<&BTreeMap<String, String>>,
+    probe: &Option<BTreeMap<K, Text>>,
+    key: impl Fn(&K) -> String,
+) -> BTreeMap<String, String> {
+    let mut merged = BTreeMap::new();
+    for (k, v) in defaults.iter().flatten() {
+        merged.insert(key(k), v.0.clone());
+    }
+    for (k, v) in server.into_iter().flatten() {
+        merged.insert(k.clone(), v.clone());
+    }
+    for (k, v) in probe.iter().flatten() {
+        merged.insert(key(k), v.0.clone());
+    }
+    merged
+}
+
+fn merge_expect(defaults: Option<&RawExpect>, probe: Option<&RawExpect>) -> Expect {
+    let empty = RawExpect::default();
+    let (d, p) = (defaults.unwrap_or(&empty), probe.unwrap_or(&empty));
+    Expect {
+        status: p.status.clone().or_else(|| d.status.clone()).unwrap_or_else(|| vec![StatusMatcher::Code(200)]),
+        divalto: p.divalto.or(d.divalto).unwrap_or(DivaltoMode::Auto),
+        success_codes: p
+            .success_codes
+            .as_ref()
+            .or(d.success_codes.as_ref())
+            .map_or_else(|| vec!["0".to_owned(), "200".to_owned()], |codes| codes.iter().map(|c| c.0.trim().to_owned()).collect()),
+        body_matches: p.body_matches.as_ref().or(d.body_matches.as_ref()).map(|r| r.0.clone()),
+        body_not_matches: p.body_not_matches.as_ref().or(d.body_not_matches.as_ref()).map(|r| r.0.clone()),
+    }
+}
+
+fn append_params(url: &mut Url, params: &BTreeMap<String, String>) {
+    if params.is_empty() {
+        return;
+    }
+    let mut pairs = url.query_pairs_mut();
+    for (key, value) in params {
+        pairs.append_pair(key, value);
+    }
+}
+
+/// Secrets a plain URL may carry: a password, and a Divalto webhook code written by hand
+/// (the path segment after `.../WebHook/`).
+fn secrets_in_url(url: &Url) -> Vec<Secret> {
+    let mut secrets = Vec::new();
+    if let Some(password) = url.password() {
+        secrets.push(Secret::new(password));
+    }
+    if let Some(segments) = url.path_segments() {
+        let segments: Vec<&str> = segments.collect();
+        for pair in segments.windows(2) {
+            if pair[0].eq_ignore_ascii_case("webhook") && !pair[1].is_empty() {
+                let decoded = percent_decode(pair[1]);
+                secrets.push(Secret::new(decoded));
+            }
+        }
+    }
+    secrets
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map_or_else(|| text.to_owned(), |(_, v)| v.into_owned())
+}

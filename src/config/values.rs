@@ -1,0 +1,429 @@
+//! Scalar types of the config file, parsed and checked while the YAML is decoded.
+//!
+//! Each type here deserializes from a YAML scalar, expands `${VAR}` from the environment, and
+//! parses the text into what the rest of the program uses (a `Duration`, a `Regex`, a time
+//! zone...). Failing here means serde-saphyr attaches the line and column of the bad value to
+//! the error for free, so the operator is pointed at the exact spot.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use super::secret::Secret;
+
+/// Replaces every `${NAME}` in `raw` with the environment variable `NAME`.
+///
+/// `$$` stands for a literal `$`, so a value that must contain `${` can still be written.
+///
+/// # Errors
+/// An unset variable or an unterminated `${` is an error that says how to fix it.
+pub fn expand_env(raw: &str) -> Result<String, String> {
+    expand_with(raw, |name| std::env::var(name).ok())
+}
+
+/// [`expand_env`] with an injected lookup, so the rules are testable without the process
+/// environment.
+fn expand_with(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| {
+                "unterminated \"${\": close it with \"}\" or write \"$$\" for a literal dollar sign"
+                    .to_owned()
+            })?;
+            let name = &body[..end];
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(format!(
+                    "\"${{{name}}}\" is not a valid environment variable reference: use letters, digits and _"
+                ));
+            }
+            let value = lookup(name).ok_or_else(|| {
+                format!("environment variable {name} is not set: export it before starting the exporter")
+            })?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Visitor accepting any YAML scalar as text: `dos: 998` and `dos: "998"` mean the same.
+struct ScalarText;
+
+impl<'de> Visitor<'de> for ScalarText {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+/// Reads a scalar as text and expands `${VAR}` in it.
+fn expanded<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let raw = deserializer.deserialize_str(ScalarText)?;
+    expand_env(&raw).map_err(de::Error::custom)
+}
+
+/// Reads an expanded scalar and parses it with `parse`, turning its error into a located one.
+fn parsed<'de, D, T>(deserializer: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = expanded(deserializer)?;
+    parse(text.trim()).map_err(de::Error::custom)
+}
+
+/// A string value with `${VAR}` expanded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        expanded(d).map(Text)
+    }
+}
+
+/// A secret value (webhook code, password): expanded like any string, never printed.
+#[derive(Debug, Clone)]
+pub struct SecretText(pub Secret);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = expanded(d)?;
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(de::Error::custom("the webhook code is empty: set it or use code_file"));
+        }
+        Ok(SecretText(Secret::new(value)))
+    }
+}
+
+/// A duration written Prometheus-style: `500ms`, `30s`, `1m30s`, `2h`, `1d`, `1w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurationValue(pub Duration);
+
+/// Parses a duration, refusing bare numbers whose unit would be a guess.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "duration \"{text}\" has no unit: write it with one, e.g. \"{text}s\" or \"{text}ms\""
+        ));
+    }
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration \"{text}\": {e}; write e.g. 30s, 1m30s or 500ms"))?;
+    if duration.is_zero() {
+        return Err(format!("duration \"{text}\" is zero: it must be positive"));
+    }
+    Ok(duration)
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, parse_duration).map(DurationValue)
+    }
+}
+
+impl fmt::Display for DurationValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A size in bytes: `512`, `64KiB`, `1MiB`, `10MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ByteSize(pub u64);
+
+/// Parses a size with an optional SI (kB, MB, GB) or IEC (KiB, MiB, GiB) unit.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size \"{text}\": write e.g. 1MiB, 64KiB or 4096"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit \"{other}\" in \"{text}\": use B, kB, KiB, MB, MiB, GB or GiB"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size \"{text}\" is too large"))?;
+    if bytes == 0 {
+        return Err(format!("size \"{text}\" is zero: it must be positive"));
+    }
+    Ok(bytes)
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, parse_size).map(ByteSize)
+    }
+}
+
+/// An accepted HTTP status: one code (`200`) or a class (`2xx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusMatcher {
+    /// Exactly this status code.
+    Code(u16),
+    /// Any code of this hundred (2 for `2xx`).
+    Class(u16),
+}
+
+impl StatusMatcher {
+    /// Whether `status` is accepted by this matcher.
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatcher::Code(code) => code == status,
+            StatusMatcher::Class(class) => status / 100 == class,
+        }
+    }
+}
+
+impl FromStr for StatusMatcher {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let lower = text.to_ascii_lowercase();
+        if let Some(class) = lower.strip_suffix("xx") {
+            if let Ok(class @ 1..=5) = class.parse::<u16>() {
+                return Ok(StatusMatcher::Class(class));
+            }
+        } else if let Ok(code @ 100..=599) = lower.parse::<u16>() {
+            return Ok(StatusMatcher::Code(code));
+        }
+        Err(format!(
+            "invalid HTTP status \"{text}\": write a code from 100 to 599 or a class such as \"2xx\""
+        ))
+    }
+}
+
+impl fmt::Display for StatusMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusMatcher::Code(code) => write!(f, "{code}"),
+            StatusMatcher::Class(class) => write!(f, "{class}xx"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusMatcher {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, str::parse)
+    }
+}
+
+/// How the Divalto answer code in the body is used (see the contract's "Verdict").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DivaltoMode {
+    /// Judge the code when the body carries one.
+    #[default]
+    Auto,
+    /// A body without a code is a failure.
+    On,
+    /// Ignore any code in the body.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for DivaltoMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // YAML 1.1 reads a bare `on`/`off` as a boolean, so accept both spellings.
+        parsed(d, |text| match text.to_ascii_lowercase().as_str() {
+            "auto" => Ok(DivaltoMode::Auto),
+            "on" | "true" => Ok(DivaltoMode::On),
+            "off" | "false" => Ok(DivaltoMode::Off),
+            _ => Err(format!("invalid divalto mode \"{text}\": use auto, on or off")),
+        })
+    }
+}
+
+/// An HTTP method.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MethodValue(pub http::Method);
+
+impl<'de> Deserialize<'de> for MethodValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |text| {
+            let upper = text.to_ascii_uppercase();
+            http::Method::from_bytes(upper.as_bytes())
+                .map(MethodValue)
+                .map_err(|_| format!("invalid HTTP method \"{text}\": use GET, POST, PUT, HEAD..."))
+        })
+    }
+}
+
+/// A regular expression, compiled once at load time.
+#[derive(Debug, Clone)]
+pub struct RegexValue(pub regex::Regex);
+
+impl<'de> Deserialize<'de> for RegexValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = expanded(d)?;
+        regex::Regex::new(&text)
+            .map(RegexValue)
+            .map_err(|e| de::Error::custom(format!("invalid regular expression: {e}")))
+    }
+}
+
+/// An IANA time zone (`Europe/Paris`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimeZoneValue(pub chrono_tz::Tz);
+
+impl<'de> Deserialize<'de> for TimeZoneValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |text| {
+            text.parse::<chrono_tz::Tz>().map(TimeZoneValue).map_err(|_| {
+                format!("unknown time zone \"{text}\": use an IANA name such as Europe/Paris or UTC")
+            })
+        })
+    }
+}
+
+/// A cron expression, checked at load time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CronValue {
+    /// The expression as written, for display.
+    pub source: String,
+    /// The parsed expression.
+    pub cron: croner::Cron,
+}
+
+impl<'de> Deserialize<'de> for CronValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |text| {
+            crate::schedule::parse_cron(text).map(|cron| CronValue { source: text.to_owned(), cron })
+        })
+    }
+}
+
+/// A header name, validated as HTTP token.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeaderKey(pub String);
+
+impl<'de> Deserialize<'de> for HeaderKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |text| {
+            http::HeaderName::from_bytes(text.as_bytes())
+                .map(|name| HeaderKey(name.as_str().to_owned()))
+                .map_err(|_| format!("invalid header name \"{text}\""))
+        })
+    }
+}
+
+/// Label names the exporter sets itself; a static label must not collide with them.
+const RESERVED_LABELS: &[&str] = &[
+    "probe", "reason", "result", "phase", "url", "method", "schedule", "le", "quantile", "job",
+    "instance",
+];
+
+/// A Prometheus label name for a probe's static labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelKey(pub String);
+
+impl<'de> Deserialize<'de> for LabelKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |text| {
+            let mut chars = text.chars();
+            let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || text.starts_with("__") {
+                return Err(format!(
+                    "invalid label name \"{text}\": use letters, digits and _, not starting with a digit or __"
+                ));
+            }
+            if RESERVED_LABELS.contains(&text) {
+                return Err(format!(
+                    "label name \"{text}\" is set by the exporter itself: choose another name"
+                ));
+            }
+            Ok(LabelKey(text.to_owned()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "CODE").then(|| "MONWEBHOOK".to_owned())
+    }
+
+    #[test]
+    fn a_variable_is_replaced_anywhere_in_the_string() {
+        assert_eq!(expand_with("a/${CODE}/b", env).unwrap(), "a/MONWEBHOOK/b");
+        assert_eq!(expand_with("$$5 and $x", env).unwrap(), "$5 and $x");
+    }
+
+    #[test]
+    fn an_unset_variable_is_an_error_naming_it() {
+        let err = expand_with("${MISSING_CODE}", env).unwrap_err();
+        assert!(err.contains("MISSING_CODE is not set"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_number_is_not_a_duration() {
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn sizes_take_si_and_iec_units() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("10kB").unwrap(), 10_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn status_classes_match_the_whole_hundred() {
+        let class: StatusMatcher = "2xx".parse().unwrap();
+        assert!(class.matches(204));
+        assert!(!class.matches(301));
+        assert!("6xx".parse::<StatusMatcher>().is_err());
+        assert!("200".parse::<StatusMatcher>().unwrap().matches(200));
+    }
+}

@@ -1,0 +1,196 @@
+//! Flags, logging, wiring and exit codes; the behaviour lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use webhook_exporter::config::{self, DEFAULT_CONFIG_PATH};
+use webhook_exporter::logging::{self, LogFormat, LogLevel};
+use webhook_exporter::{demo, probe, report};
+
+/// Default `--web.listen-address`: 8916 is outside the 9100-9999 block the Prometheus wiki
+/// allocates to exporters, so it collides with none of them.
+const DEFAULT_LISTEN: &str = ":8916";
+
+/// Prometheus exporter that calls Divalto ERP webhooks (and any HTTP(S) URL) on a schedule.
+#[derive(Parser, Debug)]
+#[command(name = "webhook-exporter", version, about)]
+struct Cli {
+    /// Config file.
+    #[arg(long = "config.file", global = true, default_value = DEFAULT_CONFIG_PATH, value_name = "PATH")]
+    config_file: PathBuf,
+    /// Address to serve /metrics, the status page and the API on (":8916" = all interfaces).
+    #[arg(long = "web.listen-address", global = true, value_name = "HOST:PORT")]
+    listen_address: Option<String>,
+    /// exporter-toolkit web config (TLS, basic auth).
+    #[arg(long = "web.config.file", global = true, value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+    /// Lowest level logged.
+    #[arg(long = "log.level", global = true, value_enum, default_value = "info")]
+    log_level: LogLevel,
+    /// Log line format.
+    #[arg(long = "log.format", global = true, value_enum, default_value = "logfmt")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the config, print a summary, exit 0 (valid) or 1 (invalid).
+    CheckConfig,
+    /// Run one probe now and print a step-by-step trace; exit 0 (success) or 1 (failure).
+    Probe {
+        /// Name of the probe.
+        name: String,
+    },
+    /// Start an embedded simulated Divalto server and probe it.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Some(Command::CheckConfig) => check_config(&cli.config_file),
+            Some(Command::Probe { ref name }) => run_probe(&cli.config_file, name).await,
+            Some(Command::Demo) => exit_code(run_demo(&cli).await),
+            None => exit_code(run_exporter(&cli).await),
+        }
+    })
+}
+
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|error| {
+        tracing::error!(error = format!("{error:#}"), "webhook-exporter failed");
+        ExitCode::FAILURE
+    })
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            print!("{}", report::config_summary(&config, chrono::Utc::now()));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_probe(path: &std::path::Path, name: &str) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(spec) = config.probes.iter().find(|p| p.name == name) else {
+        let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+        eprintln!("unknown probe \"{name}\"; known probes: {}", names.join(", "));
+        return ExitCode::from(2);
+    };
+    let outcome = probe::run(spec).await;
+    print!("{}", report::probe_trace(spec, &outcome));
+    if outcome.success { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Parses a Prometheus-style listen address (`:8916` means every interface).
+fn listen_address(text: &str) -> anyhow::Result<SocketAddr> {
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_owned() };
+    full.parse().with_context(|| format!("invalid --web.listen-address \"{text}\": write HOST:PORT, e.g. :8916 or 127.0.0.1:8916"))
+}
+
+fn refuse_web_config(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(path) = &cli.web_config_file {
+        anyhow::bail!("--web.config.file {} is not supported by this version yet: put the exporter behind a TLS proxy", path.display());
+    }
+    Ok(())
+}
+
+async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {
+    refuse_web_config(cli)?;
+    let config = match config::load(&cli.config_file) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                tracing::error!(error = %error, "invalid config");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let address = listen_address(cli.listen_address.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let shutdown = shutdown_on_signal();
+    webhook_exporter::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_demo(cli: &Cli) -> anyhow::Result<ExitCode> {
+    refuse_web_config(cli)?;
+    let address = listen_address(cli.listen_address.as_deref().unwrap_or("127.0.0.1:8916"))?;
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let simulated = TcpListener::bind("127.0.0.1:0").await.context("cannot start the simulated Divalto server")?;
+    let simulated_address = simulated.local_addr()?;
+    let shutdown = shutdown_on_signal();
+    let server = demo::spawn_server(simulated, shutdown.clone());
+    let config = demo::config(simulated_address).context("the built-in demo config is invalid")?;
+    let local = listener.local_addr()?;
+    println!("webhook-exporter demo: simulated Divalto server on http://{simulated_address}");
+    println!("  status page  http://{local}/");
+    println!("  metrics      http://{local}/metrics");
+    println!("Probes run every few seconds; press Ctrl-C to stop.");
+    webhook_exporter::run(config, listener, shutdown).await?;
+    let _ = server.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token cancelled by SIGTERM or SIGINT; a second signal exits at once.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new runs, waiting for runs in flight (signal again to exit now)");
+        cancel.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

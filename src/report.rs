@@ -1,0 +1,91 @@
+//! Text written for people by the `check-config` and `probe` subcommands.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, ProbeSpec};
+use crate::probe::{Outcome, PHASE_NAMES};
+
+/// The `check-config` summary: one line per probe, URLs redacted, with the next run.
+pub fn config_summary(config: &Config, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: valid, {} probe(s), {} server(s), max_concurrent_probes {}",
+        config.source.display(),
+        config.probes.len(),
+        config.servers.len(),
+        config.max_concurrent_probes
+    );
+    let rows: Vec<[String; 5]> = config
+        .probes
+        .iter()
+        .map(|spec| {
+            let next = spec
+                .schedule
+                .next_after(&spec.name, now)
+                .map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+            [
+                spec.name.clone(),
+                spec.schedule.to_string(),
+                next,
+                format!("{} {}", spec.method, humantime::format_duration(spec.timeout)),
+                spec.target.redacted(),
+            ]
+        })
+        .collect();
+    let header = ["PROBE", "SCHEDULE", "NEXT RUN", "METHOD TIMEOUT", "URL"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ");
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The step-by-step trace printed by `probe NAME`.
+pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "probe {}", spec.name);
+    let _ = writeln!(out, "  request       {} {}", spec.method, spec.target.redacted());
+    if !spec.headers.is_empty() {
+        let names: Vec<&str> = spec.headers.iter().map(|(name, _)| name.as_str()).collect();
+        let _ = writeln!(out, "  headers       {} (values hidden)", names.join(", "));
+    }
+    let _ = writeln!(out, "  timeout       {}", humantime::format_duration(spec.timeout));
+    for (name, value) in PHASE_NAMES.iter().zip(outcome.phases.as_array()) {
+        let _ = writeln!(out, "  {name:<13} {}", millis(value));
+    }
+    if outcome.redirects > 0 {
+        let _ = writeln!(out, "  redirects     {}", outcome.redirects);
+    }
+    let status = outcome.http_status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+    let _ = writeln!(out, "  HTTP status   {status}");
+    let _ = writeln!(out, "  Divalto code  {}", outcome.response_code.as_deref().unwrap_or("none"));
+    let _ = writeln!(out, "  message       {}", outcome.message);
+    let _ = writeln!(out, "  attempts      {}", outcome.attempts);
+    let verdict = match outcome.reason {
+        None => "success".to_owned(),
+        Some(reason) => format!("failure (reason {})", reason.as_label()),
+    };
+    let _ = writeln!(out, "  verdict       {verdict} in {}", millis(outcome.duration));
+    out
+}

@@ -1,0 +1,197 @@
+//! When a probe should run: pure functions of the schedule, the probe name and a wall-clock
+//! instant. No tasks, no timers (those are [`crate::scheduler`]'s job), so every rule here is
+//! testable with plain dates.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+
+/// How often a probe runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every `period`, at a stable offset derived from the probe name.
+    Interval(Duration),
+    /// At the instants of a cron expression, read in `zone`.
+    Cron {
+        /// The expression as the operator wrote it.
+        source: String,
+        /// The parsed expression.
+        cron: Cron,
+        /// The zone the expression is read in.
+        zone: Tz,
+    },
+}
+
+/// Parses a cron expression with crontab semantics (5 fields, optional seconds and year,
+/// 0 or 7 = Sunday, names, `@hourly`-style shorthands).
+///
+/// # Errors
+/// The message says what is wrong and how many fields are expected.
+pub fn parse_cron(text: &str) -> Result<Cron, String> {
+    let fields = text.split_whitespace().count();
+    if !text.starts_with('@') && !(5..=7).contains(&fields) {
+        return Err(format!(
+            "invalid cron expression \"{text}\": expected 5 fields (minute hour day month weekday), \
+             or 6-7 with seconds and year; found {fields}"
+        ));
+    }
+    text.parse::<Cron>()
+        .map_err(|e| format!("invalid cron expression \"{text}\": {e}"))
+}
+
+/// A stable offset of `name` inside `period`, so a probe keeps its phase across restarts and
+/// probes with the same period do not fire at the same instant. FNV-1a, because std's hasher
+/// is not guaranteed stable across Rust releases.
+pub fn phase_offset(name: &str, period: Duration) -> Duration {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let period_nanos = period.as_nanos().max(1);
+    let offset = u128::from(hash) % period_nanos;
+    // The remainder is below the period, which came from a Duration, so it fits.
+    Duration::from_nanos(u64::try_from(offset).unwrap_or(0))
+}
+
+impl Schedule {
+    /// The first planned instant strictly after `after`.
+    ///
+    /// Interval probes are aligned on the Unix epoch plus their offset, so the plan does not
+    /// depend on when the exporter started. `None` when a cron expression never fires again.
+    pub fn next_after(&self, name: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Interval(period) => {
+                let period_ns = i128::try_from(period.as_nanos()).ok()?.max(1);
+                let offset_ns = i128::try_from(phase_offset(name, *period).as_nanos()).ok()?;
+                let now_ns = i128::from(after.timestamp_nanos_opt()?);
+                let slots = (now_ns - offset_ns).div_euclid(period_ns) + 1;
+                let next_ns = slots * period_ns + offset_ns;
+                Some(DateTime::from_timestamp_nanos(i64::try_from(next_ns).ok()?))
+            }
+            Schedule::Cron { cron, zone, .. } => cron
+                .find_next_occurrence(&after.with_timezone(zone), false)
+                .ok()
+                .map(|next| next.with_timezone(&Utc)),
+        }
+    }
+
+    /// The shortest gap between two planned runs, looked up over the coming year for cron
+    /// expressions (bounded, so a sparse expression costs little).
+    pub fn shortest_gap(&self, from: DateTime<Utc>) -> Option<Duration> {
+        match self {
+            Schedule::Interval(period) => Some(*period),
+            Schedule::Cron { .. } => {
+                let horizon = from + TimeDelta::days(366);
+                let mut previous = self.next_after("", from)?;
+                let mut shortest: Option<TimeDelta> = None;
+                for _ in 0..2_000 {
+                    let Some(next) = self.next_after("", previous) else { break };
+                    if next > horizon {
+                        break;
+                    }
+                    let gap = next - previous;
+                    shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+                    previous = next;
+                }
+                shortest.and_then(|gap| gap.to_std().ok())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Schedule {
+    /// The `schedule` label of `webhook_probe_info`: `every 1m` or `*/5 7-19 * * 1-5 Europe/Paris`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Interval(period) => write!(f, "every {}", humantime::format_duration(*period)),
+            Schedule::Cron { source, zone, .. } => write!(f, "{source} {zone}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn paris_cron(text: &str) -> Schedule {
+        Schedule::Cron { source: text.into(), cron: parse_cron(text).unwrap(), zone: chrono_tz::Europe::Paris }
+    }
+
+    #[test]
+    fn the_offset_is_stable_and_inside_the_period() {
+        let period = Duration::from_secs(60);
+        let a = phase_offset("refresh-customer", period);
+        assert_eq!(a, phase_offset("refresh-customer", period));
+        assert!(a < period);
+        assert_ne!(a, phase_offset("refresh-order", period));
+    }
+
+    #[test]
+    fn interval_runs_are_one_period_apart_at_the_named_offset() {
+        let schedule = Schedule::Interval(Duration::from_secs(60));
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap();
+        let first = schedule.next_after("p", t0).unwrap();
+        let second = schedule.next_after("p", first).unwrap();
+        assert_eq!(second - first, TimeDelta::seconds(60));
+        let offset = phase_offset("p", Duration::from_secs(60));
+        assert_eq!(
+            u64::try_from(first.timestamp_nanos_opt().unwrap()).unwrap() % 60_000_000_000,
+            u64::try_from(offset.as_nanos()).unwrap()
+        );
+    }
+
+    #[test]
+    fn weekday_one_to_five_is_monday_to_friday() {
+        let schedule = paris_cron("0 9 * * 1-5");
+        // Saturday 2026-11-28 10:00 UTC: next run is Monday 30th at 09:00 Paris (08:00 UTC).
+        let saturday = Utc.with_ymd_and_hms(2026, 11, 28, 10, 0, 0).unwrap();
+        let next = schedule.next_after("", saturday).unwrap();
+        assert_eq!(next, Utc.with_ymd_and_hms(2026, 11, 30, 8, 0, 0).unwrap());
+        let sunday = paris_cron("0 9 * * 0");
+        assert_eq!(sunday.next_after("", saturday).unwrap(), Utc.with_ymd_and_hms(2026, 11, 29, 8, 0, 0).unwrap());
+        let sunday_seven = paris_cron("0 9 * * 7");
+        assert_eq!(sunday_seven.next_after("", saturday), sunday.next_after("", saturday));
+    }
+
+    #[test]
+    fn a_local_time_skipped_by_dst_runs_once_at_the_next_valid_instant() {
+        // 2027-03-28: Paris jumps from 02:00 to 03:00; 02:30 does not exist that day.
+        let schedule = paris_cron("30 2 * * *");
+        let before = Utc.with_ymd_and_hms(2027, 3, 27, 12, 0, 0).unwrap();
+        let next = schedule.next_after("", before).unwrap();
+        assert_eq!(next, Utc.with_ymd_and_hms(2027, 3, 28, 1, 0, 0).unwrap(), "03:00 CEST");
+        let after = schedule.next_after("", next).unwrap();
+        assert_eq!(after, Utc.with_ymd_and_hms(2027, 3, 29, 0, 30, 0).unwrap(), "02:30 CEST next day");
+    }
+
+    #[test]
+    fn cron_runs_follow_the_zone_across_the_autumn_change() {
+        // 2026-10-25: Paris goes from CEST (+2) to CET (+1).
+        let schedule = paris_cron("0 8 * * *");
+        let before = Utc.with_ymd_and_hms(2026, 10, 24, 12, 0, 0).unwrap();
+        let sunday = schedule.next_after("", before).unwrap();
+        assert_eq!(sunday, Utc.with_ymd_and_hms(2026, 10, 25, 7, 0, 0).unwrap());
+        let monday = schedule.next_after("", sunday).unwrap();
+        assert_eq!(monday, Utc.with_ymd_and_hms(2026, 10, 26, 7, 0, 0).unwrap());
+        let saturday_before = schedule.next_after("", Utc.with_ymd_and_hms(2026, 10, 23, 12, 0, 0).unwrap()).unwrap();
+        assert_eq!(saturday_before, Utc.with_ymd_and_hms(2026, 10, 24, 6, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn the_shortest_cron_gap_is_found() {
+        let schedule = paris_cron("*/5 7-19 * * Mon-Fri");
+        let from = Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap();
+        assert_eq!(schedule.shortest_gap(from), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn a_four_field_expression_is_refused_with_the_expected_count() {
+        let err = parse_cron("0 */5 * *").unwrap_err();
+        assert!(err.contains("expected 5 fields"), "{err}");
+    }
+}
