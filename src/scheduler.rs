@@ -221,13 +221,14 @@ pub fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Arc<Ou
     let spec = &state.spec;
     metrics.record(&state.metrics, &outcome);
     match outcome.reason {
+        // The failure text is the event's message, so both formats carry it as `message`/`msg`.
         Some(reason) => tracing::warn!(
             probe = %spec.name,
             reason = reason.as_label(),
-            message = %outcome.message,
             http_status = outcome.http_status.unwrap_or(0),
             duration_seconds = outcome.duration.as_secs_f64(),
-            "probe failed"
+            "{}",
+            outcome.message
         ),
         None => tracing::debug!(
             probe = %spec.name,

@@ -301,9 +301,12 @@ pub struct RegexValue(pub regex::Regex);
 impl<'de> Deserialize<'de> for RegexValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = expanded(d)?;
-        regex::Regex::new(&text)
-            .map(RegexValue)
-            .map_err(|e| de::Error::custom(format!("invalid regular expression: {e}")))
+        regex::Regex::new(&text).map(RegexValue).map_err(|e| {
+            // regex errors are multi-line drawings; their last line says what is wrong.
+            let detail = e.to_string();
+            let reason = detail.lines().last().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            de::Error::custom(format!("invalid regular expression \"{text}\": {reason}"))
+        })
     }
 }
 

@@ -51,9 +51,33 @@ impl Step {
 #[derive(Debug, Default)]
 struct Trace {
     phases: Phases,
-    step: Option<Step>,
+    /// The step in progress and when it began.
+    step: Option<(Step, Instant)>,
     status: Option<u16>,
     redirects: u32,
+}
+
+impl Trace {
+    /// Starts timing `step`.
+    fn begin(&mut self, step: Step) {
+        self.end();
+        self.step = Some((step, Instant::now()));
+    }
+
+    /// Adds the time of the step in progress to its phase: called when a step completes,
+    /// fails, or runs out of budget, so a failed run still shows where its time went.
+    fn end(&mut self) {
+        if let Some((step, started)) = self.step.take() {
+            let phase = match step {
+                Step::Resolve => &mut self.phases.resolve,
+                Step::Connect => &mut self.phases.connect,
+                Step::Tls => &mut self.phases.tls,
+                Step::Processing => &mut self.phases.processing,
+                Step::Transfer => &mut self.phases.transfer,
+            };
+            *phase += started.elapsed();
+        }
+    }
 }
 
 /// A failed attempt.
@@ -89,10 +113,11 @@ pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
                 format!(
                     "no complete answer within {} (timed out {})",
                     humantime::format_duration(spec.timeout),
-                    trace.step.unwrap_or(Step::Resolve).waiting_for()
+                    trace.step.map_or(Step::Resolve, |(step, _)| step).waiting_for()
                 ),
             )),
         };
+        trace.end();
         let (reason, message, response_code) = match result {
             Ok(answer) => {
                 let verdict = verdict::judge(answer.status.as_u16(), answer.status.canonical_reason().unwrap_or(""), &answer.body, &spec.expect);
@@ -167,25 +192,19 @@ async fn exchange(
     let host = url.host().ok_or_else(|| fail(FailureReason::Other, "the URL has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
 
-    trace.step = Some(Step::Resolve);
-    let t = Instant::now();
+    trace.begin(Step::Resolve);
     let addresses = resolve(&host, port).await?;
-    trace.phases.resolve += t.elapsed();
 
-    trace.step = Some(Step::Connect);
-    let t = Instant::now();
+    trace.begin(Step::Connect);
     let tcp = connect(&addresses).await?;
-    trace.phases.connect += t.elapsed();
 
     if url.scheme() == "https" {
-        trace.step = Some(Step::Tls);
-        let t = Instant::now();
+        trace.begin(Step::Tls);
         let name = spec.tls.settings.server_name.clone().unwrap_or_else(|| host_name(&host));
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| fail(FailureReason::Tls, format!("invalid TLS server name \"{name}\": {e}")))?;
         let connector = tokio_rustls::TlsConnector::from(spec.tls.config.clone());
         let stream = connector.connect(server_name, tcp).await.map_err(|e| tls_failure(&e, &name))?;
-        trace.phases.tls += t.elapsed();
         http_exchange(spec, url, method, same_origin, stream, trace).await
     } else {
         http_exchange(spec, url, method, same_origin, tcp, trace).await
@@ -264,8 +283,7 @@ async fn http_exchange<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    trace.step = Some(Step::Processing);
-    let t = Instant::now();
+    trace.begin(Step::Processing);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| response_failure(&e))?;
@@ -274,11 +292,9 @@ where
     }));
     let request = build_request(spec, url, method, same_origin)?;
     let response = sender.send_request(request).await.map_err(|e| response_failure(&e))?;
-    trace.phases.processing += t.elapsed();
     trace.status = Some(response.status().as_u16());
 
-    trace.step = Some(Step::Transfer);
-    let t = Instant::now();
+    trace.begin(Step::Transfer);
     let status = response.status();
     let location = response
         .headers()
@@ -286,7 +302,7 @@ where
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = read_body(response.into_body(), spec.max_body_bytes).await?;
-    trace.phases.transfer += t.elapsed();
+    trace.end();
     Ok((status, location, body))
 }
 

@@ -1,0 +1,387 @@
+//! Test helpers: a fake Divalto server, raw misbehaving TCP servers, a TLS server with a
+//! generated certificate, the real binary under a guard, and `/metrics` parsed by a real
+//! exposition parser.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A webhook code long enough to be redacted as `MONW…3F53`.
+pub const SECRET_CODE: &str = "MONWEBHOOKACADEMY123456789012363F53";
+
+/// A fake Divalto REST server. The path after `/api/v1/WebHook/` picks the behaviour: the
+/// code must end with one of the behaviour names below (so tests can also use long,
+/// secret-looking codes such as `MONWEBHOOK...-ok`).
+pub struct FakeDivalto {
+    /// Where it listens.
+    pub address: SocketAddr,
+    calls: Arc<Calls>,
+}
+
+#[derive(Default)]
+struct Calls {
+    total: AtomicU64,
+    by_code: Mutex<HashMap<String, u64>>,
+    last_query: Mutex<Option<String>>,
+    last_headers: Mutex<Option<HeaderMap>>,
+}
+
+impl FakeDivalto {
+    /// Starts the server on a free loopback port.
+    pub async fn start() -> Self {
+        let calls = Arc::new(Calls::default());
+        let app = Router::new()
+            .route("/erp/api/v1/WebHook/{code}", any(webhook))
+            .route("/erp/api/v1/Webhook/{code}", any(webhook))
+            .with_state(calls.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { address, calls }
+    }
+
+    /// The `base_url` of this server.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/erp", self.address)
+    }
+
+    /// Calls received for codes ending in `behaviour`.
+    pub fn calls(&self, behaviour: &str) -> u64 {
+        self.calls.by_code.lock().unwrap().iter().filter(|(code, _)| code.ends_with(behaviour)).map(|(_, n)| n).sum()
+    }
+
+    /// The query string of the last call.
+    pub fn last_query(&self) -> Option<String> {
+        self.calls.last_query.lock().unwrap().clone()
+    }
+
+    /// The headers of the last call.
+    pub fn last_headers(&self) -> Option<HeaderMap> {
+        self.calls.last_headers.lock().unwrap().clone()
+    }
+}
+
+fn json(status: StatusCode, body: &str) -> Response {
+    (status, [("content-type", "application/json")], body.to_owned()).into_response()
+}
+
+async fn webhook(State(calls): State<Arc<Calls>>, UrlPath(code): UrlPath<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let call = calls.total.fetch_add(1, Ordering::SeqCst);
+    *calls.by_code.lock().unwrap().entry(code.clone()).or_default() += 1;
+    *calls.last_query.lock().unwrap() = query;
+    *calls.last_headers.lock().unwrap() = Some(headers);
+    let behaviour = code.rsplit('-').next().unwrap_or_default();
+    match behaviour {
+        "ok" => json(StatusCode::OK, r#"{"code":"0","message":"Client C0000001 rafraîchi"}"#),
+        "body400" => json(StatusCode::OK, r#"{"Code":"400","Message":"Dossier 998 verrouillé"}"#),
+        "http400" => json(StatusCode::BAD_REQUEST, r#"{"code":"400","message":"Paramètre dos manquant"}"#),
+        "http500" => json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"code":"500","message":"Erreur interne"}"#),
+        "plain0" => "0".into_response(),
+        "plain400" => "400 Client inconnu".into_response(),
+        "xss" => json(StatusCode::OK, r#"{"code":"400","message":"<img src=x onerror=alert(1)>"}"#),
+        "big" => "0".repeat(2 * 1024 * 1024).into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            json(StatusCode::OK, r#"{"code":"0","message":"late"}"#)
+        }
+        "sleep300ms" => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            json(StatusCode::OK, r#"{"code":"0","message":"OK"}"#)
+        }
+        "flaky" if call % 2 == 0 => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"code":"503","message":"busy"}"#),
+        "flaky" => json(StatusCode::OK, r#"{"code":"0","message":"OK"}"#),
+        "redirect" => (StatusCode::FOUND, [("location", code.replace("-redirect", "-ok"))]).into_response(),
+        "loop" => (StatusCode::FOUND, [("location", code.clone())]).into_response(),
+        _ => json(StatusCode::NOT_FOUND, r#"{"code":"404","message":"Webhook inconnu"}"#),
+    }
+}
+
+/// A loopback port with nothing listening (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A server that answers every connection with `answer` (raw bytes), then closes.
+pub async fn raw_server(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    address
+}
+
+/// A server that accepts connections and never answers.
+pub async fn silent_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            held.push(stream);
+        }
+    });
+    address
+}
+
+/// An HTTPS server with a self-signed certificate for `localhost`, answering a Divalto
+/// success; returns its address and the certificate (PEM) so a test may trust it.
+pub async fn tls_server() -> (SocketAddr, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let mut buffer = [0u8; 4096];
+                let _ = tls.read(&mut buffer).await;
+                let body = r#"{"code":"0","message":"OK over TLS"}"#;
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (address, cert_pem)
+}
+
+/// Writes `text` as a config file in a fresh temporary directory.
+pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("webhook-exporter.yaml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_webhook-exporter")
+}
+
+/// The real exporter process; killed when dropped. Its stderr (the logs) is collected.
+pub struct Exporter {
+    child: Child,
+    /// Where it serves.
+    pub address: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Exporter {
+    /// Starts the binary with `args` (plus a loopback listen address) and waits until it
+    /// logs the address it listens on.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary());
+        command.args(args).arg("--web.listen-address=127.0.0.1:0").stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the exporter");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(address) = line.split_whitespace().find_map(|field| field.strip_prefix("address=")) {
+                    let _ = sender.send(address.parse::<SocketAddr>().unwrap());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let address = receiver.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            panic!("the exporter did not start; logs:\n{}", logs.lock().unwrap().join("\n"))
+        });
+        Self { child, address, logs }
+    }
+
+    /// Everything it wrote so far (stdout and stderr).
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// GETs `path` and returns the status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.address, path)
+    }
+
+    /// Scrapes and parses `/metrics`.
+    pub fn scrape(&self) -> Scrape {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        Scrape::parse(&body)
+    }
+
+    /// Scrapes until `check` holds, or panics after `timeout` with the last scrape.
+    pub fn wait_for(&self, timeout: Duration, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let scrape = self.scrape();
+            if check(&scrape) {
+                return scrape;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last scrape:\n{}\nlogs:\n{}", scrape.text, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The process id, to send signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits for the exit code.
+    pub fn stop(&mut self, signal: &str, timeout: Duration) -> Option<i32> {
+        Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET (the exporter answers with a content length).
+pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// A parsed `/metrics` page.
+pub struct Scrape {
+    /// The raw text.
+    pub text: String,
+    exposition: MetricsExposition<PrometheusType, PrometheusValue>,
+}
+
+impl Scrape {
+    /// Parses exposition text, failing the test if it is not valid.
+    pub fn parse(text: &str) -> Self {
+        let exposition = openmetrics_parser::prometheus::parse_prometheus(text)
+            .unwrap_or_else(|e| panic!("invalid exposition format: {e:?}\n{text}"));
+        Self { text: text.to_owned(), exposition }
+    }
+
+    /// Samples of `family` whose labels include `labels`.
+    fn samples<'a>(&'a self, family: &str, labels: &'a [(&str, &str)]) -> impl Iterator<Item = &'a PrometheusValue> + 'a {
+        self.exposition.families.get(family).into_iter().flat_map(move |f| {
+            f.iter_samples().filter_map(move |sample| {
+                let set = sample.get_labelset().ok()?;
+                labels.iter().all(|(k, v)| set.get_label_value(k) == Some(*v)).then_some(&sample.value)
+            })
+        })
+    }
+
+    /// The value of the one gauge or counter sample of `family` matching `labels`.
+    pub fn value(&self, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples(family, labels).find_map(|value| match value {
+            PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => Some(n.as_f64()),
+            PrometheusValue::Counter(c) => Some(c.value.as_f64()),
+            _ => None,
+        })
+    }
+
+    /// The observation count of the histogram `family` matching `labels`.
+    pub fn histogram_count(&self, family: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        self.samples(family, labels).find_map(|value| match value {
+            PrometheusValue::Histogram(h) => h.count,
+            _ => None,
+        })
+    }
+
+    /// Label sets of every sample of `family`.
+    pub fn label_sets(&self, family: &str) -> Vec<HashMap<String, String>> {
+        self.exposition
+            .families
+            .get(family)
+            .map(|f| {
+                f.iter_samples()
+                    .filter_map(|s| s.get_labelset().ok())
+                    .map(|set| set.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Runs a command and returns (exit code, stdout, stderr).
+pub fn run_binary(args: &[&str], envs: &[(&str, &str)], dir: Option<&Path>) -> (i32, String, String) {
+    let mut command = Command::new(binary());
+    command.args(args);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

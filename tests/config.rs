@@ -1,0 +1,201 @@
+//! Config loading: every invalid fixture is refused with its exact message and position;
+//! the example config and the URL-building rules work.
+
+mod common;
+
+use std::path::Path;
+
+use webhook_exporter::config;
+
+/// Each `tests/fixtures/invalid-*.yaml` with the exact error expected, `file:line:col: message`.
+const INVALID: &[(&str, &str)] = &[
+    ("invalid-unknown-key.yaml", "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, follow_redirects, max_body_bytes, tls, expect; check the spelling or remove the key"),
+    ("invalid-duplicate-key.yaml", "5:5: duplicate mapping key `interval` is not allowed here; each key may appear once"),
+    ("invalid-duplicate-name.yaml", "4:11: probes[1].name: duplicate probe name \"refresh-customer\"; names must be unique"),
+    ("invalid-name.yaml", "2:11: probes[0].name: \"refresh customer\" is not a valid name; use letters, digits, _, . and -"),
+    ("invalid-url-and-server.yaml", "7:10: probes[0] \"both\": has both url and server; keep url for a plain URL, or server + code for a Divalto webhook"),
+    ("invalid-neither-url-nor-server.yaml", "2:5: probes[0] \"nothing\": has neither url nor server; set url, or server + code (or code_file)"),
+    ("invalid-timeout-not-below-interval.yaml", "5:14: probes[0] \"slow\".timeout: 30s must be shorter than the time between two runs (30s); lower the timeout or run less often"),
+    ("invalid-timeout-cron-gap.yaml", "2:12: probes[0] \"business-hours\".timeout: 2m must be shorter than the time between two runs (1m); lower the timeout or run less often"),
+    ("invalid-cron.yaml", "4:15: invalid cron expression \"0 */5 * *\": expected 5 fields (minute hour day month weekday), or 6-7 with seconds and year; found 4"),
+    ("invalid-timezone.yaml", "5:15: unknown time zone \"Europe/Lutece\": use an IANA name such as Europe/Paris or UTC"),
+    ("invalid-regex.yaml", "3:19: invalid regular expression \"(unclosed\": unclosed group"),
+    ("invalid-unset-env.yaml", "6:11: environment variable WEBHOOK_EXPORTER_TEST_UNSET_CODE is not set: export it before starting the exporter"),
+    ("invalid-unknown-server.yaml", "5:13: probes[0] \"refresh-customer\".server: unknown server \"clowd\"; define it under servers (known: cloud)"),
+    ("invalid-bare-number-duration.yaml", "2:13: duration \"30\" has no unit: write it with one, e.g. \"30s\" or \"30ms\""),
+    ("invalid-status-class.yaml", "4:30: invalid HTTP status \"7xx\": write a code from 100 to 599 or a class such as \"2xx\""),
+    ("invalid-size.yaml", "4:21: unknown size unit \"parsec\" in \"1 parsec\": use B, kB, KiB, MB, MiB, GB or GiB"),
+    ("invalid-label-name.yaml", "4:14: label name \"probe\" is set by the exporter itself: choose another name"),
+    ("invalid-defaults-name.yaml", "2:8: defaults.url: only a probe can set url; move it into the probes that need it"),
+    ("invalid-code-without-server.yaml", "4:11: probes[0] \"a\": code and code_file need a server; with url, put the whole URL in url"),
+    ("invalid-interval-and-schedule.yaml", "5:15: probes[0] \"a\": has both interval and schedule; keep one"),
+    ("invalid-divalto-mode.yaml", "4:23: invalid divalto mode \"maybe\": use auto, on or off"),
+];
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn every_invalid_fixture_is_refused_with_its_position_and_fix() {
+    let mut failures = Vec::new();
+    for (name, expected) in INVALID {
+        let path = fixture(name);
+        let expected = format!("{}:{expected}", path.display());
+        match config::load(&path) {
+            Ok(_) => failures.push(format!("{name}: accepted")),
+            Err(errors) => {
+                let got = errors.to_string();
+                if got != expected {
+                    failures.push(format!("{name}:\n  expected {expected}\n  got      {got}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_fixture_in_the_folder_has_an_expectation() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("invalid-") {
+            // invalid-code-file.yaml names an absolute path: checked in its own test below.
+            let covered = INVALID.iter().any(|(n, _)| *n == name) || name == "invalid-code-file.yaml";
+            assert!(covered, "{name} has no expected message");
+        }
+    }
+}
+
+#[test]
+fn an_unreadable_code_file_names_the_file_and_the_position() {
+    let err = config::load(&fixture("invalid-code-file.yaml")).unwrap_err().to_string();
+    assert!(err.contains("invalid-code-file.yaml:6:16: probes[0] \"refresh-customer\".code_file: cannot read "), "{err}");
+    assert!(err.contains("does-not-exist/refresh_customer"), "{err}");
+}
+
+#[test]
+fn all_problems_of_a_file_are_reported_at_once() {
+    let (_dir, path) = common::write_config(
+        "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    interval: 10s\n    timeout: 20s\n  - name: b\n    server: nowhere\n    code: X\n",
+    );
+    let errors = config::load(&path).unwrap_err();
+    assert_eq!(errors.0.len(), 2, "{errors}");
+    assert_eq!((errors.0[0].line, errors.0[0].column), (5, 14));
+    assert_eq!((errors.0[1].line, errors.0[1].column), (7, 13));
+}
+
+#[test]
+fn a_divalto_url_is_built_from_base_path_code_and_encoded_params() {
+    let (_dir, path) = common::write_config(&format!(
+        r#"
+defaults:
+  params: {{dos: 998}}
+servers:
+  cloud:
+    base_url: https://api.divaltocloud.com/123456/TEST1/
+    params: {{env: test}}
+probes:
+  - name: refresh-customer
+    server: cloud
+    code: {code}
+    params: {{refreshCustomer: "C0000001 & Co/é", env: prod}}
+"#,
+        code = common::SECRET_CODE
+    ));
+    let config = config::load(&path).unwrap();
+    let url = config.probes[0].target.url.as_str().to_owned();
+    assert_eq!(
+        url,
+        format!("https://api.divaltocloud.com/123456/TEST1/api/v1/WebHook/{}?dos=998&env=prod&refreshCustomer=C0000001+%26+Co%2F%C3%A9", common::SECRET_CODE)
+    );
+    assert_eq!(
+        config.probes[0].target.redacted(),
+        "https://api.divaltocloud.com/123456/TEST1/api/v1/WebHook/MONW…3F53?dos=998&env=prod&refreshCustomer=C0000001+%26+Co%2F%C3%A9"
+    );
+}
+
+#[test]
+fn a_code_file_is_trimmed_and_relative_to_the_config() {
+    let (dir, path) = common::write_config(
+        "servers:\n  onprem:\n    base_url: http://erp:8080/Rest\n    webhook_path: /api/v1/Webhook\nprobes:\n  - name: a\n    server: onprem\n    code_file: secrets/code\n",
+    );
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/code"), format!("  {}\n", common::SECRET_CODE)).unwrap();
+    let config = config::load(&path).unwrap();
+    assert_eq!(config.probes[0].target.url.as_str(), format!("http://erp:8080/Rest/api/v1/Webhook/{}", common::SECRET_CODE));
+}
+
+#[test]
+fn probe_settings_override_defaults_and_maps_merge() {
+    let (_dir, path) = common::write_config(
+        r#"
+defaults:
+  interval: 1m30s
+  timeout: 5s
+  retries: 2
+  headers: {X-Team: erp, X-Env: test}
+  labels: {team: erp}
+  expect: {status: ["2xx"], success_codes: ["0"]}
+servers:
+  cloud:
+    base_url: https://x.example/base
+    headers: {X-Env: cloud}
+    labels: {site: cloud}
+probes:
+  - name: a
+    server: cloud
+    code: ABC
+    timeout: 2s
+    method: post
+    headers: {X-Probe: a}
+    labels: {dossier: "998"}
+    expect: {divalto: on}
+    max_body_bytes: 64KiB
+"#,
+    );
+    let config = config::load(&path).unwrap();
+    let probe = &config.probes[0];
+    assert_eq!(probe.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(probe.schedule.to_string(), "every 1m 30s");
+    assert_eq!(probe.retries, 2);
+    assert_eq!(probe.method, http::Method::POST);
+    assert_eq!(probe.max_body_bytes, 64 * 1024);
+    let headers: Vec<(String, String)> = probe.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned())).collect();
+    assert_eq!(headers, vec![("x-env".into(), "cloud".into()), ("x-probe".into(), "a".into()), ("x-team".into(), "erp".into())]);
+    let labels: Vec<(&str, &str)> = probe.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(labels, vec![("dossier", "998"), ("site", "cloud"), ("team", "erp")]);
+    assert_eq!(probe.expect.divalto, config::DivaltoMode::On);
+    assert_eq!(probe.expect.success_codes, vec!["0".to_owned()]);
+    assert!(probe.expect.status[0].matches(204));
+}
+
+#[test]
+fn the_example_config_is_accepted_by_check_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/webhook-exporter.yaml");
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", example.display())],
+        &[("REFRESH_CUSTOMER_CODE", common::SECRET_CODE), ("ORDER_SYNC_CODE", "SYNCCOMMANDESACADEMY0000000000042")],
+        None,
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("valid, 3 probe(s), 2 server(s)"), "{stdout}");
+    assert!(stdout.contains("/api/v1/WebHook/MONW…3F53?dos=998&refreshCustomer=C0000001"), "{stdout}");
+    assert!(stdout.contains("*/5 7-19 * * Mon-Fri Europe/Paris"), "{stdout}");
+    assert!(!stdout.contains(common::SECRET_CODE) && !stdout.contains("SYNCCOMMANDESACADEMY0000000000042"), "{stdout}");
+}
+
+#[test]
+fn check_config_exits_1_with_the_errors_on_stderr() {
+    let (code, stdout, stderr) = common::run_binary(&["check-config", &format!("--config.file={}", fixture("invalid-cron.yaml").display())], &[], None);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("invalid-cron.yaml:4:15: invalid cron expression"), "{stderr}");
+}
+
+#[test]
+fn a_bad_flag_is_a_usage_error_with_exit_code_2() {
+    let (code, _, stderr) = common::run_binary(&["--no-such-flag"], &[], None);
+    assert_eq!(code, 2, "{stderr}");
+}
