@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, State};
@@ -67,13 +67,21 @@ struct Simulation {
 }
 
 /// Starts the simulated Divalto server on `listener`; it stops when `cancel` fires.
-pub fn spawn_server(listener: TcpListener, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_server(
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let app = Router::new()
-        .route(&format!("{BASE_PATH}/api/v1/WebHook/{{code}}"), get(webhook).post(webhook))
+        .route(
+            &format!("{BASE_PATH}/api/v1/WebHook/{{code}}"),
+            get(webhook).post(webhook),
+        )
         .route("/health", get(|| async { "OK" }))
         .with_state(Arc::new(Simulation::default()));
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "simulated Divalto server stopped");
         }
@@ -91,10 +99,15 @@ pub fn config(address: SocketAddr) -> Result<Config, ConfigErrors> {
     config::parse(Path::new("<built-in demo config>"), &text)
 }
 
-async fn webhook(State(simulation): State<Arc<Simulation>>, UrlPath(code): UrlPath<String>) -> Response {
+async fn webhook(
+    State(simulation): State<Arc<Simulation>>,
+    UrlPath(code): UrlPath<String>,
+) -> Response {
     let call = simulation.calls.fetch_add(1, Ordering::Relaxed);
     match code.as_str() {
-        "DEMOREFRESHCUSTOMERACADEMY0001" => Json(json!({"code": "0", "message": "Client C0000001 rafraîchi"})).into_response(),
+        "DEMOREFRESHCUSTOMERACADEMY0001" => {
+            Json(json!({"code": "0", "message": "Client C0000001 rafraîchi"})).into_response()
+        }
         "DEMOSYNCORDERSSLOWACADEMY00002" => {
             tokio::time::sleep(Duration::from_millis(1200)).await;
             Json(json!({"code": "0", "message": "Commandes synchronisées"})).into_response()
@@ -104,12 +117,19 @@ async fn webhook(State(simulation): State<Arc<Simulation>>, UrlPath(code): UrlPa
             Json(json!({"code": "400", "message": "Dossier 999 inconnu"})),
         )
             .into_response(),
-        "DEMOUPDATESTOCKFLAKYACADEMY004" if call % 3 == 0 => {
-            Json(json!({"Code": "400", "Message": "Article A-1042 verrouillé par un autre utilisateur"})).into_response()
+        "DEMOUPDATESTOCKFLAKYACADEMY004" if call % 3 == 0 => Json(
+            json!({"Code": "400", "Message": "Article A-1042 verrouillé par un autre utilisateur"}),
+        )
+        .into_response(),
+        "DEMOUPDATESTOCKFLAKYACADEMY004" => {
+            Json(json!({"Code": "0", "Message": "Stock mis à jour"})).into_response()
         }
-        "DEMOUPDATESTOCKFLAKYACADEMY004" => Json(json!({"Code": "0", "Message": "Stock mis à jour"})).into_response(),
         "DEMOPINGPLAINTEXTACADEMY000005" => "0".into_response(),
-        _ => (StatusCode::NOT_FOUND, Json(json!({"code": "404", "message": "Webhook inconnu"}))).into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"code": "404", "message": "Webhook inconnu"})),
+        )
+            .into_response(),
     }
 }
 

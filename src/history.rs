@@ -16,7 +16,10 @@ impl History {
     /// An empty history keeping at most `capacity` outcomes (at least one).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        Self { capacity, entries: VecDeque::with_capacity(capacity.min(16)) }
+        Self {
+            capacity,
+            entries: VecDeque::with_capacity(capacity.min(16)),
+        }
     }
 
     /// Adds an outcome, dropping the oldest when full.

@@ -54,20 +54,35 @@ pub enum RunError {
 ///
 /// # Errors
 /// When metrics cannot be set up or the HTTP server fails.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new(&config)?);
     metrics.config_loaded(true);
-    let scheduler = Scheduler::start(&config, metrics.clone(), scheduler::http_runner(), Clock::System, shutdown.child_token());
+    let scheduler = Scheduler::start(
+        &config,
+        metrics.clone(),
+        scheduler::http_runner(),
+        Clock::System,
+        shutdown.child_token(),
+    );
     let mut probes: Vec<_> = scheduler.probes().cloned().collect();
     probes.sort_by(|a, b| (&a.spec.server, &a.spec.name).cmp(&(&b.spec.server, &b.spec.name)));
-    let state = AppState { metrics, probes: Arc::new(RwLock::new(Arc::new(probes))) };
+    let state = AppState {
+        metrics,
+        probes: Arc::new(RwLock::new(Arc::new(probes))),
+    };
     tracing::info!(
         address = %listener.local_addr()?,
         probes = config.probes.len(),
         config = %config.source.display(),
         "webhook-exporter listening"
     );
-    let served = axum::serve(listener, server::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    let served = axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
     shutdown.cancel();
     scheduler.shutdown().await;
     tracing::info!("webhook-exporter stopped");

@@ -4,10 +4,10 @@ use std::fmt;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
 
 /// `--log.format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,12 +45,21 @@ impl LogLevel {
 /// Installs the global subscriber. Libraries below us (hyper, rustls) stay at warn so a
 /// debug log shows our runs, not their internals.
 pub fn init(level: LogLevel, format: LogFormat) {
-    let directive = format!("{},hyper=warn,rustls=warn,axum=warn,tower=warn", level.as_directive());
+    let directive = format!(
+        "{},hyper=warn,rustls=warn,axum=warn,tower=warn",
+        level.as_directive()
+    );
     let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests in one process) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Logfmt => builder.event_format(Logfmt).try_init(),
     };
 }
@@ -63,10 +72,19 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let meta = event.metadata();
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        write!(writer, "ts={now} level={}", meta.level().as_str().to_ascii_lowercase())?;
+        write!(
+            writer,
+            "ts={now} level={}",
+            meta.level().as_str().to_ascii_lowercase()
+        )?;
         let mut fields = Fields::default();
         event.record(&mut fields);
         if let Some(message) = &fields.message {
@@ -101,7 +119,10 @@ impl Visit for Fields {
 
 /// Quotes a logfmt value when it holds spaces, quotes, `=` or nothing.
 fn quote(value: &str) -> String {
-    let plain = !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '"' || c == '=' || c.is_control());
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '=' || c.is_control());
     if plain {
         value.to_owned()
     } else {

@@ -34,7 +34,12 @@ struct Cli {
     #[arg(long = "log.level", global = true, value_enum, default_value = "info")]
     log_level: LogLevel,
     /// Log line format.
-    #[arg(long = "log.format", global = true, value_enum, default_value = "logfmt")]
+    #[arg(
+        long = "log.format",
+        global = true,
+        value_enum,
+        default_value = "logfmt"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -103,23 +108,41 @@ async fn run_probe(path: &std::path::Path, name: &str) -> ExitCode {
     };
     let Some(spec) = config.probes.iter().find(|p| p.name == name) else {
         let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
-        eprintln!("unknown probe \"{name}\"; known probes: {}", names.join(", "));
+        eprintln!(
+            "unknown probe \"{name}\"; known probes: {}",
+            names.join(", ")
+        );
         return ExitCode::from(2);
     };
     let outcome = probe::run(spec).await;
     print!("{}", report::probe_trace(spec, &outcome));
-    if outcome.success { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if outcome.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Parses a Prometheus-style listen address (`:8916` means every interface).
 fn listen_address(text: &str) -> anyhow::Result<SocketAddr> {
-    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_owned() };
-    full.parse().with_context(|| format!("invalid --web.listen-address \"{text}\": write HOST:PORT, e.g. :8916 or 127.0.0.1:8916"))
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_owned()
+    };
+    full.parse().with_context(|| {
+        format!(
+            "invalid --web.listen-address \"{text}\": write HOST:PORT, e.g. :8916 or 127.0.0.1:8916"
+        )
+    })
 }
 
 fn refuse_web_config(cli: &Cli) -> anyhow::Result<()> {
     if let Some(path) = &cli.web_config_file {
-        anyhow::bail!("--web.config.file {} is not supported by this version yet: put the exporter behind a TLS proxy", path.display());
+        anyhow::bail!(
+            "--web.config.file {} is not supported by this version yet: put the exporter behind a TLS proxy",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -136,7 +159,9 @@ async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     };
     let address = listen_address(cli.listen_address.as_deref().unwrap_or(DEFAULT_LISTEN))?;
-    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
     let shutdown = shutdown_on_signal();
     webhook_exporter::run(config, listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
@@ -145,8 +170,12 @@ async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {
 async fn run_demo(cli: &Cli) -> anyhow::Result<ExitCode> {
     refuse_web_config(cli)?;
     let address = listen_address(cli.listen_address.as_deref().unwrap_or("127.0.0.1:8916"))?;
-    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-    let simulated = TcpListener::bind("127.0.0.1:0").await.context("cannot start the simulated Divalto server")?;
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let simulated = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot start the simulated Divalto server")?;
     let simulated_address = simulated.local_addr()?;
     let shutdown = shutdown_on_signal();
     let server = demo::spawn_server(simulated, shutdown.clone());
@@ -167,7 +196,9 @@ fn shutdown_on_signal() -> CancellationToken {
     let cancel = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutting down: no new runs, waiting for runs in flight (signal again to exit now)");
+        tracing::info!(
+            "shutting down: no new runs, waiting for runs in flight (signal again to exit now)"
+        );
         cancel.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");
@@ -179,7 +210,7 @@ fn shutdown_on_signal() -> CancellationToken {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut terminate) = signal(SignalKind::terminate()) else {
             let _ = tokio::signal::ctrl_c().await;
             return;

@@ -23,15 +23,19 @@ pub fn config_summary(config: &Config, now: DateTime<Utc>) -> String {
         .probes
         .iter()
         .map(|spec| {
-            let next = spec
-                .schedule
-                .next_after(&spec.name, now)
-                .map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+            let next = spec.schedule.next_after(&spec.name, now).map_or_else(
+                || "never".to_owned(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            );
             [
                 spec.name.clone(),
                 spec.schedule.to_string(),
                 next,
-                format!("{} {}", spec.method, humantime::format_duration(spec.timeout)),
+                format!(
+                    "{} {}",
+                    spec.method,
+                    humantime::format_duration(spec.timeout)
+                ),
                 spec.target.redacted(),
             ]
         })
@@ -65,27 +69,46 @@ fn millis(d: Duration) -> String {
 pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "probe {}", spec.name);
-    let _ = writeln!(out, "  request       {} {}", spec.method, spec.target.redacted());
+    let _ = writeln!(
+        out,
+        "  request       {} {}",
+        spec.method,
+        spec.target.redacted()
+    );
     if !spec.headers.is_empty() {
         let names: Vec<&str> = spec.headers.iter().map(|(name, _)| name.as_str()).collect();
         let _ = writeln!(out, "  headers       {} (values hidden)", names.join(", "));
     }
-    let _ = writeln!(out, "  timeout       {}", humantime::format_duration(spec.timeout));
+    let _ = writeln!(
+        out,
+        "  timeout       {}",
+        humantime::format_duration(spec.timeout)
+    );
     for (name, value) in PHASE_NAMES.iter().zip(outcome.phases.as_array()) {
         let _ = writeln!(out, "  {name:<13} {}", millis(value));
     }
     if outcome.redirects > 0 {
         let _ = writeln!(out, "  redirects     {}", outcome.redirects);
     }
-    let status = outcome.http_status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+    let status = outcome
+        .http_status
+        .map_or_else(|| "none".to_owned(), |s| s.to_string());
     let _ = writeln!(out, "  HTTP status   {status}");
-    let _ = writeln!(out, "  Divalto code  {}", outcome.response_code.as_deref().unwrap_or("none"));
+    let _ = writeln!(
+        out,
+        "  Divalto code  {}",
+        outcome.response_code.as_deref().unwrap_or("none")
+    );
     let _ = writeln!(out, "  message       {}", outcome.message);
     let _ = writeln!(out, "  attempts      {}", outcome.attempts);
     let verdict = match outcome.reason {
         None => "success".to_owned(),
         Some(reason) => format!("failure (reason {})", reason.as_label()),
     };
-    let _ = writeln!(out, "  verdict       {verdict} in {}", millis(outcome.duration));
+    let _ = writeln!(
+        out,
+        "  verdict       {verdict} in {}",
+        millis(outcome.duration)
+    );
     out
 }

@@ -18,8 +18,8 @@ pub enum Schedule {
     Cron {
         /// The expression as the operator wrote it.
         source: String,
-        /// The parsed expression.
-        cron: Cron,
+        /// The parsed expression (boxed: it is large and probes mostly use intervals).
+        cron: Box<Cron>,
         /// The zone the expression is read in.
         zone: Tz,
     },
@@ -89,7 +89,9 @@ impl Schedule {
                 let mut previous = self.next_after("", from)?;
                 let mut shortest: Option<TimeDelta> = None;
                 for _ in 0..2_000 {
-                    let Some(next) = self.next_after("", previous) else { break };
+                    let Some(next) = self.next_after("", previous) else {
+                        break;
+                    };
                     if next > horizon {
                         break;
                     }
@@ -107,7 +109,9 @@ impl fmt::Display for Schedule {
     /// The `schedule` label of `webhook_probe_info`: `every 1m` or `*/5 7-19 * * 1-5 Europe/Paris`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Schedule::Interval(period) => write!(f, "every {}", humantime::format_duration(*period)),
+            Schedule::Interval(period) => {
+                write!(f, "every {}", humantime::format_duration(*period))
+            }
             Schedule::Cron { source, zone, .. } => write!(f, "{source} {zone}"),
         }
     }
@@ -119,7 +123,11 @@ mod tests {
     use chrono::TimeZone;
 
     fn paris_cron(text: &str) -> Schedule {
-        Schedule::Cron { source: text.into(), cron: parse_cron(text).unwrap(), zone: chrono_tz::Europe::Paris }
+        Schedule::Cron {
+            source: text.into(),
+            cron: Box::new(parse_cron(text).unwrap()),
+            zone: chrono_tz::Europe::Paris,
+        }
     }
 
     #[test]
@@ -153,9 +161,15 @@ mod tests {
         let next = schedule.next_after("", saturday).unwrap();
         assert_eq!(next, Utc.with_ymd_and_hms(2026, 11, 30, 8, 0, 0).unwrap());
         let sunday = paris_cron("0 9 * * 0");
-        assert_eq!(sunday.next_after("", saturday).unwrap(), Utc.with_ymd_and_hms(2026, 11, 29, 8, 0, 0).unwrap());
+        assert_eq!(
+            sunday.next_after("", saturday).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 29, 8, 0, 0).unwrap()
+        );
         let sunday_seven = paris_cron("0 9 * * 7");
-        assert_eq!(sunday_seven.next_after("", saturday), sunday.next_after("", saturday));
+        assert_eq!(
+            sunday_seven.next_after("", saturday),
+            sunday.next_after("", saturday)
+        );
     }
 
     #[test]
@@ -164,9 +178,17 @@ mod tests {
         let schedule = paris_cron("30 2 * * *");
         let before = Utc.with_ymd_and_hms(2027, 3, 27, 12, 0, 0).unwrap();
         let next = schedule.next_after("", before).unwrap();
-        assert_eq!(next, Utc.with_ymd_and_hms(2027, 3, 28, 1, 0, 0).unwrap(), "03:00 CEST");
+        assert_eq!(
+            next,
+            Utc.with_ymd_and_hms(2027, 3, 28, 1, 0, 0).unwrap(),
+            "03:00 CEST"
+        );
         let after = schedule.next_after("", next).unwrap();
-        assert_eq!(after, Utc.with_ymd_and_hms(2027, 3, 29, 0, 30, 0).unwrap(), "02:30 CEST next day");
+        assert_eq!(
+            after,
+            Utc.with_ymd_and_hms(2027, 3, 29, 0, 30, 0).unwrap(),
+            "02:30 CEST next day"
+        );
     }
 
     #[test]
@@ -178,8 +200,13 @@ mod tests {
         assert_eq!(sunday, Utc.with_ymd_and_hms(2026, 10, 25, 7, 0, 0).unwrap());
         let monday = schedule.next_after("", sunday).unwrap();
         assert_eq!(monday, Utc.with_ymd_and_hms(2026, 10, 26, 7, 0, 0).unwrap());
-        let saturday_before = schedule.next_after("", Utc.with_ymd_and_hms(2026, 10, 23, 12, 0, 0).unwrap()).unwrap();
-        assert_eq!(saturday_before, Utc.with_ymd_and_hms(2026, 10, 24, 6, 0, 0).unwrap());
+        let saturday_before = schedule
+            .next_after("", Utc.with_ymd_and_hms(2026, 10, 23, 12, 0, 0).unwrap())
+            .unwrap();
+        assert_eq!(
+            saturday_before,
+            Utc.with_ymd_and_hms(2026, 10, 24, 6, 0, 0).unwrap()
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::metrics::{Metrics, ProbeMetrics};
 use crate::probe::Outcome;
 
 /// Runs one probe once. Production uses [`crate::probe::run`]; tests use stubs.
-pub type Runner = Arc<dyn Fn(Arc<ProbeSpec>) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
+pub type Runner =
+    Arc<dyn Fn(Arc<ProbeSpec>) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
 
 /// The runner that really calls the webhook.
 pub fn http_runner() -> Runner {
@@ -50,14 +51,20 @@ pub enum Clock {
 impl Clock {
     /// A simulated clock starting now at `wall`.
     pub fn simulated(wall: DateTime<Utc>) -> Self {
-        Clock::Simulated { origin: Instant::now(), origin_wall: wall }
+        Clock::Simulated {
+            origin: Instant::now(),
+            origin_wall: wall,
+        }
     }
 
     /// The current wall-clock time.
     pub fn now(&self) -> DateTime<Utc> {
         match self {
             Clock::System => Utc::now(),
-            Clock::Simulated { origin, origin_wall } => {
+            Clock::Simulated {
+                origin,
+                origin_wall,
+            } => {
                 let elapsed = Instant::now().saturating_duration_since(*origin);
                 *origin_wall + chrono::TimeDelta::from_std(elapsed).unwrap_or_default()
             }
@@ -100,14 +107,18 @@ impl ProbeState {
 
     /// Claims the probe for one run; `false` when a run is already going.
     fn try_claim(&self) -> bool {
-        self.running.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the data here
 /// (histories, timestamps) stays consistent at every await-free step.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What every probe task shares.
@@ -128,7 +139,13 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts one timer per probe of `config`.
-    pub fn start(config: &Config, metrics: Arc<Metrics>, runner: Runner, clock: Clock, cancel: CancellationToken) -> Self {
+    pub fn start(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        runner: Runner,
+        clock: Clock,
+        cancel: CancellationToken,
+    ) -> Self {
         let shared = Arc::new(Shared {
             metrics,
             runner,
@@ -139,9 +156,15 @@ impl Scheduler {
         let server_slots: HashMap<&str, Arc<Semaphore>> = config
             .servers
             .values()
-            .filter_map(|s| s.max_concurrent.map(|n| (s.name.as_str(), Arc::new(Semaphore::new(n)))))
+            .filter_map(|s| {
+                s.max_concurrent
+                    .map(|n| (s.name.as_str(), Arc::new(Semaphore::new(n))))
+            })
             .collect();
-        shared.metrics.probes_configured.set(i64::try_from(config.probes.len()).unwrap_or(i64::MAX));
+        shared
+            .metrics
+            .probes_configured
+            .set(i64::try_from(config.probes.len()).unwrap_or(i64::MAX));
         let mut probes = HashMap::new();
         for spec in &config.probes {
             let state = Arc::new(ProbeState {
@@ -149,13 +172,23 @@ impl Scheduler {
                 history: Mutex::new(History::new(config.history_size)),
                 running: AtomicBool::new(false),
                 next_run: Mutex::new(None),
-                server_slots: spec.server.as_deref().and_then(|s| server_slots.get(s).cloned()),
+                server_slots: spec
+                    .server
+                    .as_deref()
+                    .and_then(|s| server_slots.get(s).cloned()),
                 spec: spec.clone(),
             });
-            shared.tracker.spawn(timer(state.clone(), shared.clone(), cancel.child_token()));
+            tracing::debug!(probe = %spec.name, url = %spec.target.redacted(), schedule = %spec.schedule, "probe scheduled");
+            shared
+                .tracker
+                .spawn(timer(state.clone(), shared.clone(), cancel.child_token()));
             probes.insert(spec.name.clone(), state);
         }
-        Self { shared, probes, cancel }
+        Self {
+            shared,
+            probes,
+            cancel,
+        }
     }
 
     /// The state of a probe by name.
@@ -188,7 +221,9 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
             () = cancel.cancelled() => break,
         }
         if state.try_claim() {
-            shared.tracker.spawn(run(state.clone(), shared.clone(), deadline));
+            shared
+                .tracker
+                .spawn(run(state.clone(), shared.clone(), deadline));
         } else {
             state.metrics.skipped();
             tracing::debug!(probe = %spec.name, "previous run still going: planned run skipped");
@@ -208,7 +243,9 @@ async fn run(state: Arc<ProbeState>, shared: Arc<Shared>, planned: Instant) {
         Some(slots) => slots.clone().acquire_owned().await.ok(),
         None => None,
     };
-    shared.metrics.observe_lag(Instant::now().saturating_duration_since(planned));
+    shared
+        .metrics
+        .observe_lag(Instant::now().saturating_duration_since(planned));
     shared.metrics.probes_in_flight.inc();
     let outcome = (shared.runner)(state.spec.clone()).await;
     shared.metrics.probes_in_flight.dec();

@@ -9,31 +9,96 @@ use webhook_exporter::config;
 
 /// Each `tests/fixtures/invalid-*.yaml` with the exact error expected, `file:line:col: message`.
 const INVALID: &[(&str, &str)] = &[
-    ("invalid-unknown-key.yaml", "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, follow_redirects, max_body_bytes, tls, expect; check the spelling or remove the key"),
-    ("invalid-duplicate-key.yaml", "5:5: duplicate mapping key `interval` is not allowed here; each key may appear once"),
-    ("invalid-duplicate-name.yaml", "4:11: probes[1].name: duplicate probe name \"refresh-customer\"; names must be unique"),
-    ("invalid-name.yaml", "2:11: probes[0].name: \"refresh customer\" is not a valid name; use letters, digits, _, . and -"),
-    ("invalid-url-and-server.yaml", "7:10: probes[0] \"both\": has both url and server; keep url for a plain URL, or server + code for a Divalto webhook"),
-    ("invalid-neither-url-nor-server.yaml", "2:5: probes[0] \"nothing\": has neither url nor server; set url, or server + code (or code_file)"),
-    ("invalid-timeout-not-below-interval.yaml", "5:14: probes[0] \"slow\".timeout: 30s must be shorter than the time between two runs (30s); lower the timeout or run less often"),
-    ("invalid-timeout-cron-gap.yaml", "2:12: probes[0] \"business-hours\".timeout: 2m must be shorter than the time between two runs (1m); lower the timeout or run less often"),
-    ("invalid-cron.yaml", "4:15: invalid cron expression \"0 */5 * *\": expected 5 fields (minute hour day month weekday), or 6-7 with seconds and year; found 4"),
-    ("invalid-timezone.yaml", "5:15: unknown time zone \"Europe/Lutece\": use an IANA name such as Europe/Paris or UTC"),
-    ("invalid-regex.yaml", "3:19: invalid regular expression \"(unclosed\": unclosed group"),
-    ("invalid-unset-env.yaml", "6:11: environment variable WEBHOOK_EXPORTER_TEST_UNSET_CODE is not set: export it before starting the exporter"),
-    ("invalid-unknown-server.yaml", "5:13: probes[0] \"refresh-customer\".server: unknown server \"clowd\"; define it under servers (known: cloud)"),
-    ("invalid-bare-number-duration.yaml", "2:13: duration \"30\" has no unit: write it with one, e.g. \"30s\" or \"30ms\""),
-    ("invalid-status-class.yaml", "4:30: invalid HTTP status \"7xx\": write a code from 100 to 599 or a class such as \"2xx\""),
-    ("invalid-size.yaml", "4:21: unknown size unit \"parsec\" in \"1 parsec\": use B, kB, KiB, MB, MiB, GB or GiB"),
-    ("invalid-label-name.yaml", "4:14: label name \"probe\" is set by the exporter itself: choose another name"),
-    ("invalid-defaults-name.yaml", "2:8: defaults.url: only a probe can set url; move it into the probes that need it"),
-    ("invalid-code-without-server.yaml", "4:11: probes[0] \"a\": code and code_file need a server; with url, put the whole URL in url"),
-    ("invalid-interval-and-schedule.yaml", "5:15: probes[0] \"a\": has both interval and schedule; keep one"),
-    ("invalid-divalto-mode.yaml", "4:23: invalid divalto mode \"maybe\": use auto, on or off"),
+    (
+        "invalid-unknown-key.yaml",
+        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, follow_redirects, max_body_bytes, tls, expect; check the spelling or remove the key",
+    ),
+    (
+        "invalid-duplicate-key.yaml",
+        "5:5: duplicate mapping key `interval` is not allowed here; each key may appear once",
+    ),
+    (
+        "invalid-duplicate-name.yaml",
+        "4:11: probes[1].name: duplicate probe name \"refresh-customer\"; names must be unique",
+    ),
+    (
+        "invalid-name.yaml",
+        "2:11: probes[0].name: \"refresh customer\" is not a valid name; use letters, digits, _, . and -",
+    ),
+    (
+        "invalid-url-and-server.yaml",
+        "7:10: probes[0] \"both\": has both url and server; keep url for a plain URL, or server + code for a Divalto webhook",
+    ),
+    (
+        "invalid-neither-url-nor-server.yaml",
+        "2:5: probes[0] \"nothing\": has neither url nor server; set url, or server + code (or code_file)",
+    ),
+    (
+        "invalid-timeout-not-below-interval.yaml",
+        "5:14: probes[0] \"slow\".timeout: 30s must be shorter than the time between two runs (30s); lower the timeout or run less often",
+    ),
+    (
+        "invalid-timeout-cron-gap.yaml",
+        "2:12: probes[0] \"business-hours\".timeout: 2m must be shorter than the time between two runs (1m); lower the timeout or run less often",
+    ),
+    (
+        "invalid-cron.yaml",
+        "4:15: invalid cron expression \"0 */5 * *\": expected 5 fields (minute hour day month weekday), or 6-7 with seconds and year; found 4",
+    ),
+    (
+        "invalid-timezone.yaml",
+        "5:15: unknown time zone \"Europe/Lutece\": use an IANA name such as Europe/Paris or UTC",
+    ),
+    (
+        "invalid-regex.yaml",
+        "3:19: invalid regular expression \"(unclosed\": unclosed group",
+    ),
+    (
+        "invalid-unset-env.yaml",
+        "6:11: environment variable WEBHOOK_EXPORTER_TEST_UNSET_CODE is not set: export it before starting the exporter",
+    ),
+    (
+        "invalid-unknown-server.yaml",
+        "5:13: probes[0] \"refresh-customer\".server: unknown server \"clowd\"; define it under servers (known: cloud)",
+    ),
+    (
+        "invalid-bare-number-duration.yaml",
+        "2:13: duration \"30\" has no unit: write it with one, e.g. \"30s\" or \"30ms\"",
+    ),
+    (
+        "invalid-status-class.yaml",
+        "4:30: invalid HTTP status \"7xx\": write a code from 100 to 599 or a class such as \"2xx\"",
+    ),
+    (
+        "invalid-size.yaml",
+        "4:21: unknown size unit \"parsec\" in \"1 parsec\": use B, kB, KiB, MB, MiB, GB or GiB",
+    ),
+    (
+        "invalid-label-name.yaml",
+        "4:14: label name \"probe\" is set by the exporter itself: choose another name",
+    ),
+    (
+        "invalid-defaults-name.yaml",
+        "2:8: defaults.url: only a probe can set url; move it into the probes that need it",
+    ),
+    (
+        "invalid-code-without-server.yaml",
+        "4:11: probes[0] \"a\": code and code_file need a server; with url, put the whole URL in url",
+    ),
+    (
+        "invalid-interval-and-schedule.yaml",
+        "5:15: probes[0] \"a\": has both interval and schedule; keep one",
+    ),
+    (
+        "invalid-divalto-mode.yaml",
+        "4:23: invalid divalto mode \"maybe\": use auto, on or off",
+    ),
 ];
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[test]
@@ -62,7 +127,8 @@ fn every_fixture_in_the_folder_has_an_expectation() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if name.starts_with("invalid-") {
             // invalid-code-file.yaml names an absolute path: checked in its own test below.
-            let covered = INVALID.iter().any(|(n, _)| *n == name) || name == "invalid-code-file.yaml";
+            let covered =
+                INVALID.iter().any(|(n, _)| *n == name) || name == "invalid-code-file.yaml";
             assert!(covered, "{name} has no expected message");
         }
     }
@@ -70,8 +136,15 @@ fn every_fixture_in_the_folder_has_an_expectation() {
 
 #[test]
 fn an_unreadable_code_file_names_the_file_and_the_position() {
-    let err = config::load(&fixture("invalid-code-file.yaml")).unwrap_err().to_string();
-    assert!(err.contains("invalid-code-file.yaml:6:16: probes[0] \"refresh-customer\".code_file: cannot read "), "{err}");
+    let err = config::load(&fixture("invalid-code-file.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "invalid-code-file.yaml:6:16: probes[0] \"refresh-customer\".code_file: cannot read "
+        ),
+        "{err}"
+    );
     assert!(err.contains("does-not-exist/refresh_customer"), "{err}");
 }
 
@@ -108,7 +181,10 @@ probes:
     let url = config.probes[0].target.url.as_str().to_owned();
     assert_eq!(
         url,
-        format!("https://api.divaltocloud.com/123456/TEST1/api/v1/WebHook/{}?dos=998&env=prod&refreshCustomer=C0000001+%26+Co%2F%C3%A9", common::SECRET_CODE)
+        format!(
+            "https://api.divaltocloud.com/123456/TEST1/api/v1/WebHook/{}?dos=998&env=prod&refreshCustomer=C0000001+%26+Co%2F%C3%A9",
+            common::SECRET_CODE
+        )
     );
     assert_eq!(
         config.probes[0].target.redacted(),
@@ -122,9 +198,19 @@ fn a_code_file_is_trimmed_and_relative_to_the_config() {
         "servers:\n  onprem:\n    base_url: http://erp:8080/Rest\n    webhook_path: /api/v1/Webhook\nprobes:\n  - name: a\n    server: onprem\n    code_file: secrets/code\n",
     );
     std::fs::create_dir(dir.path().join("secrets")).unwrap();
-    std::fs::write(dir.path().join("secrets/code"), format!("  {}\n", common::SECRET_CODE)).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/code"),
+        format!("  {}\n", common::SECRET_CODE),
+    )
+    .unwrap();
     let config = config::load(&path).unwrap();
-    assert_eq!(config.probes[0].target.url.as_str(), format!("http://erp:8080/Rest/api/v1/Webhook/{}", common::SECRET_CODE));
+    assert_eq!(
+        config.probes[0].target.url.as_str(),
+        format!(
+            "http://erp:8080/Rest/api/v1/Webhook/{}",
+            common::SECRET_CODE
+        )
+    );
 }
 
 #[test]
@@ -162,10 +248,28 @@ probes:
     assert_eq!(probe.retries, 2);
     assert_eq!(probe.method, http::Method::POST);
     assert_eq!(probe.max_body_bytes, 64 * 1024);
-    let headers: Vec<(String, String)> = probe.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned())).collect();
-    assert_eq!(headers, vec![("x-env".into(), "cloud".into()), ("x-probe".into(), "a".into()), ("x-team".into(), "erp".into())]);
-    let labels: Vec<(&str, &str)> = probe.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    assert_eq!(labels, vec![("dossier", "998"), ("site", "cloud"), ("team", "erp")]);
+    let headers: Vec<(String, String)> = probe
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        headers,
+        vec![
+            ("x-env".into(), "cloud".into()),
+            ("x-probe".into(), "a".into()),
+            ("x-team".into(), "erp".into())
+        ]
+    );
+    let labels: Vec<(&str, &str)> = probe
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        vec![("dossier", "998"), ("site", "cloud"), ("team", "erp")]
+    );
     assert_eq!(probe.expect.divalto, config::DivaltoMode::On);
     assert_eq!(probe.expect.success_codes, vec!["0".to_owned()]);
     assert!(probe.expect.status[0].matches(204));
@@ -175,23 +279,52 @@ probes:
 fn the_example_config_is_accepted_by_check_config() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/webhook-exporter.yaml");
     let (code, stdout, stderr) = common::run_binary(
-        &["check-config", &format!("--config.file={}", example.display())],
-        &[("REFRESH_CUSTOMER_CODE", common::SECRET_CODE), ("ORDER_SYNC_CODE", "SYNCCOMMANDESACADEMY0000000000042")],
+        &[
+            "check-config",
+            &format!("--config.file={}", example.display()),
+        ],
+        &[
+            ("REFRESH_CUSTOMER_CODE", common::SECRET_CODE),
+            ("ORDER_SYNC_CODE", "SYNCCOMMANDESACADEMY0000000000042"),
+        ],
         None,
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("valid, 3 probe(s), 2 server(s)"), "{stdout}");
-    assert!(stdout.contains("/api/v1/WebHook/MONW…3F53?dos=998&refreshCustomer=C0000001"), "{stdout}");
-    assert!(stdout.contains("*/5 7-19 * * Mon-Fri Europe/Paris"), "{stdout}");
-    assert!(!stdout.contains(common::SECRET_CODE) && !stdout.contains("SYNCCOMMANDESACADEMY0000000000042"), "{stdout}");
+    assert!(
+        stdout.contains("valid, 3 probe(s), 2 server(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/api/v1/WebHook/MONW…3F53?dos=998&refreshCustomer=C0000001"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("*/5 7-19 * * Mon-Fri Europe/Paris"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(common::SECRET_CODE)
+            && !stdout.contains("SYNCCOMMANDESACADEMY0000000000042"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn check_config_exits_1_with_the_errors_on_stderr() {
-    let (code, stdout, stderr) = common::run_binary(&["check-config", &format!("--config.file={}", fixture("invalid-cron.yaml").display())], &[], None);
+    let (code, stdout, stderr) = common::run_binary(
+        &[
+            "check-config",
+            &format!("--config.file={}", fixture("invalid-cron.yaml").display()),
+        ],
+        &[],
+        None,
+    );
     assert_eq!(code, 1);
     assert!(stdout.is_empty(), "{stdout}");
-    assert!(stderr.contains("invalid-cron.yaml:4:15: invalid cron expression"), "{stderr}");
+    assert!(
+        stderr.contains("invalid-cron.yaml:4:15: invalid cron expression"),
+        "{stderr}"
+    );
 }
 
 #[test]

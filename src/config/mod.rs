@@ -111,7 +111,8 @@ impl Target {
         let mut redactions = Vec::new();
         for secret in secrets.iter().filter(|s| !s.expose().is_empty()) {
             let raw = secret.expose();
-            let form_encoded: String = url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
+            let form_encoded: String =
+                url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
             for form in [raw.to_owned(), form_encoded, path_encoded(raw)] {
                 if !redactions.iter().any(|(known, _)| *known == form) {
                     redactions.push((form, secret.redacted()));

@@ -14,8 +14,8 @@ use url::Url;
 use super::raw::{RawConfig, RawExpect, RawProbe, RawServer, RawTls};
 use super::values::{DivaltoMode, StatusMatcher, Text};
 use super::{
-    Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES,
-    Expect, ProbeSpec, Secret, Server, Target, TlsClient, TlsSettings,
+    Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES, Expect,
+    ProbeSpec, Secret, Server, Target, TlsClient, TlsSettings,
 };
 use crate::schedule::Schedule;
 
@@ -62,7 +62,10 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             message: yaml_message(&e),
         }])
     })?;
-    let mut errors = Errors { file: path, list: Vec::new() };
+    let mut errors = Errors {
+        file: path,
+        list: Vec::new(),
+    };
     let config = build(path, raw, &mut errors);
     if errors.list.is_empty() {
         Ok(config)
@@ -100,13 +103,25 @@ fn strip_position_suffix(message: &str) -> &str {
 fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
     let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
 
-    let max_concurrent_probes = positive(raw.max_concurrent_probes, DEFAULT_MAX_CONCURRENT_PROBES, "max_concurrent_probes", errors);
-    let history_size = positive(raw.history_size, DEFAULT_HISTORY_SIZE, "history_size", errors);
+    let max_concurrent_probes = positive(
+        raw.max_concurrent_probes,
+        DEFAULT_MAX_CONCURRENT_PROBES,
+        "max_concurrent_probes",
+        errors,
+    );
+    let history_size = positive(
+        raw.history_size,
+        DEFAULT_HISTORY_SIZE,
+        "history_size",
+        errors,
+    );
     let duration_buckets = match raw.duration_buckets {
         None => DEFAULT_DURATION_BUCKETS.to_vec(),
         Some(buckets) => {
             let increasing = buckets.value.windows(2).all(|w| w[0] < w[1]);
-            let valid = !buckets.value.is_empty() && increasing && buckets.value.iter().all(|b| b.is_finite() && *b > 0.0);
+            let valid = !buckets.value.is_empty()
+                && increasing
+                && buckets.value.iter().all(|b| b.is_finite() && *b > 0.0);
             if !valid {
                 errors.at(buckets.referenced, "duration_buckets: list positive, strictly increasing upper bounds in seconds, e.g. [0.1, 0.5, 1, 5]");
             }
@@ -134,8 +149,16 @@ fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
     let mut seen = HashSet::new();
     let mut probes = Vec::new();
     for (index, probe) in raw.probes.into_iter().enumerate() {
-        let Some(name) = probe_name(index, &probe, &mut seen, errors) else { continue };
-        let context = ProbeContext { index, name: &name, base_dir: &base_dir, defaults: &defaults, servers: &servers };
+        let Some(name) = probe_name(index, &probe, &mut seen, errors) else {
+            continue;
+        };
+        let context = ProbeContext {
+            index,
+            name: &name,
+            base_dir: &base_dir,
+            defaults: &defaults,
+            servers: &servers,
+        };
         if let Some(spec) = context.build(probe, &mut tls_cache, errors) {
             probes.push(Arc::new(spec));
         }
@@ -146,12 +169,28 @@ fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
         max_concurrent_probes,
         history_size,
         duration_buckets,
-        servers: servers.into_iter().map(|(name, s)| (name.clone(), Server { name, max_concurrent: s.max_concurrent })).collect(),
+        servers: servers
+            .into_iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    Server {
+                        name,
+                        max_concurrent: s.max_concurrent,
+                    },
+                )
+            })
+            .collect(),
         probes,
     }
 }
 
-fn positive(value: Option<Spanned<usize>>, default: usize, key: &str, errors: &mut Errors<'_>) -> usize {
+fn positive(
+    value: Option<Spanned<usize>>,
+    default: usize,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> usize {
     match value {
         None => default,
         Some(v) if v.value == 0 => {
@@ -165,11 +204,21 @@ fn positive(value: Option<Spanned<usize>>, default: usize, key: &str, errors: &m
 /// Keys a `defaults` block must not carry, with their positions.
 fn probe_only_keys(raw: &RawProbe) -> Vec<(&'static str, Location)> {
     let mut found = Vec::new();
-    if let Some(v) = &raw.name { found.push(("name", v.referenced)); }
-    if let Some(v) = &raw.server { found.push(("server", v.referenced)); }
-    if let Some(v) = &raw.code { found.push(("code", v.referenced)); }
-    if let Some(v) = &raw.code_file { found.push(("code_file", v.referenced)); }
-    if let Some(v) = &raw.url { found.push(("url", v.referenced)); }
+    if let Some(v) = &raw.name {
+        found.push(("name", v.referenced));
+    }
+    if let Some(v) = &raw.server {
+        found.push(("server", v.referenced));
+    }
+    if let Some(v) = &raw.code {
+        found.push(("code", v.referenced));
+    }
+    if let Some(v) = &raw.code_file {
+        found.push(("code_file", v.referenced));
+    }
+    if let Some(v) = &raw.url {
+        found.push(("url", v.referenced));
+    }
     found
 }
 
@@ -184,12 +233,19 @@ struct ResolvedServer {
     tls: RawTls,
 }
 
-fn resolve_server(name: &str, server: Spanned<RawServer>, errors: &mut Errors<'_>) -> Option<ResolvedServer> {
+fn resolve_server(
+    name: &str,
+    server: Spanned<RawServer>,
+    errors: &mut Errors<'_>,
+) -> Option<ResolvedServer> {
     let raw = server.value;
     let base_url = match Url::parse(raw.base_url.value.0.trim()) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
         Ok(_) => {
-            errors.at(raw.base_url.referenced, format!("servers.{name}.base_url: must be an http:// or https:// URL with a host"));
+            errors.at(
+                raw.base_url.referenced,
+                format!("servers.{name}.base_url: must be an http:// or https:// URL with a host"),
+            );
             return None;
         }
         Err(e) => {
@@ -200,11 +256,16 @@ fn resolve_server(name: &str, server: Spanned<RawServer>, errors: &mut Errors<'_
     if let Some(max) = &raw.max_concurrent
         && max.value == 0
     {
-        errors.at(max.referenced, format!("servers.{name}.max_concurrent: must be at least 1"));
+        errors.at(
+            max.referenced,
+            format!("servers.{name}.max_concurrent: must be at least 1"),
+        );
     }
     Some(ResolvedServer {
         base_url,
-        webhook_path: raw.webhook_path.map_or_else(|| DEFAULT_WEBHOOK_PATH.to_owned(), |p| p.0),
+        webhook_path: raw
+            .webhook_path
+            .map_or_else(|| DEFAULT_WEBHOOK_PATH.to_owned(), |p| p.0),
         max_concurrent: raw.max_concurrent.map(|m| m.value.max(1)),
         headers: text_map(raw.headers, |k| k.0),
         params: text_map(raw.params, |k| k.0),
@@ -213,26 +274,55 @@ fn resolve_server(name: &str, server: Spanned<RawServer>, errors: &mut Errors<'_
     })
 }
 
-fn text_map<K>(map: Option<BTreeMap<K, Text>>, key: impl Fn(K) -> String) -> BTreeMap<String, String> {
-    map.unwrap_or_default().into_iter().map(|(k, v)| (key(k), v.0)).collect()
+fn text_map<K>(
+    map: Option<BTreeMap<K, Text>>,
+    key: impl Fn(K) -> String,
+) -> BTreeMap<String, String> {
+    map.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (key(k), v.0))
+        .collect()
 }
 
 /// Names are label values and URL path parts of the API: keep them to a safe alphabet.
 fn valid_probe_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn probe_name(index: usize, probe: &Spanned<RawProbe>, seen: &mut HashSet<String>, errors: &mut Errors<'_>) -> Option<String> {
+fn probe_name(
+    index: usize,
+    probe: &Spanned<RawProbe>,
+    seen: &mut HashSet<String>,
+    errors: &mut Errors<'_>,
+) -> Option<String> {
     let Some(name) = &probe.value.name else {
-        errors.at(probe.referenced, format!("probes[{index}]: missing name; give every probe a unique name"));
+        errors.at(
+            probe.referenced,
+            format!("probes[{index}]: missing name; give every probe a unique name"),
+        );
         return None;
     };
     if !valid_probe_name(&name.value) {
-        errors.at(name.referenced, format!("probes[{index}].name: \"{}\" is not a valid name; use letters, digits, _, . and -", name.value));
+        errors.at(
+            name.referenced,
+            format!(
+                "probes[{index}].name: \"{}\" is not a valid name; use letters, digits, _, . and -",
+                name.value
+            ),
+        );
         return None;
     }
     if !seen.insert(name.value.clone()) {
-        errors.at(name.referenced, format!("probes[{index}].name: duplicate probe name \"{}\"; names must be unique", name.value));
+        errors.at(
+            name.referenced,
+            format!(
+                "probes[{index}].name: duplicate probe name \"{}\"; names must be unique",
+                name.value
+            ),
+        );
         return None;
     }
     Some(name.value.clone())
@@ -255,7 +345,11 @@ impl ProbeContext<'_> {
 
     fn resolve_path(&self, file: &str) -> PathBuf {
         let path = Path::new(file);
-        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 
     fn build(
@@ -298,7 +392,12 @@ impl ProbeContext<'_> {
 
         let server_raw = server.as_ref().map(|(_, s)| *s);
         let headers = self.headers(&raw, server_raw, at, errors);
-        let labels = merge_maps(&defaults.labels, server_raw.map(|s| &s.labels), &raw.labels, |k| k.0.clone());
+        let labels = merge_maps(
+            &defaults.labels,
+            server_raw.map(|s| &s.labels),
+            &raw.labels,
+            |k| k.0.clone(),
+        );
         let tls = self.tls(&raw, server_raw, tls_cache, at, errors)?;
         let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
 
@@ -309,24 +408,47 @@ impl ProbeContext<'_> {
             name: self.name.to_owned(),
             server: server.map(|(name, _)| name),
             target,
-            method: raw.method.or_else(|| defaults.method.clone()).map_or(http::Method::GET, |m| m.0),
+            method: raw
+                .method
+                .or_else(|| defaults.method.clone())
+                .map_or(http::Method::GET, |m| m.0),
             headers,
             labels,
             schedule,
             timeout: timeout_value,
             retries: raw.retries.or(defaults.retries).unwrap_or(0),
-            retry_delay: raw.retry_delay.or(defaults.retry_delay).map_or(DEFAULT_RETRY_DELAY, |d| d.0),
-            follow_redirects: raw.follow_redirects.or(defaults.follow_redirects).unwrap_or(true),
-            max_body_bytes: raw.max_body_bytes.or(defaults.max_body_bytes).map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
+            retry_delay: raw
+                .retry_delay
+                .or(defaults.retry_delay)
+                .map_or(DEFAULT_RETRY_DELAY, |d| d.0),
+            follow_redirects: raw
+                .follow_redirects
+                .or(defaults.follow_redirects)
+                .unwrap_or(true),
+            max_body_bytes: raw
+                .max_body_bytes
+                .or(defaults.max_body_bytes)
+                .map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
             tls,
             expect,
         })
     }
 
     /// The URL: `url`, or the server's base + webhook path + code + params.
-    fn target(&self, at: Location, raw: &RawProbe, server: Option<&ResolvedServer>, errors: &mut Errors<'_>) -> Option<Target> {
+    fn target(
+        &self,
+        at: Location,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        errors: &mut Errors<'_>,
+    ) -> Option<Target> {
         let label = self.label();
-        let params = merge_maps(&self.defaults.params, server.map(|s| &s.params), &raw.params, |k| k.0.clone());
+        let params = merge_maps(
+            &self.defaults.params,
+            server.map(|s| &s.params),
+            &raw.params,
+            |k| k.0.clone(),
+        );
         match (&raw.url, server) {
             (Some(url), Some(_)) => {
                 errors.at(url.referenced, format!("{label}: has both url and server; keep url for a plain URL, or server + code for a Divalto webhook"));
@@ -337,14 +459,22 @@ impl ProbeContext<'_> {
                 None
             }
             (Some(url), None) => {
-                if let Some(code) = raw.code.as_ref().map(|c| c.referenced).or(raw.code_file.as_ref().map(|c| c.referenced)) {
+                if let Some(code) = raw
+                    .code
+                    .as_ref()
+                    .map(|c| c.referenced)
+                    .or(raw.code_file.as_ref().map(|c| c.referenced))
+                {
                     errors.at(code, format!("{label}: code and code_file need a server; with url, put the whole URL in url"));
                     return None;
                 }
                 let mut parsed = match Url::parse(url.value.0.trim()) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => u,
                     Ok(_) => {
-                        errors.at(url.referenced, format!("{label}.url: must be an http:// or https:// URL with a host"));
+                        errors.at(
+                            url.referenced,
+                            format!("{label}.url: must be an http:// or https:// URL with a host"),
+                        );
                         return None;
                     }
                     Err(e) => {
@@ -361,7 +491,10 @@ impl ProbeContext<'_> {
                 let mut url = server.base_url.clone();
                 {
                     let Ok(mut segments) = url.path_segments_mut() else {
-                        errors.at(at, format!("{label}: the server's base_url cannot take a path"));
+                        errors.at(
+                            at,
+                            format!("{label}: the server's base_url cannot take a path"),
+                        );
                         return None;
                     };
                     segments.pop_if_empty();
@@ -387,7 +520,13 @@ impl ProbeContext<'_> {
                 match std::fs::read_to_string(&path) {
                     Ok(content) if !content.trim().is_empty() => Some(Secret::new(content.trim())),
                     Ok(_) => {
-                        errors.at(file.referenced, format!("{label}.code_file: {} is empty; write the webhook code in it", path.display()));
+                        errors.at(
+                            file.referenced,
+                            format!(
+                                "{label}.code_file: {} is empty; write the webhook code in it",
+                                path.display()
+                            ),
+                        );
                         None
                     }
                     Err(e) => {
@@ -397,11 +536,17 @@ impl ProbeContext<'_> {
                 }
             }
             (Some(code), Some(_)) => {
-                errors.at(code.referenced, format!("{label}: has both code and code_file; keep one"));
+                errors.at(
+                    code.referenced,
+                    format!("{label}: has both code and code_file; keep one"),
+                );
                 None
             }
             (None, None) => {
-                errors.at(at, format!("{label}: a server probe needs code or code_file (the webhook code)"));
+                errors.at(
+                    at,
+                    format!("{label}: a server probe needs code or code_file (the webhook code)"),
+                );
                 None
             }
         }
@@ -410,28 +555,57 @@ impl ProbeContext<'_> {
     fn schedule(&self, raw: &RawProbe, errors: &mut Errors<'_>) -> Option<Schedule> {
         let label = self.label();
         if let (Some(_), Some(cron)) = (&raw.interval, &raw.schedule) {
-            errors.at(cron.referenced, format!("{label}: has both interval and schedule; keep one"));
+            errors.at(
+                cron.referenced,
+                format!("{label}: has both interval and schedule; keep one"),
+            );
             return None;
         }
         // A probe's own interval or schedule wins over either one in defaults.
         let (interval, cron) = if raw.interval.is_some() || raw.schedule.is_some() {
             (raw.interval.as_ref(), raw.schedule.as_ref())
         } else {
-            (self.defaults.interval.as_ref(), self.defaults.schedule.as_ref())
+            (
+                self.defaults.interval.as_ref(),
+                self.defaults.schedule.as_ref(),
+            )
         };
         if let Some(cron) = cron {
-            let zone = raw.timezone.or(self.defaults.timezone).map_or(chrono_tz::UTC, |z| z.0);
-            return Some(Schedule::Cron { source: cron.value.source.clone(), cron: cron.value.cron.clone(), zone });
+            let zone = raw
+                .timezone
+                .or(self.defaults.timezone)
+                .map_or(chrono_tz::UTC, |z| z.0);
+            return Some(Schedule::Cron {
+                source: cron.value.source.clone(),
+                cron: Box::new(cron.value.cron.clone()),
+                zone,
+            });
         }
-        Some(Schedule::Interval(interval.map_or(DEFAULT_INTERVAL, |i| i.value.0)))
+        Some(Schedule::Interval(
+            interval.map_or(DEFAULT_INTERVAL, |i| i.value.0),
+        ))
     }
 
-    fn headers(&self, raw: &RawProbe, server: Option<&ResolvedServer>, at: Location, errors: &mut Errors<'_>) -> Vec<(HeaderName, HeaderValue)> {
-        let merged = merge_maps(&self.defaults.headers, server.map(|s| &s.headers), &raw.headers, |k| k.0.clone());
+    fn headers(
+        &self,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        at: Location,
+        errors: &mut Errors<'_>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let merged = merge_maps(
+            &self.defaults.headers,
+            server.map(|s| &s.headers),
+            &raw.headers,
+            |k| k.0.clone(),
+        );
         let mut headers = Vec::with_capacity(merged.len());
         for (name, value) in merged {
             // Names were checked at decode time; values may hold bytes HTTP forbids.
-            let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) else {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) else {
                 errors.at(at, format!("{}.headers.{name}: the value holds characters not allowed in an HTTP header (control characters or newlines)", self.label()));
                 continue;
             };
@@ -449,20 +623,34 @@ impl ProbeContext<'_> {
         errors: &mut Errors<'_>,
     ) -> Option<TlsClient> {
         let empty = RawTls::default();
-        let layers = [raw.tls.as_ref().unwrap_or(&empty), server.map_or(&empty, |s| &s.tls), self.defaults.tls.as_ref().unwrap_or(&empty)];
-        let pick = |get: fn(&RawTls) -> Option<&Spanned<Text>>| layers.iter().find_map(|layer| get(layer));
+        let layers = [
+            raw.tls.as_ref().unwrap_or(&empty),
+            server.map_or(&empty, |s| &s.tls),
+            self.defaults.tls.as_ref().unwrap_or(&empty),
+        ];
+        let pick =
+            |get: fn(&RawTls) -> Option<&Spanned<Text>>| layers.iter().find_map(|layer| get(layer));
         let ca = pick(|t| t.ca_file.as_ref());
         let cert = pick(|t| t.cert_file.as_ref());
         let key = pick(|t| t.key_file.as_ref());
         let settings = TlsSettings {
-            insecure_skip_verify: layers.iter().find_map(|l| l.insecure_skip_verify).unwrap_or(false),
+            insecure_skip_verify: layers
+                .iter()
+                .find_map(|l| l.insecure_skip_verify)
+                .unwrap_or(false),
             ca_file: ca.map(|f| self.resolve_path(&f.value.0)),
             cert_file: cert.map(|f| self.resolve_path(&f.value.0)),
             key_file: key.map(|f| self.resolve_path(&f.value.0)),
-            server_name: layers.iter().find_map(|l| l.server_name.as_ref()).map(|n| n.0.clone()),
+            server_name: layers
+                .iter()
+                .find_map(|l| l.server_name.as_ref())
+                .map(|n| n.0.clone()),
         };
         if let Some(config) = cache.get(&settings) {
-            return Some(TlsClient { settings, config: config.clone() });
+            return Some(TlsClient {
+                settings,
+                config: config.clone(),
+            });
         }
         match crate::probe::tls::client_config(&settings) {
             Ok(config) => {
@@ -477,7 +665,15 @@ impl ProbeContext<'_> {
                     _ => None,
                 }
                 .unwrap_or(at);
-                errors.at(location, format!("{}.tls.{}: {}", self.label(), failure.field, failure.message));
+                errors.at(
+                    location,
+                    format!(
+                        "{}.tls.{}: {}",
+                        self.label(),
+                        failure.field,
+                        failure.message
+                    ),
+                );
                 None
             }
         }
@@ -485,7 +681,11 @@ impl ProbeContext<'_> {
 }
 
 fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// Merges a map key the contract's way: defaults, then the server, then the probe.
@@ -512,15 +712,30 @@ fn merge_expect(defaults: Option<&RawExpect>, probe: Option<&RawExpect>) -> Expe
     let empty = RawExpect::default();
     let (d, p) = (defaults.unwrap_or(&empty), probe.unwrap_or(&empty));
     Expect {
-        status: p.status.clone().or_else(|| d.status.clone()).unwrap_or_else(|| vec![StatusMatcher::Code(200)]),
+        status: p
+            .status
+            .clone()
+            .or_else(|| d.status.clone())
+            .unwrap_or_else(|| vec![StatusMatcher::Code(200)]),
         divalto: p.divalto.or(d.divalto).unwrap_or(DivaltoMode::Auto),
         success_codes: p
             .success_codes
             .as_ref()
             .or(d.success_codes.as_ref())
-            .map_or_else(|| vec!["0".to_owned(), "200".to_owned()], |codes| codes.iter().map(|c| c.0.trim().to_owned()).collect()),
-        body_matches: p.body_matches.as_ref().or(d.body_matches.as_ref()).map(|r| r.0.clone()),
-        body_not_matches: p.body_not_matches.as_ref().or(d.body_not_matches.as_ref()).map(|r| r.0.clone()),
+            .map_or_else(
+                || vec!["0".to_owned(), "200".to_owned()],
+                |codes| codes.iter().map(|c| c.0.trim().to_owned()).collect(),
+            ),
+        body_matches: p
+            .body_matches
+            .as_ref()
+            .or(d.body_matches.as_ref())
+            .map(|r| r.0.clone()),
+        body_not_matches: p
+            .body_not_matches
+            .as_ref()
+            .or(d.body_not_matches.as_ref())
+            .map(|r| r.0.clone()),
     }
 }
 

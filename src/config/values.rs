@@ -9,8 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 use super::secret::Secret;
 
@@ -50,7 +50,9 @@ fn expand_with(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
                 ));
             }
             let value = lookup(name).ok_or_else(|| {
-                format!("environment variable {name} is not set: export it before starting the exporter")
+                format!(
+                    "environment variable {name} is not set: export it before starting the exporter"
+                )
             })?;
             out.push_str(&value);
             rest = &body[end + 1..];
@@ -99,7 +101,10 @@ fn expanded<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Err
 }
 
 /// Reads an expanded scalar and parses it with `parse`, turning its error into a located one.
-fn parsed<'de, D, T>(deserializer: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+fn parsed<'de, D, T>(
+    deserializer: D,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -126,7 +131,9 @@ impl<'de> Deserialize<'de> for SecretText {
         let value = expanded(d)?;
         let value = value.trim();
         if value.is_empty() {
-            return Err(de::Error::custom("the webhook code is empty: set it or use code_file"));
+            return Err(de::Error::custom(
+                "the webhook code is empty: set it or use code_file",
+            ));
         }
         Ok(SecretText(Secret::new(value)))
     }
@@ -169,7 +176,9 @@ pub struct ByteSize(pub u64);
 
 /// Parses a size with an optional SI (kB, MB, GB) or IEC (KiB, MiB, GiB) unit.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()
@@ -274,7 +283,9 @@ impl<'de> Deserialize<'de> for DivaltoMode {
             "auto" => Ok(DivaltoMode::Auto),
             "on" | "true" => Ok(DivaltoMode::On),
             "off" | "false" => Ok(DivaltoMode::Off),
-            _ => Err(format!("invalid divalto mode \"{text}\": use auto, on or off")),
+            _ => Err(format!(
+                "invalid divalto mode \"{text}\": use auto, on or off"
+            )),
         })
     }
 }
@@ -304,7 +315,12 @@ impl<'de> Deserialize<'de> for RegexValue {
         regex::Regex::new(&text).map(RegexValue).map_err(|e| {
             // regex errors are multi-line drawings; their last line says what is wrong.
             let detail = e.to_string();
-            let reason = detail.lines().last().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            let reason = detail
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
             de::Error::custom(format!("invalid regular expression \"{text}\": {reason}"))
         })
     }
@@ -317,9 +333,13 @@ pub struct TimeZoneValue(pub chrono_tz::Tz);
 impl<'de> Deserialize<'de> for TimeZoneValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parsed(d, |text| {
-            text.parse::<chrono_tz::Tz>().map(TimeZoneValue).map_err(|_| {
-                format!("unknown time zone \"{text}\": use an IANA name such as Europe/Paris or UTC")
-            })
+            text.parse::<chrono_tz::Tz>()
+                .map(TimeZoneValue)
+                .map_err(|_| {
+                    format!(
+                        "unknown time zone \"{text}\": use an IANA name such as Europe/Paris or UTC"
+                    )
+                })
         })
     }
 }
@@ -336,7 +356,10 @@ pub struct CronValue {
 impl<'de> Deserialize<'de> for CronValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parsed(d, |text| {
-            crate::schedule::parse_cron(text).map(|cron| CronValue { source: text.to_owned(), cron })
+            crate::schedule::parse_cron(text).map(|cron| CronValue {
+                source: text.to_owned(),
+                cron,
+            })
         })
     }
 }
@@ -369,7 +392,9 @@ impl<'de> Deserialize<'de> for LabelKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parsed(d, |text| {
             let mut chars = text.chars();
-            let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid || text.starts_with("__") {
                 return Err(format!(

@@ -88,7 +88,10 @@ struct Failure {
 }
 
 fn fail(reason: FailureReason, message: impl Into<String>) -> Failure {
-    Failure { reason, message: message.into() }
+    Failure {
+        reason,
+        message: message.into(),
+    }
 }
 
 /// A complete answer.
@@ -113,14 +116,22 @@ pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
                 format!(
                     "no complete answer within {} (timed out {})",
                     humantime::format_duration(spec.timeout),
-                    trace.step.map_or(Step::Resolve, |(step, _)| step).waiting_for()
+                    trace
+                        .step
+                        .map_or(Step::Resolve, |(step, _)| step)
+                        .waiting_for()
                 ),
             )),
         };
         trace.end();
         let (reason, message, response_code) = match result {
             Ok(answer) => {
-                let verdict = verdict::judge(answer.status.as_u16(), answer.status.canonical_reason().unwrap_or(""), &answer.body, &spec.expect);
+                let verdict = verdict::judge(
+                    answer.status.as_u16(),
+                    answer.status.canonical_reason().unwrap_or(""),
+                    &answer.body,
+                    &spec.expect,
+                );
                 (verdict.reason, verdict.message, verdict.response_code)
             }
             Err(failure) => (Some(failure.reason), failure.message, None),
@@ -162,17 +173,31 @@ async fn attempt(spec: &ProbeSpec, trace: &mut Trace) -> Result<Answer, Failure>
             return Ok(Answer { status, body });
         }
         if trace.redirects >= MAX_REDIRECTS {
-            return Err(fail(FailureReason::InvalidResponse, format!("more than {MAX_REDIRECTS} redirects")));
+            return Err(fail(
+                FailureReason::InvalidResponse,
+                format!("more than {MAX_REDIRECTS} redirects"),
+            ));
         }
         let location = location.unwrap_or_default();
         let next = url.join(&location).map_err(|e| {
-            fail(FailureReason::InvalidResponse, format!("redirect to an invalid location \"{}\": {e}", clean(&location)))
+            fail(
+                FailureReason::InvalidResponse,
+                format!(
+                    "redirect to an invalid location \"{}\": {e}",
+                    clean(&location)
+                ),
+            )
         })?;
         if !matches!(next.scheme(), "http" | "https") {
-            return Err(fail(FailureReason::InvalidResponse, format!("redirect to a non-HTTP location {}", next.scheme())));
+            return Err(fail(
+                FailureReason::InvalidResponse,
+                format!("redirect to a non-HTTP location {}", next.scheme()),
+            ));
         }
         // Like browsers: 303 (and 301/302 after a POST) continue with GET; 307/308 keep the method.
-        if status == StatusCode::SEE_OTHER || (matches!(status.as_u16(), 301 | 302) && method == http::Method::POST) {
+        if status == StatusCode::SEE_OTHER
+            || (matches!(status.as_u16(), 301 | 302) && method == http::Method::POST)
+        {
             method = http::Method::GET;
         }
         same_origin &= next.origin() == spec.target.url.origin();
@@ -189,7 +214,9 @@ async fn exchange(
     same_origin: bool,
     trace: &mut Trace,
 ) -> Result<(StatusCode, Option<String>, Bytes), Failure> {
-    let host = url.host().ok_or_else(|| fail(FailureReason::Other, "the URL has no host"))?;
+    let host = url
+        .host()
+        .ok_or_else(|| fail(FailureReason::Other, "the URL has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
 
     trace.begin(Step::Resolve);
@@ -200,11 +227,23 @@ async fn exchange(
 
     if url.scheme() == "https" {
         trace.begin(Step::Tls);
-        let name = spec.tls.settings.server_name.clone().unwrap_or_else(|| host_name(&host));
-        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
-            .map_err(|e| fail(FailureReason::Tls, format!("invalid TLS server name \"{name}\": {e}")))?;
+        let name = spec
+            .tls
+            .settings
+            .server_name
+            .clone()
+            .unwrap_or_else(|| host_name(&host));
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+            fail(
+                FailureReason::Tls,
+                format!("invalid TLS server name \"{name}\": {e}"),
+            )
+        })?;
         let connector = tokio_rustls::TlsConnector::from(spec.tls.config.clone());
-        let stream = connector.connect(server_name, tcp).await.map_err(|e| tls_failure(&e, &name))?;
+        let stream = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| tls_failure(&e, &name))?;
         http_exchange(spec, url, method, same_origin, stream, trace).await
     } else {
         http_exchange(spec, url, method, same_origin, tcp, trace).await
@@ -222,7 +261,10 @@ async fn resolve(host: &Host<&str>, port: u16) -> Result<Vec<SocketAddr>, Failur
                 .map_err(|e| fail(FailureReason::Dns, format!("cannot resolve {name}: {e}")))?
                 .collect();
             if found.is_empty() {
-                return Err(fail(FailureReason::Dns, format!("{name} resolves to no address")));
+                return Err(fail(
+                    FailureReason::Dns,
+                    format!("{name} resolves to no address"),
+                ));
             }
             Ok(found)
         }
@@ -241,7 +283,10 @@ async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
             Err(e) => errors.push(format!("{address}: {e}")),
         }
     }
-    Err(fail(FailureReason::Connect, format!("cannot connect to {}", errors.join("; "))))
+    Err(fail(
+        FailureReason::Connect,
+        format!("cannot connect to {}", errors.join("; ")),
+    ))
 }
 
 fn host_name(host: &Host<&str>) -> String {
@@ -253,10 +298,15 @@ fn host_name(host: &Host<&str>) -> String {
 }
 
 fn tls_failure(error: &std::io::Error, host: &str) -> Failure {
-    let message = match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    let message = match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(tls) => super::tls::describe_error(tls, host),
         None if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-            format!("{host} closed the connection during the TLS handshake (not a TLS server, or it refused our client certificate)")
+            format!(
+                "{host} closed the connection during the TLS handshake (not a TLS server, or it refused our client certificate)"
+            )
         }
         None => format!("TLS handshake with {host} failed: {error}"),
     };
@@ -291,7 +341,10 @@ where
         let _ = connection.await;
     }));
     let request = build_request(spec, url, method, same_origin)?;
-    let response = sender.send_request(request).await.map_err(|e| response_failure(&e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| response_failure(&e))?;
     trace.status = Some(response.status().as_u16());
 
     trace.begin(Step::Transfer);
@@ -326,16 +379,22 @@ fn build_request(
         .uri(target)
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, USER_AGENT)
-        .header(http::header::ACCEPT, "application/json, text/plain;q=0.9, */*;q=0.5");
+        .header(
+            http::header::ACCEPT,
+            "application/json, text/plain;q=0.9, */*;q=0.5",
+        );
     for (name, value) in &spec.headers {
         // Configured headers often carry credentials: never send them to another origin.
         if same_origin {
             builder = builder.header(name, value.clone());
         }
     }
-    builder
-        .body(Empty::new())
-        .map_err(|e| fail(FailureReason::Other, format!("cannot build the request: {e}")))
+    builder.body(Empty::new()).map_err(|e| {
+        fail(
+            FailureReason::Other,
+            format!("cannot build the request: {e}"),
+        )
+    })
 }
 
 /// Reads at most `limit` bytes; one byte more is `body_too_large`.

@@ -105,7 +105,13 @@ pub struct Phases {
 impl Phases {
     /// The phases in [`PHASE_NAMES`] order.
     pub fn as_array(&self) -> [Duration; 5] {
-        [self.resolve, self.connect, self.tls, self.processing, self.transfer]
+        [
+            self.resolve,
+            self.connect,
+            self.tls,
+            self.processing,
+            self.transfer,
+        ]
     }
 }
 

@@ -23,7 +23,9 @@ pub struct TlsConfigError {
 /// has to be installed before a config is loaded.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// The system trust store, read once: reading it costs milliseconds and it does not change
@@ -52,7 +54,10 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsCon
     let roots = match &settings.ca_file {
         None => system_roots(),
         Some(path) => {
-            let certs = read_certs(path).map_err(|message| TlsConfigError { field: "ca_file", message })?;
+            let certs = read_certs(path).map_err(|message| TlsConfigError {
+                field: "ca_file",
+                message,
+            })?;
             let mut store = RootCertStore::empty();
             let (added, _) = store.add_parsable_certificates(certs);
             if added == 0 {
@@ -66,30 +71,46 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsCon
     };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsConfigError { field: "tls", message: e.to_string() })?;
+        .map_err(|e| TlsConfigError {
+            field: "tls",
+            message: e.to_string(),
+        })?;
     let builder = if settings.insecure_skip_verify {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
     } else {
         builder.with_root_certificates(roots)
     };
     let mut config = match (&settings.cert_file, &settings.key_file) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert).map_err(|message| TlsConfigError { field: "cert_file", message })?;
+            let chain = read_certs(cert).map_err(|message| TlsConfigError {
+                field: "cert_file",
+                message,
+            })?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsConfigError {
                 field: "key_file",
                 message: format!("cannot read a PEM private key from {}: {e}", key.display()),
             })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| TlsConfigError {
-                field: "cert_file",
-                message: format!("the client certificate and key do not fit together: {e}"),
-            })?
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsConfigError {
+                    field: "cert_file",
+                    message: format!("the client certificate and key do not fit together: {e}"),
+                })?
         }
         (Some(_), None) => {
-            return Err(TlsConfigError { field: "key_file", message: "cert_file needs key_file: set both".to_owned() });
+            return Err(TlsConfigError {
+                field: "key_file",
+                message: "cert_file needs key_file: set both".to_owned(),
+            });
         }
         (None, Some(_)) => {
-            return Err(TlsConfigError { field: "cert_file", message: "key_file needs cert_file: set both".to_owned() });
+            return Err(TlsConfigError {
+                field: "cert_file",
+                message: "key_file needs cert_file: set both".to_owned(),
+            });
         }
     };
     // One fresh connection per run, HTTP/1.1 only: what a webhook caller does.
@@ -114,10 +135,18 @@ pub fn describe_error(error: &rustls::Error, host: &str) -> String {
     use rustls::CertificateError as C;
     match error {
         rustls::Error::InvalidCertificate(cert) => match cert {
-            C::Expired | C::ExpiredContext { .. } => format!("the certificate of {host} has expired ({cert})"),
-            C::NotValidYet | C::NotValidYetContext { .. } => format!("the certificate of {host} is not valid yet ({cert})"),
-            C::UnknownIssuer => format!("the certificate of {host} is signed by an unknown issuer (self-signed or missing CA: set tls.ca_file)"),
-            C::NotValidForName | C::NotValidForNameContext { .. } => format!("the certificate is not valid for {host} ({cert})"),
+            C::Expired | C::ExpiredContext { .. } => {
+                format!("the certificate of {host} has expired ({cert})")
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                format!("the certificate of {host} is not valid yet ({cert})")
+            }
+            C::UnknownIssuer => format!(
+                "the certificate of {host} is signed by an unknown issuer (self-signed or missing CA: set tls.ca_file)"
+            ),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("the certificate is not valid for {host} ({cert})")
+            }
             other => format!("invalid certificate from {host}: {other}"),
         },
         other => format!("TLS handshake with {host} failed: {other}"),
@@ -146,7 +175,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -155,10 +189,17 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

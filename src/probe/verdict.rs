@@ -51,19 +51,30 @@ fn from_json(value: &serde_json::Value) -> DivaltoAnswer {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
-            let field = |name: &str| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+            let field = |name: &str| {
+                map.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            };
             let code = field("code").and_then(scalar_code).or_else(|| {
-                field("status").and_then(scalar_code).filter(|c| is_number(c))
+                field("status")
+                    .and_then(scalar_code)
+                    .filter(|c| is_number(c))
             });
-            let message = field("message").or_else(|| field("msg")).and_then(|v| match v {
-                Value::String(s) => Some(clean(s)),
-                Value::Null => None,
-                other => Some(clean(&other.to_string())),
-            });
+            let message = field("message")
+                .or_else(|| field("msg"))
+                .and_then(|v| match v {
+                    Value::String(s) => Some(clean(s)),
+                    Value::Null => None,
+                    other => Some(clean(&other.to_string())),
+                });
             DivaltoAnswer { code, message }
         }
         Value::Number(_) | Value::String(_) => match scalar_code(value) {
-            Some(code) if is_number(&code) => DivaltoAnswer { code: Some(code), message: None },
+            Some(code) if is_number(&code) => DivaltoAnswer {
+                code: Some(code),
+                message: None,
+            },
             Some(text) => from_text(&text),
             None => DivaltoAnswer::default(),
         },
@@ -90,9 +101,14 @@ fn from_text(text: &str) -> DivaltoAnswer {
         .unwrap_or(text.len());
     let (first, rest) = text.split_at(end);
     if !is_number(first) {
-        return DivaltoAnswer { code: None, message: Some(clean(text)) };
+        return DivaltoAnswer {
+            code: None,
+            message: Some(clean(text)),
+        };
     }
-    let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ';' | ',' | ':' | '|' | '-'));
+    let rest = rest.trim_start_matches(|c: char| {
+        c.is_whitespace() || matches!(c, ';' | ',' | ':' | '|' | '-')
+    });
     DivaltoAnswer {
         code: Some(first.to_owned()),
         message: (!rest.trim().is_empty()).then(|| clean(rest)),
@@ -115,7 +131,11 @@ pub fn clean(text: &str) -> String {
 
 /// Judges a complete answer against `expect`.
 pub fn judge(status: u16, reason_phrase: &str, body: &[u8], expect: &Expect) -> Verdict {
-    let answer = if expect.divalto == DivaltoMode::Off { DivaltoAnswer::default() } else { read_answer(body) };
+    let answer = if expect.divalto == DivaltoMode::Off {
+        DivaltoAnswer::default()
+    } else {
+        read_answer(body)
+    };
     let with_message = |prefix: String| match &answer.message {
         Some(message) => format!("{prefix}: {message}"),
         None => prefix,
@@ -126,12 +146,21 @@ pub fn judge(status: u16, reason_phrase: &str, body: &[u8], expect: &Expect) -> 
         let accepted: Vec<String> = expect.status.iter().map(ToString::to_string).collect();
         return Verdict {
             reason: Some(FailureReason::HttpStatus),
-            message: with_message(format!("HTTP {status} {reason_phrase} (expected {})", accepted.join(", ")).trim().replace("  ", " ")),
+            message: with_message(
+                format!(
+                    "HTTP {status} {reason_phrase} (expected {})",
+                    accepted.join(", ")
+                )
+                .trim()
+                .replace("  ", " "),
+            ),
             response_code,
         };
     }
     match (&answer.code, expect.divalto) {
-        (Some(code), DivaltoMode::Auto | DivaltoMode::On) if !expect.success_codes.iter().any(|c| c == code) => {
+        (Some(code), DivaltoMode::Auto | DivaltoMode::On)
+            if !expect.success_codes.iter().any(|c| c == code) =>
+        {
             return Verdict {
                 reason: Some(FailureReason::WebhookError),
                 message: with_message(format!("Divalto code {code}")),
@@ -166,8 +195,15 @@ pub fn judge(status: u16, reason_phrase: &str, body: &[u8], expect: &Expect) -> 
             response_code,
         };
     }
-    let message = answer.message.clone().unwrap_or_else(|| format!("HTTP {status} {reason_phrase}").trim().to_owned());
-    Verdict { reason: None, message, response_code }
+    let message = answer
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("HTTP {status} {reason_phrase}").trim().to_owned());
+    Verdict {
+        reason: None,
+        message,
+        response_code,
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +223,11 @@ mod tests {
 
     #[test]
     fn json_keys_are_read_in_any_case() {
-        for body in [r#"{"code":"400","message":"Dossier inconnu"}"#, r#"{"Code":400,"Message":"Dossier inconnu"}"#, r#"{"CODE":"400","MESSAGE":"Dossier inconnu"}"#] {
+        for body in [
+            r#"{"code":"400","message":"Dossier inconnu"}"#,
+            r#"{"Code":400,"Message":"Dossier inconnu"}"#,
+            r#"{"CODE":"400","MESSAGE":"Dossier inconnu"}"#,
+        ] {
             let answer = read_answer(body.as_bytes());
             assert_eq!(answer.code.as_deref(), Some("400"), "{body}");
             assert_eq!(answer.message.as_deref(), Some("Dossier inconnu"), "{body}");
@@ -199,19 +239,30 @@ mod tests {
         assert_eq!(read_answer(b"0\n").code.as_deref(), Some("0"));
         let answer = read_answer(b"400 Client C0000001 introuvable");
         assert_eq!(answer.code.as_deref(), Some("400"));
-        assert_eq!(answer.message.as_deref(), Some("Client C0000001 introuvable"));
+        assert_eq!(
+            answer.message.as_deref(),
+            Some("Client C0000001 introuvable")
+        );
         assert_eq!(read_answer(b"OK").code, None);
     }
 
     #[test]
     fn a_textual_status_field_is_not_a_code() {
         assert_eq!(read_answer(br#"{"status":"UP"}"#).code, None);
-        assert_eq!(read_answer(br#"{"status":200}"#).code.as_deref(), Some("200"));
+        assert_eq!(
+            read_answer(br#"{"status":200}"#).code.as_deref(),
+            Some("200")
+        );
     }
 
     #[test]
     fn a_body_code_400_is_a_webhook_error() {
-        let verdict = judge(200, "OK", r#"{"code":"400","message":"Dossier 998 verrouillé"}"#.as_bytes(), &expect(DivaltoMode::Auto));
+        let verdict = judge(
+            200,
+            "OK",
+            r#"{"code":"400","message":"Dossier 998 verrouillé"}"#.as_bytes(),
+            &expect(DivaltoMode::Auto),
+        );
         assert_eq!(verdict.reason, Some(FailureReason::WebhookError));
         assert_eq!(verdict.message, "Divalto code 400: Dossier 998 verrouillé");
         assert_eq!(verdict.response_code.as_deref(), Some("400"));
@@ -219,16 +270,33 @@ mod tests {
 
     #[test]
     fn a_bad_status_wins_over_a_bad_body_code() {
-        let verdict = judge(400, "Bad Request", r#"{"code":"400","message":"Paramètre dos manquant"}"#.as_bytes(), &expect(DivaltoMode::Auto));
+        let verdict = judge(
+            400,
+            "Bad Request",
+            r#"{"code":"400","message":"Paramètre dos manquant"}"#.as_bytes(),
+            &expect(DivaltoMode::Auto),
+        );
         assert_eq!(verdict.reason, Some(FailureReason::HttpStatus));
-        assert_eq!(verdict.message, "HTTP 400 Bad Request (expected 200): Paramètre dos manquant");
+        assert_eq!(
+            verdict.message,
+            "HTTP 400 Bad Request (expected 200): Paramètre dos manquant"
+        );
     }
 
     #[test]
     fn divalto_on_requires_a_code_and_off_ignores_it() {
-        assert_eq!(judge(200, "OK", b"<html>", &expect(DivaltoMode::On)).reason, Some(FailureReason::WebhookError));
-        assert_eq!(judge(200, "OK", br#"{"code":"400"}"#, &expect(DivaltoMode::Off)).reason, None);
-        assert_eq!(judge(200, "OK", b"<html>", &expect(DivaltoMode::Auto)).reason, None);
+        assert_eq!(
+            judge(200, "OK", b"<html>", &expect(DivaltoMode::On)).reason,
+            Some(FailureReason::WebhookError)
+        );
+        assert_eq!(
+            judge(200, "OK", br#"{"code":"400"}"#, &expect(DivaltoMode::Off)).reason,
+            None
+        );
+        assert_eq!(
+            judge(200, "OK", b"<html>", &expect(DivaltoMode::Auto)).reason,
+            None
+        );
     }
 
     #[test]
@@ -239,7 +307,10 @@ mod tests {
         assert_eq!(verdict.reason, Some(FailureReason::BodyMismatch));
         rules.body_matches = None;
         rules.body_not_matches = Some(regex::Regex::new("(?i)error").unwrap());
-        assert_eq!(judge(200, "OK", b"0 Error later", &rules).reason, Some(FailureReason::BodyMismatch));
+        assert_eq!(
+            judge(200, "OK", b"0 Error later", &rules).reason,
+            Some(FailureReason::BodyMismatch)
+        );
     }
 
     #[test]

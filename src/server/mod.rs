@@ -5,11 +5,11 @@ mod status_page;
 
 use std::sync::{Arc, RwLock};
 
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 use crate::metrics::Metrics;
 use crate::scheduler::ProbeState;
@@ -26,7 +26,10 @@ pub struct AppState {
 impl AppState {
     /// A snapshot of the running probes, sorted by server then name.
     pub fn probes(&self) -> Arc<Vec<Arc<ProbeState>>> {
-        self.probes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.probes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -42,7 +45,14 @@ pub fn router(state: AppState) -> Router {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.encode();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthy() -> &'static str {

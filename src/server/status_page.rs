@@ -28,18 +28,38 @@ pub fn render(probes: &[Arc<ProbeState>]) -> String {
     let mut rows = String::new();
     for probe in probes {
         let spec = &probe.spec;
-        let history = probe.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let history = probe
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (status, reason, message, duration, when) = match history.last() {
-            None => ("never run".to_owned(), String::new(), String::new(), String::new(), String::new()),
+            None => (
+                "never run".to_owned(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
             Some(last) => (
-                if last.success { "up".to_owned() } else { "DOWN".to_owned() },
-                last.reason.map(|r| r.as_label().to_owned()).unwrap_or_default(),
+                if last.success {
+                    "up".to_owned()
+                } else {
+                    "DOWN".to_owned()
+                },
+                last.reason
+                    .map(|r| r.as_label().to_owned())
+                    .unwrap_or_default(),
                 last.message.clone(),
                 format!("{:.3} s", last.duration.as_secs_f64()),
-                DateTime::<Utc>::from(last.finished_at).format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                DateTime::<Utc>::from(last.finished_at)
+                    .format("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string(),
             ),
         };
-        let next = probe.next_run().map(|t| t.format("%H:%M:%S UTC").to_string()).unwrap_or_default();
+        let next = probe
+            .next_run()
+            .map(|t| t.format("%H:%M:%S UTC").to_string())
+            .unwrap_or_default();
         let _ = write!(
             rows,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::Router;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -62,7 +62,14 @@ impl FakeDivalto {
 
     /// Calls received for codes ending in `behaviour`.
     pub fn calls(&self, behaviour: &str) -> u64 {
-        self.calls.by_code.lock().unwrap().iter().filter(|(code, _)| code.ends_with(behaviour)).map(|(_, n)| n).sum()
+        self.calls
+            .by_code
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(code, _)| code.ends_with(behaviour))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The query string of the last call.
@@ -77,23 +84,53 @@ impl FakeDivalto {
 }
 
 fn json(status: StatusCode, body: &str) -> Response {
-    (status, [("content-type", "application/json")], body.to_owned()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_owned(),
+    )
+        .into_response()
 }
 
-async fn webhook(State(calls): State<Arc<Calls>>, UrlPath(code): UrlPath<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn webhook(
+    State(calls): State<Arc<Calls>>,
+    UrlPath(code): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let call = calls.total.fetch_add(1, Ordering::SeqCst);
-    *calls.by_code.lock().unwrap().entry(code.clone()).or_default() += 1;
+    *calls
+        .by_code
+        .lock()
+        .unwrap()
+        .entry(code.clone())
+        .or_default() += 1;
     *calls.last_query.lock().unwrap() = query;
     *calls.last_headers.lock().unwrap() = Some(headers);
     let behaviour = code.rsplit('-').next().unwrap_or_default();
     match behaviour {
-        "ok" => json(StatusCode::OK, r#"{"code":"0","message":"Client C0000001 rafraîchi"}"#),
-        "body400" => json(StatusCode::OK, r#"{"Code":"400","Message":"Dossier 998 verrouillé"}"#),
-        "http400" => json(StatusCode::BAD_REQUEST, r#"{"code":"400","message":"Paramètre dos manquant"}"#),
-        "http500" => json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"code":"500","message":"Erreur interne"}"#),
+        "ok" => json(
+            StatusCode::OK,
+            r#"{"code":"0","message":"Client C0000001 rafraîchi"}"#,
+        ),
+        "body400" => json(
+            StatusCode::OK,
+            r#"{"Code":"400","Message":"Dossier 998 verrouillé"}"#,
+        ),
+        "http400" => json(
+            StatusCode::BAD_REQUEST,
+            r#"{"code":"400","message":"Paramètre dos manquant"}"#,
+        ),
+        "http500" => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"code":"500","message":"Erreur interne"}"#,
+        ),
         "plain0" => "0".into_response(),
         "plain400" => "400 Client inconnu".into_response(),
-        "xss" => json(StatusCode::OK, r#"{"code":"400","message":"<img src=x onerror=alert(1)>"}"#),
+        "xss" => json(
+            StatusCode::OK,
+            r#"{"code":"400","message":"<img src=x onerror=alert(1)>"}"#,
+        ),
         "big" => "0".repeat(2 * 1024 * 1024).into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -103,11 +140,21 @@ async fn webhook(State(calls): State<Arc<Calls>>, UrlPath(code): UrlPath<String>
             tokio::time::sleep(Duration::from_millis(300)).await;
             json(StatusCode::OK, r#"{"code":"0","message":"OK"}"#)
         }
-        "flaky" if call % 2 == 0 => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"code":"503","message":"busy"}"#),
+        "flaky" if call % 2 == 0 => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"code":"503","message":"busy"}"#,
+        ),
         "flaky" => json(StatusCode::OK, r#"{"code":"0","message":"OK"}"#),
-        "redirect" => (StatusCode::FOUND, [("location", code.replace("-redirect", "-ok"))]).into_response(),
+        "redirect" => (
+            StatusCode::FOUND,
+            [("location", code.replace("-redirect", "-ok"))],
+        )
+            .into_response(),
         "loop" => (StatusCode::FOUND, [("location", code.clone())]).into_response(),
-        _ => json(StatusCode::NOT_FOUND, r#"{"code":"404","message":"Webhook inconnu"}"#),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"code":"404","message":"Webhook inconnu"}"#,
+        ),
     }
 }
 
@@ -123,7 +170,9 @@ pub async fn raw_server(answer: &'static [u8]) -> SocketAddr {
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buffer = [0u8; 4096];
                 let _ = stream.read(&mut buffer).await;
@@ -142,7 +191,9 @@ pub async fn silent_server() -> SocketAddr {
     tokio::spawn(async move {
         let mut held = Vec::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             held.push(stream);
         }
     });
@@ -155,25 +206,34 @@ pub async fn tls_server() -> (SocketAddr, String) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = certified.cert.pem();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let mut buffer = [0u8; 4096];
                 let _ = tls.read(&mut buffer).await;
                 let body = r#"{"code":"0","message":"OK over TLS"}"#;
-                let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = tls.write_all(answer.as_bytes()).await;
                 let _ = tls.shutdown().await;
             });
@@ -208,7 +268,11 @@ impl Exporter {
     /// logs the address it listens on.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(binary());
-        command.args(args).arg("--web.listen-address=127.0.0.1:0").stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .args(args)
+            .arg("--web.listen-address=127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (key, value) in envs {
             command.env(key, value);
         }
@@ -219,8 +283,17 @@ impl Exporter {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(address) = line.split_whitespace().find_map(|field| field.strip_prefix("address=")) {
-                    let _ = sender.send(address.parse::<SocketAddr>().unwrap());
+                // logfmt `address=127.0.0.1:1234` or JSON `"address":"127.0.0.1:1234"`.
+                let address = line
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("address="))
+                    .or_else(|| {
+                        line.split("\"address\":\"")
+                            .nth(1)
+                            .and_then(|rest| rest.split('"').next())
+                    });
+                if let Some(address) = address.and_then(|a| a.parse::<SocketAddr>().ok()) {
+                    let _ = sender.send(address);
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -232,10 +305,19 @@ impl Exporter {
                 sink.lock().unwrap().push(line);
             }
         });
-        let address = receiver.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            panic!("the exporter did not start; logs:\n{}", logs.lock().unwrap().join("\n"))
-        });
-        Self { child, address, logs }
+        let address = receiver
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the exporter did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                )
+            });
+        Self {
+            child,
+            address,
+            logs,
+        }
     }
 
     /// Everything it wrote so far (stdout and stderr).
@@ -256,7 +338,12 @@ impl Exporter {
     }
 
     /// Scrapes until `check` holds, or panics after `timeout` with the last scrape.
-    pub fn wait_for(&self, timeout: Duration, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&Scrape) -> bool,
+    ) -> Scrape {
         let deadline = Instant::now() + timeout;
         loop {
             let scrape = self.scrape();
@@ -264,7 +351,11 @@ impl Exporter {
                 return scrape;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last scrape:\n{}\nlogs:\n{}", scrape.text, self.logs());
+                panic!(
+                    "timed out waiting for {what}; last scrape:\n{}\nlogs:\n{}",
+                    scrape.text,
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -277,7 +368,11 @@ impl Exporter {
 
     /// Sends `signal` (e.g. "TERM") and waits for the exit code.
     pub fn stop(&mut self, signal: &str, timeout: Duration) -> Option<i32> {
-        Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -301,13 +396,23 @@ impl Drop for Exporter {
 /// A minimal blocking HTTP/1.1 GET (the exporter answers with a content length).
 pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, body.to_owned())
 }
 
@@ -323,17 +428,31 @@ impl Scrape {
     pub fn parse(text: &str) -> Self {
         let exposition = openmetrics_parser::prometheus::parse_prometheus(text)
             .unwrap_or_else(|e| panic!("invalid exposition format: {e:?}\n{text}"));
-        Self { text: text.to_owned(), exposition }
+        Self {
+            text: text.to_owned(),
+            exposition,
+        }
     }
 
     /// Samples of `family` whose labels include `labels`.
-    fn samples<'a>(&'a self, family: &str, labels: &'a [(&str, &str)]) -> impl Iterator<Item = &'a PrometheusValue> + 'a {
-        self.exposition.families.get(family).into_iter().flat_map(move |f| {
-            f.iter_samples().filter_map(move |sample| {
-                let set = sample.get_labelset().ok()?;
-                labels.iter().all(|(k, v)| set.get_label_value(k) == Some(*v)).then_some(&sample.value)
+    fn samples<'a>(
+        &'a self,
+        family: &str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a PrometheusValue> + 'a {
+        self.exposition
+            .families
+            .get(family)
+            .into_iter()
+            .flat_map(move |f| {
+                f.iter_samples().filter_map(move |sample| {
+                    let set = sample.get_labelset().ok()?;
+                    labels
+                        .iter()
+                        .all(|(k, v)| set.get_label_value(k) == Some(*v))
+                        .then_some(&sample.value)
+                })
             })
-        })
     }
 
     /// The value of the one gauge or counter sample of `family` matching `labels`.
@@ -369,7 +488,11 @@ impl Scrape {
 }
 
 /// Runs a command and returns (exit code, stdout, stderr).
-pub fn run_binary(args: &[&str], envs: &[(&str, &str)], dir: Option<&Path>) -> (i32, String, String) {
+pub fn run_binary(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    dir: Option<&Path>,
+) -> (i32, String, String) {
     let mut command = Command::new(binary());
     command.args(args);
     for (key, value) in envs {

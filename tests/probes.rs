@@ -1,0 +1,291 @@
+//! One run of one probe against real servers started by the test: every failure reason is
+//! produced for real, and the verdict rules hold end to end.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{FakeDivalto, SECRET_CODE};
+use webhook_exporter::config::{self, ProbeSpec};
+use webhook_exporter::probe::{self, FailureReason, Outcome};
+
+/// Parses a one-probe config whose probe body is `probe` (YAML lines indented by 4).
+fn spec_from(servers: &str, probe: &str) -> Arc<ProbeSpec> {
+    let text = format!(
+        "defaults: {{timeout: 2s}}\nservers:\n{servers}\nprobes:\n  - name: under-test\n{probe}\n"
+    );
+    let config =
+        config::parse(Path::new("test.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    config.probes[0].clone()
+}
+
+/// A probe of the fake Divalto server calling the webhook whose behaviour is `behaviour`.
+fn divalto_spec(fake: &FakeDivalto, behaviour: &str, extra: &str) -> Arc<ProbeSpec> {
+    spec_from(
+        &format!("  fake: {{base_url: \"{}\"}}", fake.base_url()),
+        &format!("    server: fake\n    code: {SECRET_CODE}-{behaviour}\n{extra}"),
+    )
+}
+
+fn url_spec(url: &str, extra: &str) -> Arc<ProbeSpec> {
+    spec_from("  {}", &format!("    url: \"{url}\"\n{extra}"))
+}
+
+fn assert_failure(outcome: &Outcome, reason: FailureReason, message_part: &str) {
+    assert!(!outcome.success, "{outcome:?}");
+    assert_eq!(outcome.reason, Some(reason), "{outcome:?}");
+    assert!(
+        outcome.message.contains(message_part),
+        "message {:?} lacks {message_part:?}",
+        outcome.message
+    );
+    assert!(
+        !outcome.message.contains(SECRET_CODE),
+        "{}",
+        outcome.message
+    );
+}
+
+#[tokio::test]
+async fn a_divalto_success_is_a_success_with_its_code_and_message() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(&fake, "ok", "    params: {dos: \"998\"}")).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.http_status, Some(200));
+    assert_eq!(outcome.response_code.as_deref(), Some("0"));
+    assert_eq!(outcome.message, "Client C0000001 rafraîchi");
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(fake.last_query().as_deref(), Some("dos=998"));
+    assert!(outcome.phases.processing > Duration::ZERO);
+}
+
+#[tokio::test]
+async fn a_body_code_400_in_a_200_answer_is_a_webhook_error() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(&fake, "body400", "")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::WebhookError,
+        "Divalto code 400: Dossier 998 verrouillé",
+    );
+    assert_eq!(outcome.http_status, Some(200));
+    assert_eq!(outcome.response_code.as_deref(), Some("400"));
+}
+
+#[tokio::test]
+async fn a_400_with_a_divalto_message_is_an_http_status_failure_carrying_the_message() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(&fake, "http400", "")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::HttpStatus,
+        "HTTP 400 Bad Request (expected 200): Paramètre dos manquant",
+    );
+    assert_eq!(outcome.http_status, Some(400));
+}
+
+#[tokio::test]
+async fn plain_text_codes_are_read() {
+    let fake = FakeDivalto::start().await;
+    assert!(probe::run(&divalto_spec(&fake, "plain0", "")).await.success);
+    let outcome = probe::run(&divalto_spec(&fake, "plain400", "")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::WebhookError,
+        "Divalto code 400: Client inconnu",
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_connect_failure() {
+    let port = common::closed_port();
+    let outcome = probe::run(&url_spec(&format!("http://127.0.0.1:{port}/health"), "")).await;
+    assert_failure(&outcome, FailureReason::Connect, "Connection refused");
+    assert_eq!(outcome.http_status, None);
+}
+
+#[tokio::test]
+async fn an_unresolvable_host_is_a_dns_failure() {
+    let outcome = probe::run(&url_spec("http://no-such-host.invalid/health", "")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::Dns,
+        "cannot resolve no-such-host.invalid",
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_a_timeout_within_the_budget() {
+    let address = common::silent_server().await;
+    let spec = url_spec(
+        &format!("http://{address}/"),
+        "    timeout: 500ms\n    interval: 5s",
+    );
+    let started = std::time::Instant::now();
+    let outcome = probe::run(&spec).await;
+    let elapsed = started.elapsed();
+    assert_failure(
+        &outcome,
+        FailureReason::Timeout,
+        "no complete answer within 500ms (timed out waiting for the answer)",
+    );
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    assert!(
+        outcome.phases.processing >= Duration::from_millis(450),
+        "{:?}",
+        outcome.phases
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_answer_is_an_invalid_response() {
+    let address = common::raw_server(b"SSH-2.0-OpenSSH_9.2\r\nthis is not http\r\n\r\n").await;
+    let outcome = probe::run(&url_spec(&format!("http://{address}/"), "")).await;
+    assert_failure(&outcome, FailureReason::InvalidResponse, "not valid HTTP");
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_an_answer_is_an_invalid_response() {
+    let address = common::raw_server(b"").await;
+    let outcome = probe::run(&url_spec(&format!("http://{address}/"), "")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::InvalidResponse,
+        "closed before a complete answer",
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_body_too_large() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(&fake, "big", "    max_body_bytes: 1MiB")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::BodyTooLarge,
+        "larger than max_body_bytes (1048576 bytes)",
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_tls_failure() {
+    let (address, _) = common::tls_server().await;
+    let outcome = probe::run(&url_spec(
+        &format!("https://localhost:{}/", address.port()),
+        "",
+    ))
+    .await;
+    assert_failure(&outcome, FailureReason::Tls, "unknown issuer");
+}
+
+#[tokio::test]
+async fn a_certificate_trusted_through_ca_file_succeeds() {
+    let (address, cert_pem) = common::tls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert_pem).unwrap();
+    let spec = url_spec(
+        &format!("https://localhost:{}/", address.port()),
+        &format!("    tls: {{ca_file: \"{}\"}}", ca.display()),
+    );
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.message, "OK over TLS");
+    assert!(outcome.phases.tls > Duration::ZERO);
+}
+
+#[tokio::test]
+async fn a_body_mismatch_is_reported() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(
+        &fake,
+        "ok",
+        "    expect: {body_matches: \"commande\"}",
+    ))
+    .await;
+    assert_failure(
+        &outcome,
+        FailureReason::BodyMismatch,
+        "body does not match /commande/",
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_followed_and_a_loop_is_an_invalid_response() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(&fake, "redirect", "")).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.redirects, 1);
+    let looping = probe::run(&divalto_spec(&fake, "loop", "")).await;
+    assert_failure(
+        &looping,
+        FailureReason::InvalidResponse,
+        "more than 10 redirects",
+    );
+    assert_eq!(fake.calls("loop"), 11);
+}
+
+#[tokio::test]
+async fn a_failure_then_success_inside_one_run_is_a_success_after_two_attempts() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(
+        &fake,
+        "flaky",
+        "    retries: 2\n    retry_delay: 100ms",
+    ))
+    .await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.attempts, 2);
+}
+
+#[tokio::test]
+async fn no_retry_starts_once_the_budget_cannot_cover_it() {
+    let address = common::silent_server().await;
+    let spec = url_spec(
+        &format!("http://{address}/"),
+        "    timeout: 400ms\n    interval: 5s\n    retries: 5\n    retry_delay: 100ms",
+    );
+    let started = std::time::Instant::now();
+    let outcome = probe::run(&spec).await;
+    assert_eq!(outcome.reason, Some(FailureReason::Timeout));
+    assert_eq!(outcome.attempts, 1);
+    assert!(started.elapsed() < Duration::from_millis(1000));
+}
+
+#[tokio::test]
+async fn configured_headers_are_sent() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(
+        &fake,
+        "ok",
+        "    headers: {Authorization: \"Bearer s3cr3t-token\"}",
+    ))
+    .await;
+    assert!(outcome.success);
+    let headers = fake.last_headers().unwrap();
+    assert_eq!(headers.get("authorization").unwrap(), "Bearer s3cr3t-token");
+    assert!(
+        headers
+            .get("user-agent")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("webhook-exporter/")
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_status_class_is_accepted_when_configured() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(
+        &fake,
+        "http500",
+        "    expect: {status: [\"5xx\"], divalto: off}",
+    ))
+    .await;
+    assert!(outcome.success, "{outcome:?}");
+}
