@@ -30,6 +30,15 @@ impl History {
         self.entries.push_back(outcome);
     }
 
+    /// Changes how many outcomes are kept, dropping the oldest ones beyond it.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries.shrink_to(self.capacity);
+    }
+
     /// The most recent outcome.
     pub fn last(&self) -> Option<&Arc<Outcome>> {
         self.entries.back()

@@ -4,18 +4,19 @@
 //! # Layout
 //! - [`config`]: the only code that touches YAML; `config::load` returns a validated [`config::Config`].
 //! - [`schedule`]: pure "when is the next run" for intervals (stable per-name phase) and cron.
-//! - [`scheduler`]: one timer per probe, no overlap, concurrency caps, schedule lag.
+//! - [`scheduler`]: one timer per probe, no overlap, concurrency caps, schedule lag, reload diff.
 //! - [`probe`]: one run of one probe on a fresh connection -> [`probe::Outcome`].
 //! - [`metrics`]: every metric name; records outcomes; renders `/metrics`.
 //! - [`history`]: the bounded ring buffer of recent outcomes per probe.
-//! - [`server`]: the HTTP endpoints, reading shared state only.
+//! - [`server`]: the HTTP endpoints (metrics, API, status page, reload), auth and TLS.
 //! - [`demo`]: the embedded simulated Divalto server and its built-in config.
 //! - [`report`]: text for the `check-config` and `probe` subcommands.
 //! - [`logging`]: logfmt/JSON log set-up.
 //!
 //! # Data flow
 //! config file -> `config::load` -> `Config` -> [`scheduler::Scheduler`] (one timer per probe)
-//! -> `probe::run` -> `Outcome` -> `Metrics::record` + `History::push` -> `/metrics`, `/`.
+//! -> `probe::run` -> `Outcome` -> `Metrics::record` + `History::push` -> `/metrics`, `/api`, `/`.
+//! [`App`] ties them together and owns reloads (SIGHUP, `POST /-/reload`).
 
 pub mod config;
 pub mod demo;
@@ -28,63 +29,224 @@ pub mod schedule;
 pub mod scheduler;
 pub mod server;
 
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use axum_server::tls_rustls::RustlsConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
-use crate::scheduler::{Clock, Scheduler};
-use crate::server::AppState;
+use crate::scheduler::{Clock, ReloadSummary, Runner, Scheduler};
+use crate::server::auth::Auth;
+use crate::server::web_config::{WebConfig, WebConfigError};
 
-/// Errors that stop the exporter.
+/// Where the probe config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A YAML file, re-read on every reload.
+    File(PathBuf),
+    /// The built-in demo config, probing the simulated server at this address.
+    Demo(SocketAddr),
+}
+
+impl ConfigSource {
+    /// Reads and validates the config.
+    ///
+    /// # Errors
+    /// Every problem of the file, with positions.
+    pub fn load(&self) -> Result<Config, ConfigErrors> {
+        match self {
+            ConfigSource::File(path) => config::load(path),
+            ConfigSource::Demo(address) => demo::config(*address),
+        }
+    }
+}
+
+/// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub enum StartError {
     /// The metric registry refused a family (a programming error).
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// The HTTP server failed.
-    #[error("HTTP server failed: {0}")]
-    Http(#[from] std::io::Error),
+    /// The web config is invalid.
+    #[error("invalid web config: {0}")]
+    WebConfig(#[from] WebConfigError),
 }
 
-/// Runs the exporter on `listener` until `shutdown` fires, then lets the runs in flight
-/// finish (each bounded by its timeout) and returns.
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new probe config is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The new web config is invalid.
+    #[error("invalid web config: {0}")]
+    WebConfig(#[from] WebConfigError),
+    /// The web config turned TLS on or off, which needs a restart.
+    #[error("the web config turns TLS on or off: restart the exporter for that")]
+    TlsToggled,
+}
+
+/// The running exporter: config source, metrics, scheduler, auth and TLS of its endpoints.
+pub struct App {
+    source: ConfigSource,
+    web_config_file: Option<PathBuf>,
+    /// The registry behind `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The probes and their timers.
+    pub scheduler: Scheduler,
+    /// Users allowed on the endpoints.
+    pub auth: Arc<Auth>,
+    /// TLS of the endpoints (reloaded in place), `None` for plain HTTP.
+    tls: Option<RustlsConfig>,
+    /// One reload at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// Starts the probes of `config` (already loaded from `source`) and reads the web config.
+    ///
+    /// # Errors
+    /// An invalid web config, or metrics that cannot be set up.
+    pub fn start(
+        source: ConfigSource,
+        config: &Config,
+        web_config_file: Option<PathBuf>,
+        runner: Runner,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, StartError> {
+        let web = web_config_file
+            .as_deref()
+            .map(WebConfig::load)
+            .transpose()?;
+        let metrics = Arc::new(Metrics::new()?);
+        let scheduler = Scheduler::start(
+            config,
+            metrics.clone(),
+            runner,
+            Clock::System,
+            shutdown.child_token(),
+        );
+        metrics.config_loaded(true);
+        let auth = Arc::new(Auth::default());
+        let mut tls = None;
+        if let Some(web) = web {
+            auth.set_users(web.users);
+            tls = web.tls.map(RustlsConfig::from_config);
+        }
+        Ok(Arc::new(Self {
+            source,
+            web_config_file,
+            metrics,
+            scheduler,
+            auth,
+            tls,
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Re-reads the config (and the web config) and applies them; an invalid one changes
+    /// nothing but `webhook_exporter_config_last_reload_successful`, which becomes 0.
+    ///
+    /// # Errors
+    /// Why the new config was refused.
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let source = self.source.clone();
+        let web_file = self.web_config_file.clone();
+        // File reads and cron checks block: keep them off the runtime's workers.
+        let loaded = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
+            let config = source.load()?;
+            let web = web_file.as_deref().map(WebConfig::load).transpose()?;
+            Ok((config, web))
+        })
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+        let result = loaded.and_then(|(config, web)| {
+            if let Some(web) = web {
+                if web.tls.is_some() != self.tls.is_some() {
+                    return Err(ReloadError::TlsToggled);
+                }
+                if let (Some(live), Some(new)) = (&self.tls, web.tls) {
+                    live.reload_from_config(new);
+                }
+                self.auth.set_users(web.users);
+            }
+            Ok(self.scheduler.apply(&config))
+        });
+        match &result {
+            Ok(summary) => {
+                self.metrics.config_loaded(true);
+                tracing::info!(
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    unchanged = summary.unchanged,
+                    "config reloaded"
+                );
+            }
+            Err(error) => {
+                self.metrics.config_loaded(false);
+                for line in error.to_string().lines() {
+                    tracing::error!(error = %line, "config reload refused; the running config stays");
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Serves the exporter on `listener` until `shutdown` fires (SIGHUP reloads meanwhile), then
+/// lets the runs in flight finish (each bounded by its timeout) and returns.
 ///
 /// # Errors
-/// When metrics cannot be set up or the HTTP server fails.
+/// When the HTTP server fails.
 pub async fn run(
-    config: Config,
-    listener: TcpListener,
+    app: Arc<App>,
+    listener: std::net::TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::new(&config)?);
-    metrics.config_loaded(true);
-    let scheduler = Scheduler::start(
-        &config,
-        metrics.clone(),
-        scheduler::http_runner(),
-        Clock::System,
-        shutdown.child_token(),
-    );
-    let mut probes: Vec<_> = scheduler.probes().cloned().collect();
-    probes.sort_by(|a, b| (&a.spec.server, &a.spec.name).cmp(&(&b.spec.server, &b.spec.name)));
-    let state = AppState {
-        metrics,
-        probes: Arc::new(RwLock::new(Arc::new(probes))),
-    };
+) -> std::io::Result<()> {
     tracing::info!(
         address = %listener.local_addr()?,
-        probes = config.probes.len(),
-        config = %config.source.display(),
+        probes = app.scheduler.probes().len(),
+        tls = app.tls.is_some(),
         "webhook-exporter listening"
     );
-    let served = axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let reloader = tokio::spawn(reload_on_sighup(app.clone(), shutdown.clone()));
+    let served = server::serve(
+        listener,
+        server::router(app.clone()),
+        app.tls.clone(),
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
-    scheduler.shutdown().await;
+    reloader.abort();
+    app.scheduler.shutdown().await;
     tracing::info!("webhook-exporter stopped");
-    served.map_err(RunError::Http)
+    served
+}
+
+async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload with POST /-/reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = app.reload().await;
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    shutdown.cancelled().await;
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use webhook_exporter::config::{self, DEFAULT_CONFIG_PATH};
 use webhook_exporter::logging::{self, LogFormat, LogLevel};
-use webhook_exporter::{demo, probe, report};
+use webhook_exporter::{App, ConfigSource, demo, probe, report, scheduler};
 
 /// Default `--web.listen-address`: 8916 is outside the 9100-9999 block the Prometheus wiki
 /// allocates to exporters, so it collides with none of them.
@@ -137,19 +137,15 @@ fn listen_address(text: &str) -> anyhow::Result<SocketAddr> {
     })
 }
 
-fn refuse_web_config(cli: &Cli) -> anyhow::Result<()> {
-    if let Some(path) = &cli.web_config_file {
-        anyhow::bail!(
-            "--web.config.file {} is not supported by this version yet: put the exporter behind a TLS proxy",
-            path.display()
-        );
-    }
-    Ok(())
+/// Binds the listen address (before anything else starts, so a busy port fails fast).
+fn bind(text: &str) -> anyhow::Result<std::net::TcpListener> {
+    let address = listen_address(text)?;
+    std::net::TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))
 }
 
 async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {
-    refuse_web_config(cli)?;
-    let config = match config::load(&cli.config_file) {
+    let source = ConfigSource::File(cli.config_file.clone());
+    let config = match source.load() {
         Ok(config) => config,
         Err(errors) => {
             for error in &errors.0 {
@@ -158,35 +154,61 @@ async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let address = listen_address(cli.listen_address.as_deref().unwrap_or(DEFAULT_LISTEN))?;
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    let shutdown = shutdown_on_signal();
-    webhook_exporter::run(config, listener, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    serve(cli, source, &config, DEFAULT_LISTEN).await
 }
 
 async fn run_demo(cli: &Cli) -> anyhow::Result<ExitCode> {
-    refuse_web_config(cli)?;
-    let address = listen_address(cli.listen_address.as_deref().unwrap_or("127.0.0.1:8916"))?;
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
     let simulated = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot start the simulated Divalto server")?;
     let simulated_address = simulated.local_addr()?;
-    let shutdown = shutdown_on_signal();
-    let server = demo::spawn_server(simulated, shutdown.clone());
-    let config = demo::config(simulated_address).context("the built-in demo config is invalid")?;
-    let local = listener.local_addr()?;
+    let stop_simulation = CancellationToken::new();
+    let server = demo::spawn_server(simulated, stop_simulation.clone());
+    let source = ConfigSource::Demo(simulated_address);
+    let config = source
+        .load()
+        .context("the built-in demo config is invalid")?;
     println!("webhook-exporter demo: simulated Divalto server on http://{simulated_address}");
-    println!("  status page  http://{local}/");
-    println!("  metrics      http://{local}/metrics");
-    println!("Probes run every few seconds; press Ctrl-C to stop.");
-    webhook_exporter::run(config, listener, shutdown).await?;
+    let code = serve(cli, source, &config, "127.0.0.1:8916").await;
+    stop_simulation.cancel();
     let _ = server.await;
+    code
+}
+
+/// Starts the exporter for `config` and serves until a signal.
+async fn serve(
+    cli: &Cli,
+    source: ConfigSource,
+    config: &config::Config,
+    default_listen: &str,
+) -> anyhow::Result<ExitCode> {
+    let listener = bind(cli.listen_address.as_deref().unwrap_or(default_listen))?;
+    let shutdown = shutdown_on_signal();
+    let app = match App::start(
+        source,
+        config,
+        cli.web_config_file.clone(),
+        scheduler::http_runner(),
+        shutdown.clone(),
+    ) {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot start");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if matches!(cli.command, Some(Command::Demo)) {
+        let local = listener.local_addr()?;
+        let scheme = if cli.web_config_file.is_some() {
+            "https or http, per the web config"
+        } else {
+            "http"
+        };
+        println!("  status page  http://{local}/   ({scheme})");
+        println!("  metrics      http://{local}/metrics");
+        println!("Probes run every few seconds; press Ctrl-C to stop.");
+    }
+    webhook_exporter::run(app, listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

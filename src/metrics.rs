@@ -1,18 +1,28 @@
 //! The only code that knows metric names, help texts and buckets.
 //!
-//! [`Metrics`] owns the registry; [`ProbeMetrics`] holds the label handles of one probe so
-//! recording a run is a few atomic updates, with no label lookup on the hot path.
+//! Exporter-wide metrics (reload status, lag, in-flight runs, build info, `process_*`) live
+//! in a `prometheus` registry. Per-probe series are kept by this module in [`ProbeMetrics`]
+//! and written straight to the text format, because:
+//! - each probe carries its own static labels; every series of a family must carry the same
+//!   label names (the union over the probes, empty where a probe has none), and that union
+//!   changes when a reload adds or removes probes, which `prometheus` vectors (label names
+//!   fixed at creation) cannot follow without resetting every counter;
+//! - a reload must drop the series of removed probes and keep those of unchanged probes
+//!   untouched;
+//! - recording a run touches one small mutex-guarded struct, and rendering thousands of
+//!   probes needs no intermediate protobuf objects.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::config::{Config, ProbeSpec};
+use crate::config::ProbeSpec;
 use crate::probe::{FailureReason, Outcome, PHASE_NAMES};
 
 /// Buckets of `webhook_exporter_schedule_lag_seconds`: from half a millisecond (on time) to
@@ -25,24 +35,14 @@ const LAG_BUCKETS: &[f64] = &[
 const REVISION: &str = env!("WEBHOOK_EXPORTER_REVISION");
 const RUSTC_VERSION: &str = env!("WEBHOOK_EXPORTER_RUSTC_VERSION");
 
-/// The exporter's registry and metric families.
+/// Results of `webhook_probe_runs_total`, in [`ProbeValues::runs`] order.
+const RESULTS: [&str; 2] = ["success", "failure"];
+
+/// The exporter's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Static label names of every probe (union over the config), after `probe`.
-    static_labels: Vec<String>,
-    success: GaugeVec,
-    duration: HistogramVec,
-    last_duration: GaugeVec,
-    phase: GaugeVec,
-    http_status: GaugeVec,
-    response_code: GaugeVec,
-    runs: IntCounterVec,
-    failures: IntCounterVec,
-    consecutive_failures: IntGaugeVec,
-    last_run: GaugeVec,
-    last_success: GaugeVec,
-    skipped: IntCounterVec,
-    info: GaugeVec,
+    /// Per-probe series by probe name.
+    probes: RwLock<BTreeMap<String, Arc<ProbeMetrics>>>,
     /// `webhook_exporter_config_last_reload_successful`.
     pub reload_successful: IntGauge,
     /// `webhook_exporter_config_last_reload_success_timestamp_seconds`.
@@ -67,120 +67,14 @@ fn register<C: Collector + Clone + 'static>(
 }
 
 impl Metrics {
-    /// Creates every family for the probes of `config`.
+    /// Creates the exporter-wide families; probes are added with [`Metrics::register_probe`].
     ///
     /// # Errors
     /// Only on a programming error (two families with one name).
-    pub fn new(config: &Config) -> Result<Self, MetricsError> {
+    pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let static_labels: Vec<String> = config
-            .probes
-            .iter()
-            .flat_map(|p| p.labels.keys().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let probe_labels: Vec<&str> = std::iter::once("probe")
-            .chain(static_labels.iter().map(String::as_str))
-            .collect();
-        let with = |extra: &[&'static str]| -> Vec<&str> {
-            probe_labels
-                .iter()
-                .copied()
-                .chain(extra.iter().copied())
-                .collect()
-        };
-
-        let gauge = |name: &str, help: &str, extra: &[&'static str]| {
-            register(
-                &registry,
-                GaugeVec::new(Opts::new(name, help), &with(extra))?,
-            )
-        };
-        let counter = |name: &str, help: &str, extra: &[&'static str]| {
-            register(
-                &registry,
-                IntCounterVec::new(Opts::new(name, help), &with(extra))?,
-            )
-        };
-
         let metrics = Metrics {
-            success: gauge(
-                "webhook_probe_success",
-                "1 if the last run of the probe succeeded, else 0.",
-                &[],
-            )?,
-            duration: register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "webhook_probe_duration_seconds",
-                        "Duration of every run of the probe, retries included.",
-                    )
-                    .buckets(config.duration_buckets.clone()),
-                    &with(&[]),
-                )?,
-            )?,
-            last_duration: gauge(
-                "webhook_probe_last_duration_seconds",
-                "Duration of the last run of the probe.",
-                &[],
-            )?,
-            phase: gauge(
-                "webhook_probe_phase_duration_seconds",
-                "Time spent in each phase of the last run (final attempt, summed over redirects).",
-                &["phase"],
-            )?,
-            http_status: gauge(
-                "webhook_probe_http_status_code",
-                "HTTP status of the last run, 0 when none was received.",
-                &[],
-            )?,
-            response_code: gauge(
-                "webhook_probe_response_code",
-                "Divalto code read from the body of the last run (absent when none).",
-                &[],
-            )?,
-            runs: counter(
-                "webhook_probe_runs_total",
-                "Runs of the probe by result.",
-                &["result"],
-            )?,
-            failures: counter(
-                "webhook_probe_failures_total",
-                "Failed runs of the probe by reason.",
-                &["reason"],
-            )?,
-            consecutive_failures: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "webhook_probe_consecutive_failures",
-                        "Failed runs since the last success.",
-                    ),
-                    &with(&[]),
-                )?,
-            )?,
-            last_run: gauge(
-                "webhook_probe_last_run_timestamp_seconds",
-                "End of the last run (Unix time).",
-                &[],
-            )?,
-            last_success: gauge(
-                "webhook_probe_last_success_timestamp_seconds",
-                "End of the last successful run (Unix time).",
-                &[],
-            )?,
-            skipped: counter(
-                "webhook_probe_skipped_total",
-                "Planned runs skipped because the previous run was still going.",
-                &[],
-            )?,
-            info: gauge(
-                "webhook_probe_info",
-                "Probe settings; the URL has its webhook code redacted.",
-                &["url", "method", "schedule"],
-            )?,
+            probes: RwLock::default(),
             reload_successful: register(
                 &registry,
                 IntGauge::new(
@@ -216,7 +110,6 @@ impl Metrics {
                     .buckets(LAG_BUCKETS.to_vec()),
                 )?,
             )?,
-            static_labels,
             registry,
         };
         let build_info = register(
@@ -239,134 +132,122 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Creates the series of a probe that exist before its first run (counters at 0, info)
-    /// and returns the handles its runs are recorded through.
-    pub fn register_probe(&self, spec: &ProbeSpec) -> ProbeMetrics {
-        let mut labels = Vec::with_capacity(1 + self.static_labels.len());
-        labels.push(spec.name.clone());
-        for key in &self.static_labels {
-            labels.push(spec.labels.get(key).cloned().unwrap_or_default());
-        }
-        let values = |extra: &[&str]| -> Vec<String> {
-            labels
-                .iter()
-                .cloned()
-                .chain(extra.iter().map(|s| (*s).to_owned()))
-                .collect()
-        };
-
-        let info_labels = values(&[
-            &spec.target.redacted(),
-            spec.method.as_str(),
-            &spec.schedule.to_string(),
-        ]);
-        self.info.with_label_values(&info_labels).set(1.0);
-        let runs =
-            ["success", "failure"].map(|result| self.runs.with_label_values(&values(&[result])));
-        let failures = FailureReason::ALL.map(|reason| {
-            self.failures
-                .with_label_values(&values(&[reason.as_label()]))
-        });
-        ProbeMetrics {
-            duration: self.duration.with_label_values(&labels),
-            skipped: self.skipped.with_label_values(&labels),
-            runs,
-            failures,
+    /// Creates the series of a probe (counters at 0, info) and returns the handle its runs
+    /// are recorded through. A probe of the same name is replaced.
+    pub fn register_probe(&self, spec: &ProbeSpec, buckets: &[f64]) -> Arc<ProbeMetrics> {
+        let mut info_labels = String::new();
+        push_label(&mut info_labels, "url", &spec.target.redacted());
+        push_label(&mut info_labels, "method", spec.method.as_str());
+        push_label(&mut info_labels, "schedule", &spec.schedule.to_string());
+        let probe = Arc::new(ProbeMetrics {
+            name: spec.name.clone(),
+            static_labels: spec.labels.clone(),
             info_labels,
-            labels,
+            buckets: buckets.into(),
+            values: Mutex::new(ProbeValues {
+                buckets: vec![0; buckets.len()],
+                ..ProbeValues::default()
+            }),
+        });
+        write_lock(&self.probes).insert(spec.name.clone(), probe.clone());
+        probe
+    }
+
+    /// Removes every series of a probe, unless the name now belongs to a newer registration.
+    pub fn remove_probe(&self, name: &str, probe: &Arc<ProbeMetrics>) {
+        let mut probes = write_lock(&self.probes);
+        if probes
+            .get(name)
+            .is_some_and(|current| Arc::ptr_eq(current, probe))
+        {
+            probes.remove(name);
         }
     }
 
-    /// Removes every series of a probe (it left the config).
-    pub fn remove_probe(&self, probe: &ProbeMetrics) {
-        let refs: Vec<&str> = probe.labels.iter().map(String::as_str).collect();
-        let with = |extra: &'static str| -> Vec<&str> {
-            refs.iter().copied().chain(std::iter::once(extra)).collect()
-        };
-        let _ = self.info.remove_label_values(&probe.info_labels);
-        for family in [
-            &self.success,
-            &self.last_duration,
-            &self.http_status,
-            &self.response_code,
-            &self.last_run,
-            &self.last_success,
-        ] {
-            let _ = family.remove_label_values(&refs);
-        }
-        let _ = self.duration.remove_label_values(&refs);
-        let _ = self.consecutive_failures.remove_label_values(&refs);
-        let _ = self.skipped.remove_label_values(&refs);
-        for phase in PHASE_NAMES {
-            let _ = self.phase.remove_label_values(&with(phase));
-        }
-        for result in ["success", "failure"] {
-            let _ = self.runs.remove_label_values(&with(result));
-        }
-        for reason in FailureReason::ALL {
-            let _ = self.failures.remove_label_values(&with(reason.as_label()));
-        }
+    /// Number of probes with series.
+    pub fn probe_count(&self) -> usize {
+        self.probes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Records a finished run of a probe.
     pub fn record(&self, probe: &ProbeMetrics, outcome: &Outcome) {
-        let refs: Vec<&str> = probe.labels.iter().map(String::as_str).collect();
-        let seconds = outcome.duration.as_secs_f64();
-        probe.duration.observe(seconds);
-        self.last_duration.with_label_values(&refs).set(seconds);
-        self.success
-            .with_label_values(&refs)
-            .set(if outcome.success { 1.0 } else { 0.0 });
-        self.http_status
-            .with_label_values(&refs)
-            .set(f64::from(outcome.http_status.unwrap_or(0)));
-        match outcome
-            .response_code
-            .as_deref()
-            .and_then(|code| code.parse::<f64>().ok())
-        {
-            Some(code) => self.response_code.with_label_values(&refs).set(code),
-            None => {
-                let _ = self.response_code.remove_label_values(&refs);
-            }
-        }
-        for (name, value) in PHASE_NAMES.iter().zip(outcome.phases.as_array()) {
-            let labels: Vec<&str> = refs.iter().copied().chain(std::iter::once(*name)).collect();
-            self.phase
-                .with_label_values(&labels)
-                .set(value.as_secs_f64());
-        }
         let finished = unix_seconds(outcome.finished_at);
-        self.last_run.with_label_values(&refs).set(finished);
-        let consecutive = self.consecutive_failures.with_label_values(&refs);
+        let seconds = outcome.duration.as_secs_f64();
+        let mut values = lock(&probe.values);
+        if let Some(bucket) = probe.buckets.iter().position(|bound| seconds <= *bound) {
+            values.buckets[bucket] += 1;
+        }
+        values.sum += seconds;
+        values.count += 1;
+        values.last = Some(LastRun {
+            success: outcome.success,
+            duration: seconds,
+            phases: outcome.phases.as_array().map(|d| d.as_secs_f64()),
+            http_status: outcome.http_status.unwrap_or(0),
+            response_code: outcome
+                .response_code
+                .as_deref()
+                .and_then(|code| code.parse::<f64>().ok()),
+            finished,
+        });
         match outcome.reason {
             None => {
-                probe.runs[0].inc();
-                consecutive.set(0);
-                self.last_success.with_label_values(&refs).set(finished);
+                values.runs[0] += 1;
+                values.consecutive_failures = 0;
+                values.last_success = Some(finished);
             }
             Some(reason) => {
-                probe.runs[1].inc();
-                consecutive.inc();
-                let index = FailureReason::ALL
-                    .iter()
-                    .position(|r| *r == reason)
-                    .unwrap_or(FailureReason::ALL.len() - 1);
-                probe.failures[index].inc();
+                values.runs[1] += 1;
+                values.consecutive_failures += 1;
+                values.failures[reason_index(reason)] += 1;
             }
         }
     }
 
-    /// Renders every family in the Prometheus text format.
+    /// Renders every family in the Prometheus text format (version 0.0.4).
     pub fn encode(&self) -> String {
-        let families = self.registry.gather();
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail on I/O, and every family is well-formed.
-        let _ = TextEncoder::new().encode(&families, &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default()
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        let mut out = String::from_utf8(buffer).unwrap_or_default();
+        let snapshot: Vec<(Arc<ProbeMetrics>, ProbeValues)> = self
+            .probes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|probe| (probe.clone(), lock(&probe.values).clone()))
+            .collect();
+        let label_names: BTreeSet<&str> = snapshot
+            .iter()
+            .flat_map(|(probe, _)| probe.static_labels.keys().map(String::as_str))
+            .collect();
+        let rows: Vec<Row<'_>> = snapshot
+            .iter()
+            .map(|(probe, values)| {
+                let mut labels = String::new();
+                push_label(&mut labels, "probe", &probe.name);
+                for name in &label_names {
+                    push_label(
+                        &mut labels,
+                        name,
+                        probe.static_labels.get(*name).map_or("", String::as_str),
+                    );
+                }
+                Row {
+                    labels,
+                    probe,
+                    values,
+                }
+            })
+            .collect();
+        render_probes(&mut out, &rows);
+        out
     }
 
-    /// Marks the outcome of a config load.
+    /// Marks the outcome of a config load or reload.
     pub fn config_loaded(&self, success: bool) {
         self.reload_successful.set(i64::from(success));
         if success {
@@ -381,25 +262,297 @@ impl Metrics {
     }
 }
 
-/// The handles of one probe's series.
+/// The series of one probe.
 pub struct ProbeMetrics {
-    /// `probe` then the static label values, in [`Metrics`]' label order.
-    labels: Vec<String>,
-    info_labels: Vec<String>,
-    duration: Histogram,
-    skipped: IntCounter,
-    runs: [IntCounter; 2],
-    failures: [IntCounter; 10],
+    /// The `probe` label.
+    name: String,
+    /// The probe's static labels.
+    static_labels: BTreeMap<String, String>,
+    /// `url=...,method=...,schedule=...`: the extra labels of `webhook_probe_info`.
+    info_labels: String,
+    /// Upper bounds of the duration histogram.
+    buckets: Arc<[f64]>,
+    values: Mutex<ProbeValues>,
 }
 
 impl ProbeMetrics {
+    /// Whether the duration histogram has these buckets (a reload changing them starts the
+    /// probe's series afresh).
+    pub fn has_buckets(&self, buckets: &[f64]) -> bool {
+        *self.buckets == *buckets
+    }
+
     /// Counts a planned run skipped because the previous one was still going.
     pub fn skipped(&self) {
-        self.skipped.inc();
+        lock(&self.values).skipped += 1;
     }
+}
+
+/// Everything recorded for one probe.
+#[derive(Debug, Clone, Default)]
+struct ProbeValues {
+    /// The last run, `None` before the first.
+    last: Option<LastRun>,
+    last_success: Option<f64>,
+    runs: [u64; 2],
+    failures: [u64; FailureReason::ALL.len()],
+    skipped: u64,
+    consecutive_failures: u64,
+    /// Observations per bucket (not cumulative); the `+Inf` bucket is `count`.
+    buckets: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastRun {
+    success: bool,
+    duration: f64,
+    phases: [f64; 5],
+    http_status: u16,
+    response_code: Option<f64>,
+    finished: f64,
+}
+
+fn reason_index(reason: FailureReason) -> usize {
+    FailureReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(FailureReason::ALL.len() - 1)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Appends `name="value"` (comma-separated) with the text format's escaping.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str(name);
+    out.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one sample line: `name{labels,extra} value`.
+fn sample(out: &mut String, name: &str, labels: &str, extra: &str, value: impl std::fmt::Display) {
+    let separator = if extra.is_empty() { "" } else { "," };
+    let _ = writeln!(out, "{name}{{{labels}{separator}{extra}}} {value}");
+}
+
+/// One probe at render time: its label pairs (`probe="a",dossier="998"`), settings, values.
+struct Row<'a> {
+    labels: String,
+    probe: &'a ProbeMetrics,
+    values: &'a ProbeValues,
+}
+
+/// Writes every per-probe family from a consistent snapshot.
+fn render_probes(out: &mut String, probes: &[Row<'_>]) {
+    let with_last =
+        |out: &mut String, name: &str, help: &str, value: fn(&LastRun) -> Option<f64>| {
+            header(out, name, "gauge", help);
+            for row in probes {
+                if let Some(v) = row.values.last.as_ref().and_then(value) {
+                    sample(out, name, &row.labels, "", v);
+                }
+            }
+        };
+    with_last(
+        out,
+        "webhook_probe_success",
+        "1 if the last run of the probe succeeded, else 0.",
+        |l| Some(f64::from(u8::from(l.success))),
+    );
+
+    let name = "webhook_probe_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Duration of every run of the probe, retries included.",
+    );
+    for Row {
+        labels,
+        probe,
+        values,
+    } in probes
+    {
+        let mut cumulative = 0;
+        for (bound, count) in probe.buckets.iter().zip(&values.buckets) {
+            cumulative += count;
+            let mut le = String::new();
+            push_label(&mut le, "le", &bound.to_string());
+            sample(
+                out,
+                "webhook_probe_duration_seconds_bucket",
+                labels,
+                &le,
+                cumulative,
+            );
+        }
+        sample(
+            out,
+            "webhook_probe_duration_seconds_bucket",
+            labels,
+            "le=\"+Inf\"",
+            values.count,
+        );
+        sample(
+            out,
+            "webhook_probe_duration_seconds_sum",
+            labels,
+            "",
+            values.sum,
+        );
+        sample(
+            out,
+            "webhook_probe_duration_seconds_count",
+            labels,
+            "",
+            values.count,
+        );
+    }
+
+    with_last(
+        out,
+        "webhook_probe_last_duration_seconds",
+        "Duration of the last run of the probe.",
+        |l| Some(l.duration),
+    );
+
+    let name = "webhook_probe_phase_duration_seconds";
+    header(
+        out,
+        name,
+        "gauge",
+        "Time spent in each phase of the last run (final attempt, summed over redirects).",
+    );
+    for row in probes {
+        if let Some(last) = &row.values.last {
+            for (phase, seconds) in PHASE_NAMES.iter().zip(last.phases) {
+                sample(
+                    out,
+                    name,
+                    &row.labels,
+                    &format!("phase=\"{phase}\""),
+                    seconds,
+                );
+            }
+        }
+    }
+
+    with_last(
+        out,
+        "webhook_probe_http_status_code",
+        "HTTP status of the last run, 0 when none was received.",
+        |l| Some(f64::from(l.http_status)),
+    );
+    with_last(
+        out,
+        "webhook_probe_response_code",
+        "Divalto code read from the body of the last run (absent when none).",
+        |l| l.response_code,
+    );
+
+    let name = "webhook_probe_runs_total";
+    header(out, name, "counter", "Runs of the probe by result.");
+    for row in probes {
+        for (result, count) in RESULTS.iter().zip(row.values.runs) {
+            sample(
+                out,
+                name,
+                &row.labels,
+                &format!("result=\"{result}\""),
+                count,
+            );
+        }
+    }
+
+    let name = "webhook_probe_failures_total";
+    header(out, name, "counter", "Failed runs of the probe by reason.");
+    for row in probes {
+        for (reason, count) in FailureReason::ALL.iter().zip(row.values.failures) {
+            sample(
+                out,
+                name,
+                &row.labels,
+                &format!("reason=\"{}\"", reason.as_label()),
+                count,
+            );
+        }
+    }
+
+    let name = "webhook_probe_consecutive_failures";
+    header(out, name, "gauge", "Failed runs since the last success.");
+    for row in probes.iter().filter(|row| row.values.last.is_some()) {
+        sample(out, name, &row.labels, "", row.values.consecutive_failures);
+    }
+
+    with_last(
+        out,
+        "webhook_probe_last_run_timestamp_seconds",
+        "End of the last run (Unix time).",
+        |l| Some(l.finished),
+    );
+
+    let name = "webhook_probe_last_success_timestamp_seconds";
+    header(
+        out,
+        name,
+        "gauge",
+        "End of the last successful run (Unix time).",
+    );
+    for row in probes {
+        if let Some(at) = row.values.last_success {
+            sample(out, name, &row.labels, "", at);
+        }
+    }
+
+    let name = "webhook_probe_skipped_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Planned runs skipped because the previous run was still going.",
+    );
+    for row in probes {
+        sample(out, name, &row.labels, "", row.values.skipped);
+    }
+
+    let name = "webhook_probe_info";
+    header(
+        out,
+        name,
+        "gauge",
+        "Probe settings; the URL has its webhook code redacted.",
+    );
+    for row in probes {
+        sample(out, name, &row.labels, &row.probe.info_labels, 1);
+    }
 }

@@ -1,5 +1,5 @@
 //! Time and tasks only: when to run what, never two runs of one probe at once, the global
-//! and per-server caps, and how late each run started.
+//! and per-server caps, how late each run started, and what a new config changes.
 //!
 //! One timer task per probe sleeps until the next planned instant, then hands the run to a
 //! separate task. The timer never waits for the run, so the plan stays exact; a run still
@@ -7,14 +7,14 @@
 //! and counted. The probe itself is behind [`Runner`], so tests drive the scheduler with a
 //! stub and paused tokio time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,16 +82,14 @@ impl Clock {
 pub struct ProbeState {
     /// The probe's settings.
     pub spec: Arc<ProbeSpec>,
-    /// Its metric handles.
-    pub metrics: ProbeMetrics,
+    /// Its metric series.
+    pub metrics: Arc<ProbeMetrics>,
     /// Its recent outcomes.
     pub history: Mutex<History>,
     /// Set while a run waits for a slot or runs: the no-overlap rule.
     running: AtomicBool,
-    /// Next planned run, for the API and `check-config`.
+    /// Next planned run, for the API and the status page.
     next_run: Mutex<Option<DateTime<Utc>>>,
-    /// Slots of the probe's server, when it has a cap.
-    server_slots: Option<Arc<Semaphore>>,
 }
 
 impl ProbeState {
@@ -103,6 +101,11 @@ impl ProbeState {
     /// The next planned run.
     pub fn next_run(&self) -> Option<DateTime<Utc>> {
         *lock(&self.next_run)
+    }
+
+    /// The most recent outcome.
+    pub fn last_outcome(&self) -> Option<Arc<Outcome>> {
+        lock(&self.history).last().cloned()
     }
 
     /// Claims the probe for one run; `false` when a run is already going.
@@ -121,26 +124,85 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What every probe task shares.
+/// The concurrency caps of the running config.
+#[derive(Default)]
+struct Slots {
+    global: Option<(usize, Arc<Semaphore>)>,
+    servers: HashMap<String, (usize, Arc<Semaphore>)>,
+}
+
+/// What every timer and run shares.
 struct Shared {
     metrics: Arc<Metrics>,
     runner: Runner,
     clock: Clock,
-    global_slots: Arc<Semaphore>,
     tracker: TaskTracker,
+    slots: Mutex<Slots>,
 }
 
-/// Runs the probes of a config until cancelled.
+impl Shared {
+    /// Waits for a global slot and, for a capped server, a server slot. The wait belongs to
+    /// the run's lag, not to its timeout.
+    async fn acquire(&self, spec: &ProbeSpec) -> Vec<OwnedSemaphorePermit> {
+        let (global, server) = {
+            let slots = lock(&self.slots);
+            let server = spec
+                .server
+                .as_ref()
+                .and_then(|name| slots.servers.get(name))
+                .map(|(_, s)| s.clone());
+            (slots.global.as_ref().map(|(_, s)| s.clone()), server)
+        };
+        let mut permits = Vec::with_capacity(2);
+        // Our semaphores are never closed, so acquiring cannot fail.
+        for semaphore in [global, server].into_iter().flatten() {
+            if let Ok(permit) = semaphore.acquire_owned().await {
+                permits.push(permit);
+            }
+        }
+        permits
+    }
+}
+
+/// What a new config changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSummary {
+    /// Probes that did not exist before.
+    pub added: usize,
+    /// Probes gone from the config.
+    pub removed: usize,
+    /// Probes whose settings changed (they start fresh).
+    pub changed: usize,
+    /// Probes kept as they were (schedule phase, counters, history).
+    pub unchanged: usize,
+}
+
+/// Why an on-demand run did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunNowError {
+    /// No probe has that name.
+    #[error("unknown probe \"{0}\"")]
+    Unknown(String),
+    /// A run of the probe is waiting or in progress.
+    #[error("probe \"{0}\" is already running")]
+    Running(String),
+}
+
+struct Entry {
+    state: Arc<ProbeState>,
+    cancel: CancellationToken,
+}
+
+/// Runs the probes of the current config until shut down.
 pub struct Scheduler {
     shared: Arc<Shared>,
-    probes: HashMap<String, Arc<ProbeState>>,
+    probes: Mutex<BTreeMap<String, Entry>>,
     cancel: CancellationToken,
 }
 
 impl Scheduler {
-    /// Starts one timer per probe of `config`.
-    pub fn start(
-        config: &Config,
+    /// A scheduler with no probes; [`Scheduler::apply`] gives it a config.
+    pub fn new(
         metrics: Arc<Metrics>,
         runner: Runner,
         clock: Clock,
@@ -150,59 +212,154 @@ impl Scheduler {
             metrics,
             runner,
             clock,
-            global_slots: Arc::new(Semaphore::new(config.max_concurrent_probes)),
             tracker: TaskTracker::new(),
+            slots: Mutex::default(),
         });
-        let server_slots: HashMap<&str, Arc<Semaphore>> = config
-            .servers
-            .values()
-            .filter_map(|s| {
-                s.max_concurrent
-                    .map(|n| (s.name.as_str(), Arc::new(Semaphore::new(n))))
-            })
-            .collect();
-        shared
-            .metrics
-            .probes_configured
-            .set(i64::try_from(config.probes.len()).unwrap_or(i64::MAX));
-        let mut probes = HashMap::new();
-        for spec in &config.probes {
-            let state = Arc::new(ProbeState {
-                metrics: shared.metrics.register_probe(spec),
-                history: Mutex::new(History::new(config.history_size)),
-                running: AtomicBool::new(false),
-                next_run: Mutex::new(None),
-                server_slots: spec
-                    .server
-                    .as_deref()
-                    .and_then(|s| server_slots.get(s).cloned()),
-                spec: spec.clone(),
-            });
-            tracing::debug!(probe = %spec.name, url = %spec.target.redacted(), schedule = %spec.schedule, "probe scheduled");
-            shared
-                .tracker
-                .spawn(timer(state.clone(), shared.clone(), cancel.child_token()));
-            probes.insert(spec.name.clone(), state);
-        }
         Self {
             shared,
-            probes,
+            probes: Mutex::default(),
             cancel,
         }
     }
 
-    /// The state of a probe by name.
-    pub fn probe(&self, name: &str) -> Option<&Arc<ProbeState>> {
-        self.probes.get(name)
+    /// Starts a scheduler running `config`.
+    pub fn start(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        runner: Runner,
+        clock: Clock,
+        cancel: CancellationToken,
+    ) -> Self {
+        let scheduler = Self::new(metrics, runner, clock, cancel);
+        scheduler.apply(config);
+        scheduler
     }
 
-    /// Every probe's state.
-    pub fn probes(&self) -> impl Iterator<Item = &Arc<ProbeState>> {
-        self.probes.values()
+    /// Moves to `config`: new probes start, removed ones stop and lose their series,
+    /// unchanged ones keep their timer, counters and history, changed ones start fresh.
+    /// A run in flight of a removed or changed probe completes and is recorded into its old,
+    /// detached state, so it never resurrects removed series.
+    pub fn apply(&self, config: &Config) -> ReloadSummary {
+        let metrics = &self.shared.metrics;
+        self.update_slots(config);
+        let mut summary = ReloadSummary::default();
+        let mut probes = lock(&self.probes);
+        let mut old = std::mem::take(&mut *probes);
+        for spec in &config.probes {
+            let entry = match old.remove(&spec.name) {
+                Some(entry)
+                    if entry.state.spec.same_settings(spec)
+                        && entry.state.metrics.has_buckets(&config.duration_buckets) =>
+                {
+                    lock(&entry.state.history).set_capacity(config.history_size);
+                    summary.unchanged += 1;
+                    entry
+                }
+                Some(entry) => {
+                    self.stop(&spec.name, &entry);
+                    summary.changed += 1;
+                    self.spawn(spec.clone(), config)
+                }
+                None => {
+                    summary.added += 1;
+                    self.spawn(spec.clone(), config)
+                }
+            };
+            probes.insert(spec.name.clone(), entry);
+        }
+        for (name, entry) in old {
+            self.stop(&name, &entry);
+            summary.removed += 1;
+        }
+        metrics
+            .probes_configured
+            .set(i64::try_from(probes.len()).unwrap_or(i64::MAX));
+        summary
+    }
+
+    fn update_slots(&self, config: &Config) {
+        let mut slots = lock(&self.shared.slots);
+        // Keep a semaphore whose size did not change: its permits are in use by runs in flight.
+        let keep = |current: Option<&(usize, Arc<Semaphore>)>, size: usize| match current {
+            Some((n, semaphore)) if *n == size => (size, semaphore.clone()),
+            _ => (size, Arc::new(Semaphore::new(size))),
+        };
+        slots.global = Some(keep(slots.global.as_ref(), config.max_concurrent_probes));
+        let servers = config
+            .servers
+            .values()
+            .filter_map(|server| {
+                server.max_concurrent.map(|n| {
+                    (
+                        server.name.clone(),
+                        keep(slots.servers.get(&server.name), n),
+                    )
+                })
+            })
+            .collect();
+        slots.servers = servers;
+    }
+
+    fn spawn(&self, spec: Arc<ProbeSpec>, config: &Config) -> Entry {
+        let state = Arc::new(ProbeState {
+            metrics: self
+                .shared
+                .metrics
+                .register_probe(&spec, &config.duration_buckets),
+            history: Mutex::new(History::new(config.history_size)),
+            running: AtomicBool::new(false),
+            next_run: Mutex::new(None),
+            spec,
+        });
+        tracing::debug!(probe = %state.spec.name, url = %state.spec.target.redacted(), schedule = %state.spec.schedule, "probe scheduled");
+        let cancel = self.cancel.child_token();
+        self.shared
+            .tracker
+            .spawn(timer(state.clone(), self.shared.clone(), cancel.clone()));
+        Entry { state, cancel }
+    }
+
+    fn stop(&self, name: &str, entry: &Entry) {
+        entry.cancel.cancel();
+        self.shared.metrics.remove_probe(name, &entry.state.metrics);
+    }
+
+    /// The state of a probe by name.
+    pub fn probe(&self, name: &str) -> Option<Arc<ProbeState>> {
+        lock(&self.probes).get(name).map(|e| e.state.clone())
+    }
+
+    /// Every probe's state, by name.
+    pub fn probes(&self) -> Vec<Arc<ProbeState>> {
+        lock(&self.probes)
+            .values()
+            .map(|e| e.state.clone())
+            .collect()
+    }
+
+    /// Runs a probe now (the no-overlap rule holds) and returns the recorded outcome.
+    ///
+    /// # Errors
+    /// An unknown probe, or one already running.
+    pub async fn run_now(&self, name: &str) -> Result<Arc<Outcome>, RunNowError> {
+        let state = self
+            .probe(name)
+            .ok_or_else(|| RunNowError::Unknown(name.to_owned()))?;
+        if !state.try_claim() {
+            return Err(RunNowError::Running(name.to_owned()));
+        }
+        // Tracked like scheduled runs, so a shutdown waits for it; and run in its own task, so a
+        // client hanging up does not cancel a run that is already calling the ERP.
+        let task = self
+            .shared
+            .tracker
+            .spawn(run(state, self.shared.clone(), None));
+        task.await
+            .map_err(|_| RunNowError::Unknown(name.to_owned()))
     }
 
     /// Stops planning new runs and waits for the runs in flight (each bounded by its timeout).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
@@ -223,7 +380,7 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
         if state.try_claim() {
             shared
                 .tracker
-                .spawn(run(state.clone(), shared.clone(), deadline));
+                .spawn(run(state.clone(), shared.clone(), Some(deadline)));
         } else {
             state.metrics.skipped();
             tracing::debug!(probe = %spec.name, "previous run still going: planned run skipped");
@@ -235,26 +392,30 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
     *lock(&state.next_run) = None;
 }
 
-/// One run: wait for the slots, call the runner, record the outcome.
-async fn run(state: Arc<ProbeState>, shared: Arc<Shared>, planned: Instant) {
-    // Semaphores are never closed, so acquiring only fails if they were; then run uncapped.
-    let _global = shared.global_slots.clone().acquire_owned().await.ok();
-    let _server = match &state.server_slots {
-        Some(slots) => slots.clone().acquire_owned().await.ok(),
-        None => None,
-    };
-    shared
-        .metrics
-        .observe_lag(Instant::now().saturating_duration_since(planned));
+/// One run of a claimed probe: wait for the slots, call the runner, record the outcome.
+/// `planned` is the scheduled start (lag is measured from it); `None` for on-demand runs.
+async fn run(
+    state: Arc<ProbeState>,
+    shared: Arc<Shared>,
+    planned: Option<Instant>,
+) -> Arc<Outcome> {
+    let permits = shared.acquire(&state.spec).await;
+    if let Some(planned) = planned {
+        shared
+            .metrics
+            .observe_lag(Instant::now().saturating_duration_since(planned));
+    }
     shared.metrics.probes_in_flight.inc();
     let outcome = (shared.runner)(state.spec.clone()).await;
     shared.metrics.probes_in_flight.dec();
-    record(&state, &shared.metrics, outcome);
+    drop(permits);
+    let outcome = record(&state, &shared.metrics, outcome);
     state.running.store(false, Ordering::Release);
+    outcome
 }
 
 /// Records an outcome in the metrics and the history, and logs it (once, here).
-pub fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Arc<Outcome> {
+fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Arc<Outcome> {
     let spec = &state.spec;
     metrics.record(&state.metrics, &outcome);
     match outcome.reason {

@@ -65,7 +65,7 @@ fn start(text: &str, wall: DateTime<Utc>, busy: Duration) -> Harness {
     let clock = Clock::simulated(wall);
     let calls: Calls = Arc::default();
     let peak = Arc::new(AtomicUsize::new(0));
-    let metrics = Arc::new(Metrics::new(&config).unwrap());
+    let metrics = Arc::new(Metrics::new().unwrap());
     let runner = stub(clock, busy, calls.clone(), peak.clone());
     let scheduler = Scheduler::start(
         &config,

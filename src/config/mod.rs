@@ -89,6 +89,27 @@ pub struct ProbeSpec {
 }
 
 impl ProbeSpec {
+    /// Whether `other` would run exactly like this probe: a reload keeps such a probe's
+    /// timer, counters and history. TLS files count by content, so a rotated CA or client
+    /// certificate restarts the probe with the new files.
+    pub fn same_settings(&self, other: &ProbeSpec) -> bool {
+        self.name == other.name
+            && self.server == other.server
+            && self.target == other.target
+            && self.method == other.method
+            && self.headers == other.headers
+            && self.labels == other.labels
+            && self.schedule == other.schedule
+            && self.timeout == other.timeout
+            && self.retries == other.retries
+            && self.retry_delay == other.retry_delay
+            && self.follow_redirects == other.follow_redirects
+            && self.max_body_bytes == other.max_body_bytes
+            && self.tls.settings == other.tls.settings
+            && self.tls.files_digest == other.tls.files_digest
+            && self.expect.same_rules(&other.expect)
+    }
+
     /// `text` with every secret of this probe redacted: for messages that might quote the
     /// URL (redirect targets, errors).
     pub fn redact(&self, text: &str) -> String {
@@ -97,7 +118,7 @@ impl ProbeSpec {
 }
 
 /// The URL of a probe and the secrets inside it.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     /// The full URL, secret included: only the request builder reads it.
     pub url: Url,
@@ -163,6 +184,8 @@ pub struct TlsClient {
     pub settings: TlsSettings,
     /// The rustls configuration every run of the probe reuses.
     pub config: Arc<rustls::ClientConfig>,
+    /// Digest of the CA, certificate and key files as read, to notice a rotation on reload.
+    pub files_digest: u64,
 }
 
 impl fmt::Debug for TlsClient {
@@ -199,6 +222,20 @@ pub struct Expect {
     pub body_matches: Option<regex::Regex>,
     /// The body must not match this.
     pub body_not_matches: Option<regex::Regex>,
+}
+
+impl Expect {
+    /// Whether both apply the same rules (regexes compared by their source).
+    pub fn same_rules(&self, other: &Expect) -> bool {
+        let same_regex = |a: &Option<regex::Regex>, b: &Option<regex::Regex>| {
+            a.as_ref().map(regex::Regex::as_str) == b.as_ref().map(regex::Regex::as_str)
+        };
+        self.status == other.status
+            && self.divalto == other.divalto
+            && self.success_codes == other.success_codes
+            && same_regex(&self.body_matches, &other.body_matches)
+            && same_regex(&self.body_not_matches, &other.body_not_matches)
+    }
 }
 
 /// A config problem, pointing at the file and, when known, the line and column.

@@ -355,7 +355,7 @@ impl ProbeContext<'_> {
     fn build(
         &self,
         probe: Spanned<RawProbe>,
-        tls_cache: &mut HashMap<TlsSettings, Arc<rustls::ClientConfig>>,
+        tls_cache: &mut HashMap<TlsSettings, TlsClient>,
         errors: &mut Errors<'_>,
     ) -> Option<ProbeSpec> {
         let at = probe.referenced;
@@ -618,7 +618,7 @@ impl ProbeContext<'_> {
         &self,
         raw: &RawProbe,
         server: Option<&ResolvedServer>,
-        cache: &mut HashMap<TlsSettings, Arc<rustls::ClientConfig>>,
+        cache: &mut HashMap<TlsSettings, TlsClient>,
         at: Location,
         errors: &mut Errors<'_>,
     ) -> Option<TlsClient> {
@@ -646,16 +646,18 @@ impl ProbeContext<'_> {
                 .find_map(|l| l.server_name.as_ref())
                 .map(|n| n.0.clone()),
         };
-        if let Some(config) = cache.get(&settings) {
-            return Some(TlsClient {
-                settings,
-                config: config.clone(),
-            });
+        if let Some(client) = cache.get(&settings) {
+            return Some(client.clone());
         }
         match crate::probe::tls::client_config(&settings) {
             Ok(config) => {
-                cache.insert(settings.clone(), config.clone());
-                Some(TlsClient { settings, config })
+                let client = TlsClient {
+                    files_digest: files_digest(&settings),
+                    settings: settings.clone(),
+                    config,
+                };
+                cache.insert(settings, client.clone());
+                Some(client)
             }
             Err(failure) => {
                 let location = match failure.field {
@@ -678,6 +680,19 @@ impl ProbeContext<'_> {
             }
         }
     }
+}
+
+/// A digest of the TLS files' contents (unreadable files were already reported).
+fn files_digest(settings: &TlsSettings) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in [&settings.ca_file, &settings.cert_file, &settings.key_file]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn list_or_none(items: &[&str]) -> String {

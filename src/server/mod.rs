@@ -1,50 +1,111 @@
-//! HTTP only: [`router`] maps the endpoints to handlers that read shared state. Handlers
-//! never probe anything themselves.
+//! HTTP only: [`router`] maps the endpoints to handlers that read shared state, and
+//! [`serve`] runs it (plain or TLS, with timeouts and a body cap). Handlers never probe
+//! anything themselves: on-demand runs go through the scheduler.
 
+mod api;
+pub mod auth;
 mod status_page;
+pub mod web_config;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
 
-use crate::metrics::Metrics;
-use crate::scheduler::ProbeState;
+use crate::App;
+
+/// Largest request body accepted: no endpoint takes more than a few bytes.
+const MAX_REQUEST_BODY: usize = 16 * 1024;
+/// A client must send its request head within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound of every request but on-demand runs (a reload of a large config included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time given to open connections at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AppState {
-    /// The registry rendered by `/metrics`.
-    pub metrics: Arc<Metrics>,
-    /// The running probes, replaced as a whole when the config changes.
-    pub probes: Arc<RwLock<Arc<Vec<Arc<ProbeState>>>>>,
+    /// The running exporter.
+    pub app: Arc<App>,
 }
 
-impl AppState {
-    /// A snapshot of the running probes, sorted by server then name.
-    pub fn probes(&self) -> Arc<Vec<Arc<ProbeState>>> {
-        self.probes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+/// The exporter's routes, every one behind basic auth when users are configured.
+pub fn router(app: Arc<App>) -> Router {
+    let auth = app.auth.clone();
+    let quick = Router::new()
+        .route(
+            "/metrics",
+            get(metrics).layer(CompressionLayer::new().gzip(true)),
+        )
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(ready))
+        .route("/-/reload", post(reload))
+        .route("/", get(status_page))
+        .route("/api/v1/probes", get(api::list))
+        .route("/api/v1/probes/{name}", get(api::show))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+    // An on-demand run is bounded by the probe's own timeout (plus any wait for a slot).
+    let runs = Router::new().route("/api/v1/probes/{name}/run", post(api::run));
+    quick
+        .merge(runs)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_basic_auth,
+        ))
+        .with_state(AppState { app })
+}
+
+/// Serves `router` on `listener` until `shutdown`, then drains open connections.
+///
+/// # Errors
+/// When the listener cannot be used.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    router: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let waiter = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        waiter.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    listener.set_nonblocking(true)?;
+    let service = router.into_make_service();
+    match tls {
+        Some(config) => {
+            let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            server.serve(service).await
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            server.serve(service).await
+        }
     }
 }
 
-/// The exporter's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/-/healthy", get(healthy))
-        .route("/-/ready", get(ready))
-        .route("/", get(status_page))
-        .with_state(state)
-}
-
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.encode();
+    let body = state.app.metrics.encode();
     (
         [(
             header::CONTENT_TYPE,
@@ -59,10 +120,30 @@ async fn healthy() -> &'static str {
     "Healthy\n"
 }
 
-async fn ready() -> (StatusCode, &'static str) {
-    (StatusCode::OK, "Ready\n")
+async fn ready() -> &'static str {
+    "Ready\n"
+}
+
+/// `POST /-/reload`: 200 with what changed, or 500 with the (redacted) error, the running
+/// config staying in place.
+async fn reload(State(state): State<AppState>) -> Response {
+    match state.app.reload().await {
+        Ok(summary) => (
+            StatusCode::OK,
+            format!(
+                "config reloaded: {} added, {} removed, {} changed, {} unchanged\n",
+                summary.added, summary.removed, summary.changed, summary.unchanged
+            ),
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload config: {error}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn status_page(State(state): State<AppState>) -> Html<String> {
-    Html(status_page::render(&state.probes()))
+    Html(status_page::render(&state.app.scheduler.probes()))
 }

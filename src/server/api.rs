@@ -1,0 +1,165 @@
+//! The JSON API: probes with their schedule, next run, last result and recent history, and
+//! on-demand runs of configured probes (never of a target taken from the request).
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::probe::{Outcome, Phases};
+use crate::scheduler::{ProbeState, RunNowError};
+
+/// One result, as the contract's "result object".
+#[derive(Serialize)]
+pub struct ResultView {
+    success: bool,
+    reason: Option<&'static str>,
+    message: String,
+    http_status: Option<u16>,
+    response_code: Option<String>,
+    duration_seconds: f64,
+    phases: Phases,
+    attempts: u32,
+    redirects: u32,
+    started_at: String,
+    finished_at: String,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl From<&Outcome> for ResultView {
+    fn from(outcome: &Outcome) -> Self {
+        Self {
+            success: outcome.success,
+            reason: outcome.reason.map(|r| r.as_label()),
+            message: outcome.message.clone(),
+            http_status: outcome.http_status,
+            response_code: outcome.response_code.clone(),
+            duration_seconds: outcome.duration.as_secs_f64(),
+            phases: outcome.phases,
+            attempts: outcome.attempts,
+            redirects: outcome.redirects,
+            started_at: rfc3339(outcome.started_at),
+            finished_at: rfc3339(outcome.finished_at),
+        }
+    }
+}
+
+/// One probe.
+#[derive(Serialize)]
+pub struct ProbeView {
+    name: String,
+    server: Option<String>,
+    url: String,
+    method: String,
+    schedule: String,
+    timeout_seconds: f64,
+    labels: std::collections::BTreeMap<String, String>,
+    running: bool,
+    next_run: Option<String>,
+    consecutive_failures: usize,
+    last_result: Option<ResultView>,
+    /// Oldest first.
+    history: Vec<ResultView>,
+}
+
+impl ProbeView {
+    /// The view of `state`, with at most `history` past results.
+    pub fn new(state: &ProbeState, history: usize) -> Self {
+        let spec = &state.spec;
+        let (last_result, results, consecutive_failures) = {
+            let kept = state
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let skip = kept.len().saturating_sub(history);
+            let results: Vec<ResultView> = kept
+                .iter()
+                .skip(skip)
+                .map(|o| ResultView::from(o.as_ref()))
+                .collect();
+            let consecutive = kept.iter().rev().take_while(|o| !o.success).count();
+            (
+                kept.last().map(|o| ResultView::from(o.as_ref())),
+                results,
+                consecutive,
+            )
+        };
+        Self {
+            name: spec.name.clone(),
+            server: spec.server.clone(),
+            url: spec.target.redacted(),
+            method: spec.method.to_string(),
+            schedule: spec.schedule.to_string(),
+            timeout_seconds: spec.timeout.as_secs_f64(),
+            labels: spec.labels.clone(),
+            running: state.is_running(),
+            next_run: state
+                .next_run()
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            consecutive_failures,
+            last_result,
+            history: results,
+        }
+    }
+}
+
+/// `?history=N`: how many past results to include (default: all kept).
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    history: Option<usize>,
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn unknown(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("unknown probe \"{name}\""))
+}
+
+/// `GET /api/v1/probes`.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HistoryQuery>,
+) -> Json<serde_json::Value> {
+    let limit = query.history.unwrap_or(usize::MAX);
+    let probes: Vec<ProbeView> = state
+        .app
+        .scheduler
+        .probes()
+        .iter()
+        .map(|p| ProbeView::new(p, limit))
+        .collect();
+    Json(serde_json::json!({ "probes": probes }))
+}
+
+/// `GET /api/v1/probes/{name}`.
+pub async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    match state.app.scheduler.probe(&name) {
+        Some(probe) => {
+            Json(ProbeView::new(&probe, query.history.unwrap_or(usize::MAX))).into_response()
+        }
+        None => unknown(&name),
+    }
+}
+
+/// `POST /api/v1/probes/{name}/run`: runs it now and answers the result.
+pub async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.app.scheduler.run_now(&name).await {
+        Ok(outcome) => Json(ResultView::from(outcome.as_ref())).into_response(),
+        Err(RunNowError::Unknown(_)) => unknown(&name),
+        Err(err @ RunNowError::Running(_)) => error(StatusCode::CONFLICT, err.to_string()),
+    }
+}
