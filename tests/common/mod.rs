@@ -136,6 +136,10 @@ async fn webhook(
             tokio::time::sleep(Duration::from_secs(30)).await;
             json(StatusCode::OK, r#"{"code":"0","message":"late"}"#)
         }
+        "sleep2s" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            json(StatusCode::OK, r#"{"code":"0","message":"OK after 2 s"}"#)
+        }
         "sleep300ms" => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             json(StatusCode::OK, r#"{"code":"0","message":"OK"}"#)
@@ -395,25 +399,172 @@ impl Drop for Exporter {
 
 /// A minimal blocking HTTP/1.1 GET (the exporter answers with a content length).
 pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
+    let response = http_request(address, "GET", path, &[]);
+    (response.status, response.body)
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code (0 if unparsable).
+    pub status: u16,
+    /// Header lines, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Body text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header value by (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_response(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, body.to_owned())
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn request_text(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// A blocking HTTP/1.1 request without a body.
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(request_text(address, method, path, headers).as_bytes())
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    parse_response(&response)
+}
+
+/// A blocking HTTPS request trusting `ca_pem`, optionally with a client certificate
+/// (`(cert_pem, key_pem)`); `Err` with the TLS or I/O error.
+pub fn https_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+) -> Result<HttpResponse, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    tls.write_all(request_text(address, method, path, headers).as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response) {
+        Ok(_) => {}
+        // Servers may close without close_notify; what was read is the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(parse_response(&response))
+}
+
+/// A test CA with a server certificate for `localhost` and a client certificate, as PEM.
+pub struct Pki {
+    /// CA certificate.
+    pub ca: String,
+    /// Server certificate and key.
+    pub server: (String, String),
+    /// Client certificate and key, signed by the CA.
+    pub client: (String, String),
+}
+
+impl Pki {
+    /// Generates the three certificates.
+    pub fn generate() -> Self {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "webhook-exporter test CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf = |names: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        Self {
+            server: leaf(
+                vec!["localhost".into(), "127.0.0.1".into()],
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            client: leaf(
+                vec!["prometheus".into()],
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            ca: ca.pem(),
+        }
+    }
 }
 
 /// A parsed `/metrics` page.

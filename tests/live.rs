@@ -1,0 +1,580 @@
+//! Live operations on the real binary: reload (HTTP and SIGHUP; good, bad, good), runs in
+//! flight across a reload, graceful shutdown, the JSON API, TLS, mutual TLS and basic auth,
+//! and bounded memory across many reloads.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Exporter, FakeDivalto, SECRET_CODE, Scrape};
+
+/// The fake Divalto server on its own runtime, so test threads may block.
+struct Fake {
+    _runtime: tokio::runtime::Runtime,
+    server: FakeDivalto,
+}
+
+fn fake() -> Fake {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(FakeDivalto::start());
+    Fake {
+        _runtime: runtime,
+        server,
+    }
+}
+
+fn config(fake: &Fake, probes: &[&str]) -> String {
+    let mut text = format!(
+        "servers:\n  fake: {{base_url: \"{}\"}}\nprobes:\n",
+        fake.server.base_url()
+    );
+    for probe in probes {
+        text.push_str(&format!("  - {probe}\n"));
+    }
+    text
+}
+
+fn runs(scrape: &Scrape, probe: &str) -> f64 {
+    ["success", "failure"]
+        .iter()
+        .filter_map(|r| {
+            scrape.value(
+                "webhook_probe_runs_total",
+                &[("probe", probe), ("result", r)],
+            )
+        })
+        .sum()
+}
+
+fn post(exporter: &Exporter, path: &str) -> common::HttpResponse {
+    common::http_request(exporter.address, "POST", path, &[])
+}
+
+fn series_count(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count()
+}
+
+#[test]
+fn reloads_apply_good_configs_refuse_bad_ones_and_keep_unchanged_probes() {
+    let fake = fake();
+    let kept = format!(
+        "{{name: kept, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1s, timeout: 500ms}}"
+    );
+    let removed = format!(
+        "{{name: removed, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1s, timeout: 500ms}}"
+    );
+    let added = format!(
+        "{{name: added, server: fake, code: \"{SECRET_CODE}-body400\", interval: 1s, timeout: 500ms}}"
+    );
+    let (_dir, path) = common::write_config(&config(&fake, &[&kept, &removed]));
+    let mut exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let before = exporter.wait_for(Duration::from_secs(10), "two runs of each probe", |s| {
+        runs(s, "kept") >= 2.0 && runs(s, "removed") >= 1.0
+    });
+    let kept_runs = runs(&before, "kept");
+
+    // Good reload over HTTP: one added, one removed, one unchanged.
+    std::fs::write(&path, config(&fake, &[&kept, &added])).unwrap();
+    let answer = post(&exporter, "/-/reload");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.body,
+        "config reloaded: 1 added, 1 removed, 0 changed, 1 unchanged\n"
+    );
+    let after = exporter.scrape();
+    assert!(
+        runs(&after, "kept") >= kept_runs,
+        "the kept probe's counters were reset"
+    );
+    assert!(
+        after
+            .label_sets("webhook_probe_runs_total")
+            .iter()
+            .all(|s| s["probe"] != "removed"),
+        "removed probe still exported"
+    );
+    assert!(
+        after
+            .label_sets("webhook_probe_info")
+            .iter()
+            .all(|s| s["probe"] != "removed")
+    );
+    assert_eq!(
+        after.value(
+            "webhook_probe_failures_total",
+            &[("probe", "added"), ("reason", "webhook_error")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        after.value("webhook_exporter_probes_configured", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        after.value("webhook_exporter_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    let (_, api) = exporter.get("/api/v1/probes/removed");
+    assert!(api.contains("unknown probe"), "{api}");
+
+    // Bad reload: refused with the position, the running config goes on.
+    std::fs::write(
+        &path,
+        config(
+            &fake,
+            &[&kept, &added.replace("interval: 1s", "intervall: 1s")],
+        ),
+    )
+    .unwrap();
+    let answer = post(&exporter, "/-/reload");
+    assert_eq!(answer.status, 500);
+    assert!(
+        answer
+            .body
+            .contains(&format!("failed to reload config: {}:5:", path.display())),
+        "{}",
+        answer.body
+    );
+    assert!(
+        answer.body.contains("unknown field `intervall`"),
+        "{}",
+        answer.body
+    );
+    let refused = exporter.scrape();
+    assert_eq!(
+        refused.value("webhook_exporter_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    let kept_now = runs(&refused, "kept");
+    exporter.wait_for(Duration::from_secs(5), "the running config to go on", |s| {
+        runs(s, "kept") > kept_now && runs(s, "added") >= 1.0
+    });
+    assert!(
+        exporter.logs().contains("config reload refused"),
+        "{}",
+        exporter.logs()
+    );
+
+    // Good reload by SIGHUP: `kept` changes (new timeout), so it starts fresh.
+    std::fs::write(
+        &path,
+        config(
+            &fake,
+            &[&kept.replace("timeout: 500ms", "timeout: 800ms"), &added],
+        ),
+    )
+    .unwrap();
+    let before_hup = runs(&exporter.scrape(), "kept");
+    std::process::Command::new("kill")
+        .args(["-HUP", &exporter.pid().to_string()])
+        .status()
+        .unwrap();
+    let fresh = exporter.wait_for(Duration::from_secs(5), "the SIGHUP reload", |s| {
+        s.value("webhook_exporter_config_last_reload_successful", &[]) == Some(1.0)
+    });
+    assert!(
+        runs(&fresh, "kept") < before_hup,
+        "a changed probe starts fresh ({} >= {before_hup})",
+        runs(&fresh, "kept")
+    );
+    assert!(
+        exporter.logs().contains("config reloaded"),
+        "{}",
+        exporter.logs()
+    );
+    assert_eq!(exporter.stop("TERM", Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn a_run_in_flight_during_a_reload_completes_and_is_recorded_or_dropped() {
+    let fake = fake();
+    let slow = |name: &str| {
+        format!(
+            "{{name: {name}, server: fake, code: \"{SECRET_CODE}-{name}-sleep2s\", interval: 5s, timeout: 3s}}"
+        )
+    };
+    let (_dir, path) = common::write_config(&config(&fake, &[&slow("stays"), &slow("goes")]));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    exporter.wait_for(Duration::from_secs(10), "both slow runs in flight", |s| {
+        s.value("webhook_exporter_probes_in_flight", &[]) == Some(2.0)
+    });
+    std::fs::write(&path, config(&fake, &[&slow("stays")])).unwrap();
+    assert_eq!(post(&exporter, "/-/reload").status, 200);
+    let done = exporter.wait_for(
+        Duration::from_secs(5),
+        "the in-flight runs to finish",
+        |s| s.value("webhook_exporter_probes_in_flight", &[]) == Some(0.0),
+    );
+    assert_eq!(
+        done.value(
+            "webhook_probe_runs_total",
+            &[("probe", "stays"), ("result", "success")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        done.label_sets("webhook_probe_runs_total")
+            .iter()
+            .all(|s| s["probe"] != "goes"),
+        "a removed probe came back"
+    );
+    let (_, api) = exporter.get("/api/v1/probes/stays");
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["last_result"]["message"], "OK after 2 s");
+    assert_eq!(exporter.get("/-/healthy").0, 200);
+}
+
+#[test]
+fn sigterm_waits_for_the_run_in_flight_then_exits_zero() {
+    let fake = fake();
+    let slow = format!(
+        "{{name: slow, server: fake, code: \"{SECRET_CODE}-sleep2s\", interval: 10s, timeout: 5s}}"
+    );
+    let (_dir, path) = common::write_config(&config(&fake, &[&slow]));
+    let mut exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    exporter.wait_for(Duration::from_secs(15), "the slow run", |s| {
+        s.value("webhook_exporter_probes_in_flight", &[]) == Some(1.0)
+    });
+    let signalled = Instant::now();
+    let code = exporter.stop("TERM", Duration::from_secs(6));
+    let waited = signalled.elapsed();
+    assert_eq!(code, Some(0), "{}", exporter.logs());
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(fake.server.calls("sleep2s"), 1);
+    assert!(
+        exporter.logs().contains("probe=slow")
+            || exporter.logs().contains("webhook-exporter stopped"),
+        "{}",
+        exporter.logs()
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let fake = fake();
+    let slow = format!(
+        "{{name: slow, server: fake, code: \"{SECRET_CODE}-sleep2s\", interval: 10s, timeout: 5s}}"
+    );
+    let (_dir, path) = common::write_config(&config(&fake, &[&slow]));
+    let mut exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    exporter.wait_for(Duration::from_secs(15), "the slow run", |s| {
+        s.value("webhook_exporter_probes_in_flight", &[]) == Some(1.0)
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &exporter.pid().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Instant::now();
+    let code = exporter.stop("TERM", Duration::from_secs(5));
+    assert_eq!(code, Some(1));
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        signalled.elapsed()
+    );
+}
+
+#[test]
+fn the_api_lists_shows_and_runs_configured_probes_only() {
+    let fake = fake();
+    let ok = format!(
+        "{{name: refresh-customer, server: fake, code: \"{SECRET_CODE}-ok\", params: {{dos: \"998\"}}, interval: 1h, timeout: 5s}}"
+    );
+    let slow = format!(
+        "{{name: slow, server: fake, code: \"{SECRET_CODE}-sleep2s\", interval: 1h, timeout: 5s}}"
+    );
+    let (_dir, path) = common::write_config(&format!(
+        "history_size: 3\n{}",
+        config(&fake, &[&ok, &slow])
+    ));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+
+    // Run now: answers the result object.
+    for _ in 0..4 {
+        let answer = post(&exporter, "/api/v1/probes/refresh-customer/run");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let result: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(result["success"], true);
+        assert_eq!(result["reason"], serde_json::Value::Null);
+        assert_eq!(result["message"], "Client C0000001 rafraîchi");
+        assert_eq!(result["http_status"], 200);
+        assert_eq!(result["response_code"], "0");
+        assert_eq!(result["attempts"], 1);
+        assert!(result["duration_seconds"].as_f64().unwrap() > 0.0);
+        assert!(result["phases"]["processing"].as_f64().is_some());
+        assert!(result["started_at"].as_str().unwrap().ends_with('Z'));
+        assert!(result["finished_at"].as_str().is_some());
+    }
+
+    let (status, list) = exporter.get("/api/v1/probes");
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let probe = list["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "refresh-customer")
+        .unwrap();
+    assert_eq!(
+        probe["url"],
+        format!(
+            "{}/api/v1/WebHook/MONW…3-ok?dos=998",
+            fake.server.base_url()
+        )
+    );
+    assert_eq!(probe["method"], "GET");
+    assert_eq!(probe["schedule"], "every 1h");
+    assert!(probe["next_run"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(probe["last_result"]["success"], true);
+    assert_eq!(
+        probe["history"].as_array().unwrap().len(),
+        3,
+        "the ring buffer keeps history_size results"
+    );
+    assert!(
+        !list.to_string().contains(&SECRET_CODE[4..20]),
+        "the API leaks the code"
+    );
+
+    // Unknown probe: 404 with a JSON error; wrong method: 405.
+    let (status, body) = exporter.get("/api/v1/probes/nope");
+    assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "unknown probe \"nope\""
+    );
+    assert_eq!(post(&exporter, "/api/v1/probes/nope/run").status, 404);
+    assert_eq!(exporter.get("/api/v1/probes/slow/run").0, 405);
+
+    // A run in progress: 409.
+    let address = exporter.address;
+    let first = std::thread::spawn(move || {
+        common::http_request(address, "POST", "/api/v1/probes/slow/run", &[])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let second = post(&exporter, "/api/v1/probes/slow/run");
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert!(second.body.contains("already running"), "{}", second.body);
+    assert_eq!(first.join().unwrap().status, 200);
+    let scrape = exporter.scrape();
+    assert_eq!(
+        scrape.value(
+            "webhook_probe_runs_total",
+            &[("probe", "refresh-customer"), ("result", "success")]
+        ),
+        Some(4.0)
+    );
+}
+
+/// Writes the PKI and a web config into `dir`; returns the web config path.
+fn web_config(
+    dir: &std::path::Path,
+    pki: &common::Pki,
+    client_auth: &str,
+    password_hash: &str,
+) -> std::path::PathBuf {
+    for (name, content) in [
+        ("ca.pem", &pki.ca),
+        ("server.pem", &pki.server.0),
+        ("server.key", &pki.server.1),
+    ] {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    let path = dir.join("web.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: {client_auth}\n  client_ca_file: ca.pem\n  min_version: TLS12\nbasic_auth_users:\n  prometheus: '{password_hash}'\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn tls_and_basic_auth_protect_every_endpoint() {
+    let fake = fake();
+    let pki = common::Pki::generate();
+    let (dir, path) = common::write_config(&config(
+        &fake,
+        &[&format!(
+            "{{name: p, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1h}}"
+        )],
+    ));
+    let hash = bcrypt::hash("s3cret-scrape", 4).unwrap();
+    let web = web_config(dir.path(), &pki, "NoClientCert", &hash);
+    let exporter = Exporter::start(
+        &[
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+        ],
+        &[],
+    );
+    let good = format!("Basic {}", base64_encode("prometheus:s3cret-scrape"));
+    let bad = format!("Basic {}", base64_encode("prometheus:wrong"));
+    for path in ["/metrics", "/", "/api/v1/probes", "/-/healthy", "/-/ready"] {
+        let ok = common::https_request(
+            exporter.address,
+            "GET",
+            path,
+            &[("Authorization", &good)],
+            &pki.ca,
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.status, 200, "{path}: {}", ok.body);
+        for headers in [vec![("Authorization", bad.as_str())], vec![]] {
+            let refused =
+                common::https_request(exporter.address, "GET", path, &headers, &pki.ca, None)
+                    .unwrap();
+            assert_eq!(refused.status, 401, "{path} with {headers:?}");
+            assert!(
+                refused
+                    .header("www-authenticate")
+                    .unwrap()
+                    .starts_with("Basic"),
+                "{refused:?}"
+            );
+        }
+    }
+    let refused =
+        common::https_request(exporter.address, "POST", "/-/reload", &[], &pki.ca, None).unwrap();
+    assert_eq!(refused.status, 401);
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = std::panic::catch_unwind(|| common::http_get(exporter.address, "/metrics"));
+    assert!(plain.map(|(status, _)| status != 200).unwrap_or(true));
+}
+
+#[test]
+fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
+    let fake = fake();
+    let pki = common::Pki::generate();
+    let (dir, path) = common::write_config(&config(
+        &fake,
+        &[&format!(
+            "{{name: p, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1h}}"
+        )],
+    ));
+    let hash = bcrypt::hash("s3cret-scrape", 4).unwrap();
+    let web = web_config(dir.path(), &pki, "RequireAndVerifyClientCert", &hash);
+    let exporter = Exporter::start(
+        &[
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+        ],
+        &[],
+    );
+    let auth = format!("Basic {}", base64_encode("prometheus:s3cret-scrape"));
+    let client = (pki.client.0.as_str(), pki.client.1.as_str());
+    let with_cert = common::https_request(
+        exporter.address,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        &pki.ca,
+        Some(client),
+    )
+    .unwrap();
+    assert_eq!(with_cert.status, 200);
+    let without = common::https_request(
+        exporter.address,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        &pki.ca,
+        None,
+    );
+    assert!(
+        without.is_err() || without.as_ref().unwrap().status == 0,
+        "{without:?}"
+    );
+}
+
+#[test]
+fn an_invalid_web_config_stops_the_start_with_a_clear_error() {
+    let fake = fake();
+    let (dir, path) = common::write_config(&config(
+        &fake,
+        &[&format!(
+            "{{name: p, server: fake, code: \"{SECRET_CODE}-ok\"}}"
+        )],
+    ));
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, "basic_auth_users:\n  prometheus: not-a-hash\n").unwrap();
+    let (code, _, stderr) = common::run_binary(
+        &[
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+            "--web.listen-address=127.0.0.1:0",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("basic_auth_users.prometheus: not a bcrypt hash"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn two_hundred_reloads_leave_series_and_memory_at_their_starting_level() {
+    let fake = fake();
+    let base: Vec<String> = (0..5).map(|i| format!("{{name: base-{i}, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1h, labels: {{dossier: \"{i}\"}}}}")).collect();
+    let extra: Vec<String> = (0..50).map(|i| format!("{{name: extra-{i}, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1h, labels: {{tenant: \"t{i}\"}}}}")).collect();
+    let base_refs: Vec<&str> = base.iter().map(String::as_str).collect();
+    let all_refs: Vec<&str> = base.iter().chain(&extra).map(String::as_str).collect();
+    let small = config(&fake, &base_refs);
+    let large = config(&fake, &all_refs);
+    let (_dir, path) = common::write_config(&small);
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let reload = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let answer = post(&exporter, "/-/reload");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    };
+    // Warm up allocator pools, then measure.
+    for _ in 0..10 {
+        reload(&large);
+        reload(&small);
+    }
+    let series_start = series_count(&exporter.scrape().text);
+    let rss_start = rss();
+    for _ in 0..100 {
+        reload(&large);
+        reload(&small);
+    }
+    let series_end = series_count(&exporter.scrape().text);
+    let rss_end = rss();
+    println!(
+        "200 reloads: series {series_start} -> {series_end}, RSS {rss_start} kB -> {rss_end} kB"
+    );
+    assert_eq!(series_end, series_start);
+    assert!(
+        rss_end <= rss_start + rss_start / 10 + 2048,
+        "RSS grew from {rss_start} kB to {rss_end} kB"
+    );
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
