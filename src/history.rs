@@ -76,6 +76,8 @@ mod tests {
             phases: Default::default(),
             attempts,
             redirects: 0,
+            tls: None,
+            http_version: None,
             started_at: SystemTime::UNIX_EPOCH,
             finished_at: SystemTime::UNIX_EPOCH,
         })

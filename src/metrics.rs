@@ -192,7 +192,28 @@ impl Metrics {
                 .as_deref()
                 .and_then(|code| code.parse::<f64>().ok()),
             finished,
+            redirects: outcome.redirects,
+            http_version: outcome.http_version.and_then(|v| v.parse().ok()),
         });
+        values.retries += u64::from(outcome.attempts.saturating_sub(1));
+        // Kept from the last run that saw a certificate, so a server that is down for a while
+        // does not make its expiry vanish from the expiry alerts.
+        if let Some(tls) = &outcome.tls
+            && let Some(certificate) = &tls.certificate
+        {
+            let mut info_labels = String::new();
+            push_label(
+                &mut info_labels,
+                "version",
+                tls.version.as_deref().unwrap_or(""),
+            );
+            push_label(&mut info_labels, "subject", &certificate.subject);
+            push_label(&mut info_labels, "issuer", &certificate.issuer);
+            values.tls = Some(TlsSeen {
+                earliest_not_after: certificate.earliest_not_after as f64,
+                info_labels,
+            });
+        }
         match outcome.reason {
             None => {
                 values.runs[0] += 1;
@@ -297,6 +318,9 @@ struct ProbeValues {
     runs: [u64; 2],
     failures: [u64; FailureReason::ALL.len()],
     skipped: u64,
+    /// Extra attempts used by retries.
+    retries: u64,
+    tls: Option<TlsSeen>,
     consecutive_failures: u64,
     /// Observations per bucket (not cumulative); the `+Inf` bucket is `count`.
     buckets: Vec<u64>,
@@ -312,6 +336,17 @@ struct LastRun {
     http_status: u16,
     response_code: Option<f64>,
     finished: f64,
+    redirects: u32,
+    /// 1.1, 1.0 or 2, when an answer came.
+    http_version: Option<f64>,
+}
+
+/// The last certificate chain a probe was shown.
+#[derive(Debug, Clone)]
+struct TlsSeen {
+    earliest_not_after: f64,
+    /// `version=...,subject=...,issuer=...`: the extra labels of `webhook_probe_tls_info`.
+    info_labels: String,
 }
 
 fn reason_index(reason: FailureReason) -> usize {
@@ -543,6 +578,56 @@ fn render_probes(out: &mut String, probes: &[Row<'_>]) {
     );
     for row in probes {
         sample(out, name, &row.labels, "", row.values.skipped);
+    }
+
+    let name = "webhook_probe_retries_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Extra attempts made by retries (a run that succeeds on a retry is a success).",
+    );
+    for row in probes {
+        sample(out, name, &row.labels, "", row.values.retries);
+    }
+
+    with_last(
+        out,
+        "webhook_probe_redirects",
+        "Redirects followed in the last run.",
+        |l| Some(f64::from(l.redirects)),
+    );
+    with_last(
+        out,
+        "webhook_probe_http_version",
+        "HTTP version of the last answer (1.1).",
+        |l| l.http_version,
+    );
+
+    let name = "webhook_probe_tls_cert_expiry_timestamp_seconds";
+    header(
+        out,
+        name,
+        "gauge",
+        "Earliest notAfter of the certificate chain the server presented (Unix time), even when it failed verification.",
+    );
+    for row in probes {
+        if let Some(tls) = &row.values.tls {
+            sample(out, name, &row.labels, "", tls.earliest_not_after);
+        }
+    }
+
+    let name = "webhook_probe_tls_info";
+    header(
+        out,
+        name,
+        "gauge",
+        "TLS version and the leaf certificate's subject and issuer (common names) last seen; always 1.",
+    );
+    for row in probes {
+        if let Some(tls) = &row.values.tls {
+            sample(out, name, &row.labels, &tls.info_labels, 1);
+        }
     }
 
     let name = "webhook_probe_info";

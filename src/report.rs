@@ -87,6 +87,27 @@ pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
     for (name, value) in PHASE_NAMES.iter().zip(outcome.phases.as_array()) {
         let _ = writeln!(out, "  {name:<13} {}", millis(value));
     }
+    if let Some(tls) = &outcome.tls {
+        if let Some(version) = &tls.version {
+            let _ = writeln!(out, "  TLS version   {version}");
+        }
+        if let Some(cert) = &tls.certificate {
+            let expiry = chrono::DateTime::from_timestamp(cert.earliest_not_after, 0).map_or_else(
+                || cert.earliest_not_after.to_string(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            );
+            let _ = writeln!(
+                out,
+                "  certificate   subject \"{}\", issuer \"{}\"",
+                cert.subject, cert.issuer
+            );
+            let _ = writeln!(out, "  valid for     {}", cert.names.join(", "));
+            let _ = writeln!(out, "  chain expires {expiry}");
+        }
+    }
+    if let Some(version) = outcome.http_version {
+        let _ = writeln!(out, "  HTTP version  {version}");
+    }
     if outcome.redirects > 0 {
         let _ = writeln!(out, "  redirects     {}", outcome.redirects);
     }
@@ -100,7 +121,13 @@ pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
         outcome.response_code.as_deref().unwrap_or("none")
     );
     let _ = writeln!(out, "  message       {}", outcome.message);
-    let _ = writeln!(out, "  attempts      {}", outcome.attempts);
+    let retries = outcome.attempts.saturating_sub(1);
+    let _ = writeln!(
+        out,
+        "  attempts      {} ({retries} retr{})",
+        outcome.attempts,
+        if retries == 1 { "y" } else { "ies" }
+    );
     let verdict = match outcome.reason {
         None => "success".to_owned(),
         Some(reason) => format!("failure (reason {})", reason.as_label()),

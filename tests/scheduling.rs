@@ -42,6 +42,8 @@ fn stub(clock: Clock, busy: Duration, calls: Calls, peak: Arc<AtomicUsize>) -> R
                 phases: Default::default(),
                 attempts: 1,
                 redirects: 0,
+                tls: None,
+                http_version: None,
                 started_at: SystemTime::now(),
                 finished_at: SystemTime::now(),
             }

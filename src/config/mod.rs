@@ -3,6 +3,7 @@
 //! After this module nothing is a bare string standing for a URL, a duration, a schedule, a
 //! method or a regex: the rest of the program works with checked types.
 
+pub mod proxy;
 mod raw;
 pub mod secret;
 mod validate;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use url::Url;
 
+pub use proxy::{ProxyConfig, ProxyEndpoint};
 pub use secret::Secret;
 pub use values::{DivaltoMode, StatusMatcher};
 
@@ -84,6 +86,8 @@ pub struct ProbeSpec {
     pub max_body_bytes: u64,
     /// TLS client configuration, built once at load time.
     pub tls: TlsClient,
+    /// HTTP proxy, if any.
+    pub proxy: ProxyConfig,
     /// What counts as success.
     pub expect: Expect,
 }
@@ -108,6 +112,7 @@ impl ProbeSpec {
             && self.tls.settings == other.tls.settings
             && self.tls.files_digest == other.tls.files_digest
             && self.expect.same_rules(&other.expect)
+            && self.proxy == other.proxy
     }
 
     /// `text` with every secret of this probe redacted: for messages that might quote the
@@ -182,8 +187,10 @@ impl fmt::Debug for Target {
 pub struct TlsClient {
     /// The settings as configured, for display.
     pub settings: TlsSettings,
-    /// The rustls configuration every run of the probe reuses.
+    /// The rustls configuration every run of the probe starts from.
     pub config: Arc<rustls::ClientConfig>,
+    /// The certificate check of `config`, wrapped per run to capture the presented chain.
+    pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     /// Digest of the CA, certificate and key files as read, to notice a rotation on reload.
     pub files_digest: u64,
 }

@@ -54,6 +54,12 @@ pub struct RawServer {
     pub labels: Option<BTreeMap<LabelKey, Text>>,
     /// TLS settings for every probe of the server.
     pub tls: Option<RawTls>,
+    /// HTTP proxy for every probe of the server.
+    pub proxy_url: Option<Spanned<Text>>,
+    /// Hosts reached without the proxy.
+    pub no_proxy: Option<Vec<Text>>,
+    /// Take the proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
+    pub proxy_from_environment: Option<bool>,
 }
 
 /// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
@@ -98,6 +104,12 @@ pub struct RawProbe {
     pub tls: Option<RawTls>,
     /// What counts as success.
     pub expect: Option<RawExpect>,
+    /// HTTP proxy (`http://user:password@proxy:3128`).
+    pub proxy_url: Option<Spanned<Text>>,
+    /// Hosts reached without the proxy.
+    pub no_proxy: Option<Vec<Text>>,
+    /// Take the proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
+    pub proxy_from_environment: Option<bool>,
 }
 
 /// TLS client settings; each key overrides on its own.

@@ -15,7 +15,7 @@ use super::raw::{RawConfig, RawExpect, RawProbe, RawServer, RawTls};
 use super::values::{DivaltoMode, StatusMatcher, Text};
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES, Expect,
-    ProbeSpec, Secret, Server, Target, TlsClient, TlsSettings,
+    ProbeSpec, ProxyConfig, ProxyEndpoint, Secret, Server, Target, TlsClient, TlsSettings,
 };
 use crate::schedule::Schedule;
 
@@ -231,6 +231,15 @@ struct ResolvedServer {
     params: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
     tls: RawTls,
+    proxy: RawProxy,
+}
+
+/// The proxy keys of one layer (defaults, server or probe).
+#[derive(Default)]
+struct RawProxy {
+    url: Option<Spanned<Text>>,
+    no_proxy: Option<Vec<Text>>,
+    from_environment: Option<bool>,
 }
 
 fn resolve_server(
@@ -271,6 +280,11 @@ fn resolve_server(
         params: text_map(raw.params, |k| k.0),
         labels: text_map(raw.labels, |k| k.0),
         tls: raw.tls.unwrap_or_default(),
+        proxy: RawProxy {
+            url: raw.proxy_url,
+            no_proxy: raw.no_proxy,
+            from_environment: raw.proxy_from_environment,
+        },
     })
 }
 
@@ -399,6 +413,7 @@ impl ProbeContext<'_> {
             |k| k.0.clone(),
         );
         let tls = self.tls(&raw, server_raw, tls_cache, at, errors)?;
+        let proxy = self.proxy(&raw, server_raw, at, errors)?;
         let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
 
         if errors.list.len() > before {
@@ -431,6 +446,7 @@ impl ProbeContext<'_> {
                 .map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
             tls,
             expect,
+            proxy,
         })
     }
 
@@ -614,6 +630,75 @@ impl ProbeContext<'_> {
         headers
     }
 
+    /// The proxy: each key taken from the probe, else the server, else the defaults.
+    fn proxy(
+        &self,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        at: Location,
+        errors: &mut Errors<'_>,
+    ) -> Option<ProxyConfig> {
+        let probe = RawProxy {
+            url: raw.proxy_url.clone(),
+            no_proxy: raw.no_proxy.clone(),
+            from_environment: raw.proxy_from_environment,
+        };
+        let defaults = RawProxy {
+            url: self.defaults.proxy_url.clone(),
+            no_proxy: self.defaults.no_proxy.clone(),
+            from_environment: self.defaults.proxy_from_environment,
+        };
+        let empty = RawProxy::default();
+        let layers = [&probe, server.map_or(&empty, |s| &s.proxy), &defaults];
+        let url = layers.iter().find_map(|l| l.url.as_ref());
+        let from_environment = layers
+            .iter()
+            .find_map(|l| l.from_environment)
+            .unwrap_or(false);
+        let no_proxy: Vec<String> = layers
+            .iter()
+            .find_map(|l| l.no_proxy.as_ref())
+            .map(|list| list.iter().map(|t| t.0.clone()).collect())
+            .unwrap_or_default();
+        let label = self.label();
+        match (url, from_environment) {
+            (Some(url), true) => {
+                errors.at(
+                    url.referenced,
+                    format!(
+                        "{label}: proxy_url and proxy_from_environment: true both apply; keep one"
+                    ),
+                );
+                None
+            }
+            (Some(url), false) => match ProxyEndpoint::parse(url.value.0.trim(), "proxy_url") {
+                Ok(endpoint) => Some(ProxyConfig {
+                    http: Some(endpoint.clone()),
+                    https: Some(endpoint),
+                    no_proxy,
+                }),
+                Err(message) => {
+                    errors.at(url.referenced, format!("{label}.{message}"));
+                    None
+                }
+            },
+            (None, true) => match ProxyConfig::from_environment() {
+                Ok(mut config) => {
+                    config.no_proxy.extend(no_proxy);
+                    Some(config)
+                }
+                Err(message) => {
+                    errors.at(at, format!("{label}: proxy_from_environment: {message}"));
+                    None
+                }
+            },
+            (None, false) => Some(ProxyConfig {
+                no_proxy,
+                ..ProxyConfig::default()
+            }),
+        }
+    }
+
     fn tls(
         &self,
         raw: &RawProbe,
@@ -650,11 +735,12 @@ impl ProbeContext<'_> {
             return Some(client.clone());
         }
         match crate::probe::tls::client_config(&settings) {
-            Ok(config) => {
+            Ok((config, verifier)) => {
                 let client = TlsClient {
                     files_digest: files_digest(&settings),
                     settings: settings.clone(),
                     config,
+                    verifier,
                 };
                 cache.insert(settings, client.clone());
                 Some(client)

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use url::{Host, Url};
 
 use super::verdict::{self, clean};
-use super::{FailureReason, Outcome, Phases};
-use crate::config::ProbeSpec;
+use super::{FailureReason, Outcome, Phases, TlsDetails};
+use crate::config::{ProbeSpec, ProxyEndpoint};
 
 /// Redirects followed in one attempt before the answer counts as invalid.
 pub const MAX_REDIRECTS: u32 = 10;
@@ -55,6 +55,8 @@ struct Trace {
     step: Option<(Step, Instant)>,
     status: Option<u16>,
     redirects: u32,
+    tls: Option<TlsDetails>,
+    http_version: Option<&'static str>,
 }
 
 impl Trace {
@@ -154,6 +156,8 @@ pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
             phases: trace.phases,
             attempts,
             redirects: trace.redirects,
+            tls: trace.tls,
+            http_version: trace.http_version,
             started_at,
             finished_at: SystemTime::now(),
         };
@@ -206,7 +210,11 @@ async fn attempt(spec: &ProbeSpec, trace: &mut Trace) -> Result<Answer, Failure>
     }
 }
 
-/// One request on one fresh connection. Returns the status, the `Location` header and the body.
+/// One request on one fresh connection (through the probe's proxy, if any). Returns the
+/// status, the `Location` header and the body.
+///
+/// Through a proxy, `resolve` and `connect` are those of the proxy, and `connect` includes
+/// the CONNECT tunnel for https targets; `tls` is then the handshake with the target.
 async fn exchange(
     spec: &ProbeSpec,
     url: &Url,
@@ -218,14 +226,28 @@ async fn exchange(
         .host()
         .ok_or_else(|| fail(FailureReason::Other, "the URL has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
+    let proxy = spec.proxy.route(url);
+    let https = url.scheme() == "https";
 
     trace.begin(Step::Resolve);
-    let addresses = resolve(&host, port).await?;
+    let addresses = match proxy {
+        None => resolve(&host, port).await?,
+        Some(proxy) => {
+            let proxy_host = proxy
+                .url
+                .host()
+                .ok_or_else(|| fail(FailureReason::Other, "the proxy URL has no host"))?;
+            resolve(&proxy_host, proxy.url.port_or_known_default().unwrap_or(80)).await?
+        }
+    };
 
     trace.begin(Step::Connect);
-    let tcp = connect(&addresses).await?;
+    let mut tcp = connect(&addresses).await?;
+    if let (Some(proxy), true) = (proxy, https) {
+        tunnel(&mut tcp, &format!("{}:{port}", host_name(&host)), proxy).await?;
+    }
 
-    if url.scheme() == "https" {
+    if https {
         trace.begin(Step::Tls);
         let name = spec
             .tls
@@ -239,14 +261,92 @@ async fn exchange(
                 format!("invalid TLS server name \"{name}\": {e}"),
             )
         })?;
-        let connector = tokio_rustls::TlsConnector::from(spec.tls.config.clone());
-        let stream = connector
+        let (config, chain) = super::tls::capturing_config(&spec.tls);
+        let handshake = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
-            .await
-            .map_err(|e| tls_failure(&e, &name))?;
-        http_exchange(spec, url, method, same_origin, stream, trace).await
+            .await;
+        let certificate = super::tls::certificate_info(
+            &chain
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let stream = match handshake {
+            Ok(stream) => stream,
+            Err(error) => {
+                let failure = tls_failure(&error, &name, certificate.as_ref());
+                trace.tls = Some(TlsDetails {
+                    version: None,
+                    certificate,
+                });
+                return Err(failure);
+            }
+        };
+        let version = stream
+            .get_ref()
+            .1
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        trace.tls = Some(TlsDetails {
+            version,
+            certificate,
+        });
+        http_exchange(spec, url, method, same_origin, None, stream, trace).await
     } else {
-        http_exchange(spec, url, method, same_origin, tcp, trace).await
+        http_exchange(spec, url, method, same_origin, proxy, tcp, trace).await
+    }
+}
+
+/// Longest CONNECT answer head read from a proxy.
+const MAX_PROXY_HEAD: usize = 16 * 1024;
+
+/// Opens a CONNECT tunnel to `authority` through the proxy on `stream`.
+async fn tunnel(
+    stream: &mut TcpStream,
+    authority: &str,
+    proxy: &ProxyEndpoint,
+) -> Result<(), Failure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
+    );
+    if let Some(credentials) = &proxy.authorization {
+        request.push_str("Proxy-Authorization: ");
+        request.push_str(credentials.to_str().unwrap_or_default());
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let broken = |e: std::io::Error| {
+        fail(
+            FailureReason::Connect,
+            format!("proxy {} broke the CONNECT exchange: {e}", proxy.address()),
+        )
+    };
+    stream.write_all(request.as_bytes()).await.map_err(broken)?;
+    // Read the answer head byte by byte: nothing after it may be consumed (it is TLS).
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_PROXY_HEAD {
+            return Err(fail(
+                FailureReason::Connect,
+                format!("proxy {} sent an oversized CONNECT answer", proxy.address()),
+            ));
+        }
+        let byte = stream.read_u8().await.map_err(broken)?;
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status_line = head.lines().next().unwrap_or_default().trim().to_owned();
+    match status_line.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        _ => Err(fail(
+            FailureReason::Connect,
+            format!(
+                "proxy {} refused to CONNECT to {authority}: {}",
+                proxy.address(),
+                clean(&status_line)
+            ),
+        )),
     }
 }
 
@@ -297,12 +397,16 @@ fn host_name(host: &Host<&str>) -> String {
     }
 }
 
-fn tls_failure(error: &std::io::Error, host: &str) -> Failure {
+fn tls_failure(
+    error: &std::io::Error,
+    host: &str,
+    certificate: Option<&super::tls::CertificateInfo>,
+) -> Failure {
     let message = match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(tls) => super::tls::describe_error(tls, host),
+        Some(tls) => super::tls::describe_error(tls, host, certificate),
         None if error.kind() == std::io::ErrorKind::UnexpectedEof => {
             format!(
                 "{host} closed the connection during the TLS handshake (not a TLS server, or it refused our client certificate)"
@@ -327,6 +431,7 @@ async fn http_exchange<S>(
     url: &Url,
     method: &http::Method,
     same_origin: bool,
+    proxy: Option<&ProxyEndpoint>,
     stream: S,
     trace: &mut Trace,
 ) -> Result<(StatusCode, Option<String>, Bytes), Failure>
@@ -340,12 +445,17 @@ where
     let _driver = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
     }));
-    let request = build_request(spec, url, method, same_origin)?;
+    let request = build_request(spec, url, method, same_origin, proxy)?;
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| response_failure(&e))?;
     trace.status = Some(response.status().as_u16());
+    trace.http_version = Some(match response.version() {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    });
 
     trace.begin(Step::Transfer);
     let status = response.status();
@@ -359,13 +469,19 @@ where
     Ok((status, location, body))
 }
 
+/// The request: origin-form target (`/path?query`), or absolute-form through a plain-HTTP
+/// proxy, which also gets its credentials.
 fn build_request(
     spec: &ProbeSpec,
     url: &Url,
     method: &http::Method,
     same_origin: bool,
+    proxy: Option<&ProxyEndpoint>,
 ) -> Result<http::Request<Empty<Bytes>>, Failure> {
-    let mut target = url.path().to_owned();
+    let mut target = match proxy {
+        Some(_) => url[..url::Position::AfterPath].to_owned(),
+        None => url.path().to_owned(),
+    };
     if let Some(query) = url.query() {
         target.push('?');
         target.push_str(query);
@@ -383,6 +499,9 @@ fn build_request(
             http::header::ACCEPT,
             "application/json, text/plain;q=0.9, */*;q=0.5",
         );
+    if let Some(credentials) = proxy.and_then(|p| p.authorization.as_ref()) {
+        builder = builder.header(http::header::PROXY_AUTHORIZATION, credentials.clone());
+    }
     for (name, value) in &spec.headers {
         // Configured headers often carry credentials: never send them to another origin.
         if same_origin {
@@ -418,10 +537,23 @@ async fn read_body(mut body: hyper::body::Incoming, limit: u64) -> Result<Bytes,
 /// Classifies an error of the HTTP exchange: anything the server did wrong after the
 /// connection was up (garbage, a close or reset before a complete answer) is
 /// `invalid_response`.
+///
+/// A TLS alert arriving after the handshake (TLS 1.3 servers reject a missing or unknown
+/// client certificate only then) is still `tls`.
 fn response_failure(error: &hyper::Error) -> Failure {
     let mut detail = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
+        if let Some(tls) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return fail(
+                FailureReason::Tls,
+                super::tls::describe_error(tls, "the server", None),
+            );
+        }
         detail.push_str(": ");
         detail.push_str(&cause.to_string());
         source = cause.source();

@@ -119,6 +119,15 @@ fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(d.as_secs_f64())
 }
 
+/// What the TLS handshake of the final connection showed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsDetails {
+    /// Negotiated protocol (`TLSv1.3`), when the handshake completed.
+    pub version: Option<String>,
+    /// The presented chain, read even when it failed verification.
+    pub certificate: Option<tls::CertificateInfo>,
+}
+
 /// The result of one run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -140,6 +149,10 @@ pub struct Outcome {
     pub attempts: u32,
     /// Redirects followed on the final attempt.
     pub redirects: u32,
+    /// TLS of the final connection (`None` for plain HTTP or a failure before TLS).
+    pub tls: Option<TlsDetails>,
+    /// HTTP version of the last answer (`1.1`).
+    pub http_version: Option<&'static str>,
     /// Wall-clock start.
     pub started_at: SystemTime,
     /// Wall-clock end.

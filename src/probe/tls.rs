@@ -1,14 +1,15 @@
 //! TLS client configuration (built once per distinct settings, at config load) and the
 //! wording of TLS failures.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::TlsSettings;
+use crate::config::{TlsClient, TlsSettings};
 
 /// A TLS setting that could not be used, with the key to point at.
 #[derive(Debug)]
@@ -46,11 +47,17 @@ fn system_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
-/// Builds the client configuration for `settings`.
+/// The certificate check a probe's configuration uses.
+pub type Verifier = Arc<dyn ServerCertVerifier>;
+
+/// Builds the client configuration for `settings`, and returns its certificate check so each
+/// run can wrap it (see [`capturing_config`]).
 ///
 /// # Errors
 /// An unreadable or invalid CA, certificate or key file, naming the key.
-pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsConfigError> {
+pub fn client_config(
+    settings: &TlsSettings,
+) -> Result<(Arc<ClientConfig>, Verifier), TlsConfigError> {
     let roots = match &settings.ca_file {
         None => system_roots(),
         Some(path) => {
@@ -69,19 +76,24 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsCon
             Arc::new(store)
         }
     };
+    let verifier: Verifier = if settings.insecure_skip_verify {
+        Arc::new(AcceptAnyCertificate)
+    } else {
+        WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| TlsConfigError {
+                field: "ca_file",
+                message: e.to_string(),
+            })?
+    };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError {
             field: "tls",
             message: e.to_string(),
-        })?;
-    let builder = if settings.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
-    } else {
-        builder.with_root_certificates(roots)
-    };
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone());
     let mut config = match (&settings.cert_file, &settings.key_file) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
@@ -116,7 +128,156 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsCon
     // One fresh connection per run, HTTP/1.1 only: what a webhook caller does.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
+}
+
+/// The certificates a server presented, leaf first, as captured during the handshake.
+pub type CapturedChain = Arc<Mutex<Vec<CertificateDer<'static>>>>;
+
+/// A per-run copy of `client`'s configuration whose certificate check first records the
+/// presented chain: the expiry must be known even when the check fails (an expired
+/// certificate is exactly when it matters most). The copy is shallow (shared roots, keys).
+pub fn capturing_config(client: &TlsClient) -> (Arc<ClientConfig>, CapturedChain) {
+    let chain = CapturedChain::default();
+    let mut config = (*client.config).clone();
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(CapturingVerifier {
+            inner: client.verifier.clone(),
+            chain: chain.clone(),
+        }));
+    (Arc::new(config), chain)
+}
+
+/// Wraps a verifier, copying the presented chain before judging it.
+#[derive(Debug)]
+struct CapturingVerifier {
+    inner: Verifier,
+    chain: CapturedChain,
+}
+
+impl ServerCertVerifier for CapturingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        {
+            let mut chain = self
+                .chain
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            chain.clear();
+            chain.push(end_entity.clone().into_owned());
+            chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
+}
+
+/// What the exporter reports of a presented certificate chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateInfo {
+    /// Earliest `notAfter` of the chain (Unix seconds): when the chain stops working.
+    pub earliest_not_after: i64,
+    /// Subject of the leaf (its common name, else the whole name).
+    pub subject: String,
+    /// Issuer of the leaf (common name, else the whole name).
+    pub issuer: String,
+    /// Names the leaf is valid for.
+    pub names: Vec<String>,
+}
+
+/// Longest subject or issuer kept: they become label values.
+const MAX_NAME_CHARS: usize = 64;
+
+/// Reads the chain with x509-parser; `None` when nothing (parsable) was presented.
+pub fn certificate_info(chain: &[CertificateDer<'_>]) -> Option<CertificateInfo> {
+    let parsed: Vec<_> = chain
+        .iter()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .ok()
+                .map(|(_, c)| c)
+        })
+        .collect();
+    let leaf = parsed.first()?;
+    let earliest_not_after = parsed
+        .iter()
+        .map(|c| c.validity().not_after.timestamp())
+        .min()?;
+    let name = |n: &x509_parser::x509::X509Name<'_>| -> String {
+        let text = n
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map_or_else(|| n.to_string(), str::to_owned);
+        text.chars().take(MAX_NAME_CHARS).collect()
+    };
+    let names = leaf
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => (*d).to_owned(),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
+                            .to_string(),
+                        16 => {
+                            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
+                                .to_string()
+                        }
+                        _ => String::new(),
+                    },
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(CertificateInfo {
+        earliest_not_after,
+        subject: name(leaf.subject()),
+        issuer: name(leaf.issuer()),
+        names,
+    })
 }
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -130,25 +291,67 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, St
     Ok(certs)
 }
 
-/// Explains a handshake error to an operator.
-pub fn describe_error(error: &rustls::Error, host: &str) -> String {
+fn date(time: UnixTime) -> String {
+    let seconds = i64::try_from(time.as_secs()).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp(seconds, 0).map_or_else(
+        || seconds.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
+/// Explains a handshake error to an operator: which check failed, with the dates or names.
+pub fn describe_error(error: &rustls::Error, host: &str, info: Option<&CertificateInfo>) -> String {
     use rustls::CertificateError as C;
+    let presented = || {
+        info.map(|i| i.names.join(", "))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "no name".to_owned())
+    };
     match error {
         rustls::Error::InvalidCertificate(cert) => match cert {
-            C::Expired | C::ExpiredContext { .. } => {
-                format!("the certificate of {host} has expired ({cert})")
+            C::ExpiredContext { not_after, .. } => {
+                format!("the certificate of {host} expired on {}", date(*not_after))
             }
-            C::NotValidYet | C::NotValidYetContext { .. } => {
-                format!("the certificate of {host} is not valid yet ({cert})")
+            C::Expired => format!("the certificate of {host} has expired"),
+            C::NotValidYetContext { not_before, .. } => {
+                format!(
+                    "the certificate of {host} is not valid before {}",
+                    date(*not_before)
+                )
             }
-            C::UnknownIssuer => format!(
-                "the certificate of {host} is signed by an unknown issuer (self-signed or missing CA: set tls.ca_file)"
-            ),
+            C::NotValidYet => format!("the certificate of {host} is not valid yet"),
+            C::UnknownIssuer => {
+                let issuer = info
+                    .map(|i| format!(" \"{}\"", i.issuer))
+                    .unwrap_or_default();
+                format!(
+                    "the certificate of {host} is signed by an unknown issuer{issuer} \
+                     (self-signed, or a private CA: trust it with tls.ca_file)"
+                )
+            }
             C::NotValidForName | C::NotValidForNameContext { .. } => {
-                format!("the certificate is not valid for {host} ({cert})")
+                format!(
+                    "the certificate is not valid for {host}: it holds {}",
+                    presented()
+                )
             }
-            other => format!("invalid certificate from {host}: {other}"),
+            other => format!("invalid certificate from {host}: {other:?}"),
         },
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            format!("{host} requires a client certificate: set tls.cert_file and tls.key_file")
+        }
+        rustls::Error::AlertReceived(
+            alert @ (rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown),
+        ) => format!("{host} refused our client certificate ({alert:?})"),
+        rustls::Error::AlertReceived(alert) => format!(
+            "{host} refused the TLS handshake ({alert:?}): protocol version, cipher, \
+             or a client certificate it requires"
+        ),
+        rustls::Error::PeerIncompatible(why) => {
+            format!("{host} speaks no TLS version or cipher we accept ({why:?})")
+        }
         other => format!("TLS handshake with {host} failed: {other}"),
     }
 }

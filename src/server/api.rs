@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use crate::probe::{Outcome, Phases};
+use crate::probe::{Outcome, Phases, TlsDetails};
 use crate::scheduler::{ProbeState, RunNowError};
 
 /// One result, as the contract's "result object".
@@ -26,6 +26,8 @@ pub struct ResultView {
     phases: Phases,
     attempts: u32,
     redirects: u32,
+    http_version: Option<&'static str>,
+    tls: Option<TlsDetails>,
     started_at: String,
     finished_at: String,
 }
@@ -46,6 +48,8 @@ impl From<&Outcome> for ResultView {
             phases: outcome.phases,
             attempts: outcome.attempts,
             redirects: outcome.redirects,
+            http_version: outcome.http_version,
+            tls: outcome.tls.clone(),
             started_at: rfc3339(outcome.started_at),
             finished_at: rfc3339(outcome.finished_at),
         }
