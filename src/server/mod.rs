@@ -13,9 +13,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::compression::CompressionLayer;
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::App;
@@ -42,12 +42,17 @@ pub fn router(app: Arc<App>) -> Router {
     let quick = Router::new()
         .route(
             "/metrics",
-            get(metrics).layer(CompressionLayer::new().gzip(true)),
+            get(metrics).layer(
+                CompressionLayer::new()
+                    .gzip(true)
+                    .quality(CompressionLevel::Fastest),
+            ),
         )
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload))
-        .route("/", get(status_page))
+        .route("/", get(status_page::page))
+        .route("/assets/{file}", get(status_page::asset))
         .route("/api/v1/probes", get(api::list))
         .route("/api/v1/probes/{name}", get(api::show))
         .layer(TimeoutLayer::with_status_code(
@@ -142,8 +147,4 @@ async fn reload(State(state): State<AppState>) -> Response {
         )
             .into_response(),
     }
-}
-
-async fn status_page(State(state): State<AppState>) -> Html<String> {
-    Html(status_page::render(&state.app.scheduler.probes()))
 }

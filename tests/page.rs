@@ -1,0 +1,799 @@
+//! The status page in a real browser: Debian's `chromium`, driven through `chromedriver` with
+//! a tiny W3C WebDriver client written here (std `TcpStream` + `serde_json`), against the
+//! real binary probing a fake Divalto server.
+//!
+//! CI installs the browser: `apt-get install chromium chromium-driver`. Without it these
+//! tests fail (they never skip), saying what to install.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{Exporter, FakeDivalto, SECRET_CODE};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const XSS_MESSAGE: &str = "<img src=x onerror=alert(1)>";
+/// Installed in every document before its own scripts: records dialogs (an XSS payload's
+/// `alert(1)`) and Content-Security-Policy violations (the page breaking its own policy).
+const PROBE_SCRIPT: &str = r#"
+window.__dialogs = [];
+for (const name of ["alert", "confirm", "prompt"]) {
+  window[name] = function (...args) { window.__dialogs.push(name + ":" + String(args[0])); };
+}
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__violations.push(e.violatedDirective + " " + e.blockedURI);
+});
+"#;
+
+// ---------------------------------------------------------------------------------------
+// A minimal W3C WebDriver client.
+
+/// `chromedriver` on a free port; killed when dropped.
+struct ChromeDriver {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl ChromeDriver {
+    fn start() -> Self {
+        let driver = find_chromedriver();
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing: the status page tests need Debian's chromium; install it with \
+             `apt-get install -y --no-install-recommends chromium chromium-driver`"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver.display()));
+        let driver = Self {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, status)) = driver.try_call("GET", "/status", None)
+                && status["value"]["ready"] == true
+            {
+                return driver;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One WebDriver request: the HTTP status and the JSON answer.
+    fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> std::io::Result<(u16, Value)> {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut stream = TcpStream::connect(self.address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(90)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+            self.address,
+            body.len()
+        )?;
+        // chromedriver may keep the connection open: read the head, then as many bytes as
+        // it announces (or up to the end of the chunks, or of the stream).
+        let mut raw = Vec::new();
+        let mut buffer = [0u8; 16 * 1024];
+        let (head, mut payload) = loop {
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+                break (head, raw[split + 4..].to_vec());
+            }
+            let n = stream.read(&mut buffer)?;
+            if n == 0 {
+                return Err(std::io::Error::other("no HTTP head"));
+            }
+            raw.extend_from_slice(&buffer[..n]);
+        };
+        let length = head.lines().find_map(|line| {
+            line.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        let chunked = head.contains("transfer-encoding: chunked");
+        loop {
+            let complete = match length {
+                Some(length) => payload.len() >= length,
+                None => chunked && payload.ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                break;
+            }
+            let n = stream.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            payload.extend_from_slice(&buffer[..n]);
+        }
+        if chunked {
+            payload = dechunk(&payload);
+        }
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// A WebDriver request that must succeed; returns its `value`.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, answer) = self
+            .try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert_eq!(status, 200, "{method} {path} {body:?}: {answer}");
+        answer["value"].clone()
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_chromedriver() -> PathBuf {
+    for candidate in ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!(
+        "chromedriver is missing: the status page tests need Debian's chromium-driver; install \
+         it with `apt-get install -y --no-install-recommends chromium chromium-driver`"
+    );
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+    out
+}
+
+/// The key of an element reference in WebDriver answers.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// One browser.
+struct Browser<'a> {
+    driver: &'a ChromeDriver,
+    id: String,
+    _profile: tempfile::TempDir,
+}
+
+impl<'a> Browser<'a> {
+    fn open(driver: &'a ChromeDriver, javascript: bool) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let mut options = json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=1400,1500",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        });
+        if !javascript {
+            options["prefs"] = json!({ "profile.managed_default_content_settings.javascript": 2 });
+        }
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": options,
+            // Leave any dialog open, so a test can see that one was opened.
+            "unhandledPromptBehavior": "ignore",
+        }}});
+        let session = driver.call("POST", "/session", Some(&capabilities));
+        let id = session["sessionId"].as_str().unwrap().to_owned();
+        let browser = Self {
+            driver,
+            id,
+            _profile: profile,
+        };
+        if javascript {
+            browser.cdp(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({ "source": PROBE_SCRIPT }),
+            );
+        }
+        browser
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.id)
+    }
+
+    fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.driver.call(
+            "POST",
+            &self.path("/goog/cdp/execute"),
+            Some(&json!({ "cmd": cmd, "params": params })),
+        )
+    }
+
+    fn go(&self, url: &str) {
+        self.driver
+            .call("POST", &self.path("/url"), Some(&json!({ "url": url })));
+    }
+
+    fn find_all(&self, css: &str) -> Vec<String> {
+        self.driver
+            .call(
+                "POST",
+                &self.path("/elements"),
+                Some(&json!({ "using": "css selector", "value": css })),
+            )
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e[ELEMENT]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("not an element: {e}"))
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn find(&self, css: &str) -> String {
+        let mut found = self.find_all(css);
+        assert_eq!(found.len(), 1, "expected one element for {css}");
+        found.remove(0)
+    }
+
+    fn find_within(&self, element: &str, css: &str) -> Vec<String> {
+        self.driver
+            .call(
+                "POST",
+                &self.path(&format!("/element/{element}/elements")),
+                Some(&json!({ "using": "css selector", "value": css })),
+            )
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e[ELEMENT]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("not an element: {e}"))
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// The rendered text, as a user sees it.
+    fn text(&self, element: &str) -> String {
+        self.driver
+            .call("GET", &self.path(&format!("/element/{element}/text")), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// What a probe's row shows, read in one go (a refresh may replace its cells at any
+    /// time, so element references into them would go stale).
+    fn row(&self, name: &str) -> Value {
+        self.script(
+            r#"
+            const row = [...document.querySelectorAll("tr.probe")]
+                .find((r) => r.dataset.probe === arguments[0]);
+            if (!row) return null;
+            const text = (css) => {
+                const el = row.querySelector(css);
+                return el ? el.textContent.trim() : null;
+            };
+            return {
+                status: text(".c-status .badge"),
+                last: text(".c-last time"),
+                duration: text(".c-duration"),
+                message: text(".c-result .message"),
+                content: row.textContent,
+                images: row.querySelectorAll("img").length,
+            };
+            "#,
+            json!([name]),
+        )
+    }
+
+    fn text_content(&self, element: &str) -> String {
+        self.driver
+            .call(
+                "GET",
+                &self.path(&format!("/element/{element}/property/textContent")),
+                None,
+            )
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn enabled(&self, element: &str) -> bool {
+        self.driver
+            .call(
+                "GET",
+                &self.path(&format!("/element/{element}/enabled")),
+                None,
+            )
+            .as_bool()
+            .unwrap()
+    }
+
+    fn displayed(&self, element: &str) -> bool {
+        self.driver
+            .call(
+                "GET",
+                &self.path(&format!("/element/{element}/displayed")),
+                None,
+            )
+            .as_bool()
+            .unwrap()
+    }
+
+    fn click(&self, element: &str) {
+        self.driver.call(
+            "POST",
+            &self.path(&format!("/element/{element}/click")),
+            Some(&json!({})),
+        );
+    }
+
+    fn script(&self, script: &str, args: Value) -> Value {
+        self.driver.call(
+            "POST",
+            &self.path("/execute/sync"),
+            Some(&json!({ "script": script, "args": args })),
+        )
+    }
+
+    fn resize(&self, width: u32, height: u32) {
+        self.driver.call(
+            "POST",
+            &self.path("/window/rect"),
+            Some(&json!({ "width": width, "height": height })),
+        );
+    }
+
+    /// The text of an open dialog, or `None` when WebDriver says there is none.
+    fn open_dialog(&self) -> Option<String> {
+        let (status, answer) = self
+            .driver
+            .try_call("GET", &self.path("/alert/text"), None)
+            .unwrap();
+        if status == 404 && answer["value"]["error"] == "no such alert" {
+            return None;
+        }
+        Some(answer.to_string())
+    }
+
+    /// Saves a PNG screenshot of the viewport as `target/test-artifacts/{name}`.
+    fn screenshot(&self, name: &str) -> PathBuf {
+        let data = self.driver.call("GET", &self.path("/screenshot"), None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    /// Waits until `check` returns `Some`, or panics with `what`.
+    fn wait<T>(&self, timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser<'_> {
+    fn drop(&mut self) {
+        let _ = self.driver.try_call("DELETE", &self.path(""), None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The exporter under test.
+
+/// Probe name, code behaviour, the status the page shows and the message it shows.
+const PROBES: [(&str, &str, &str, &str); 5] = [
+    ("refresh-customer", "ok", "up", "Client C0000001 rafraîchi"),
+    ("body-code-400", "body400", "down", "Dossier 998 verrouillé"),
+    ("status-400", "http400", "down", "Paramètre dos manquant"),
+    ("xss", "xss", "down", XSS_MESSAGE),
+    ("health", "plain0", "up", ""),
+];
+
+/// The fake Divalto server on its own runtime, the exporter probing it.
+struct Setup {
+    _runtime: tokio::runtime::Runtime,
+    fake: FakeDivalto,
+    _dir: tempfile::TempDir,
+    exporter: Exporter,
+}
+
+impl Setup {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let fake = runtime.block_on(FakeDivalto::start());
+        let base = fake.base_url();
+        // `manual` runs only when asked: its cron fires once a year.
+        let (dir, path) = common::write_config(&format!(
+            r#"
+defaults:
+  interval: 2s
+  timeout: 1s
+servers:
+  fake:
+    base_url: "{base}"
+probes:
+  - {{name: refresh-customer, server: fake, code: "{SECRET_CODE}-ok", params: {{dos: "998"}}}}
+  - {{name: body-code-400, server: fake, code: "{SECRET_CODE}-body400"}}
+  - {{name: status-400, server: fake, code: "{SECRET_CODE}-http400"}}
+  - {{name: xss, server: fake, code: "{SECRET_CODE}-xss"}}
+  - {{name: manual, server: fake, code: "{SECRET_CODE}-sleep2s", schedule: "0 0 1 1 *", timeout: 5s}}
+  - {{name: health, url: "{base}/api/v1/WebHook/health-plain0"}}
+"#
+        ));
+        let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+        exporter.wait_for(
+            Duration::from_secs(20),
+            "every scheduled probe to run twice",
+            |scrape| {
+                PROBES.iter().all(|(name, ..)| {
+                    let runs: f64 = ["success", "failure"]
+                        .iter()
+                        .filter_map(|result| {
+                            scrape.value(
+                                "webhook_probe_runs_total",
+                                &[("probe", name), ("result", result)],
+                            )
+                        })
+                        .sum();
+                    runs >= 2.0
+                })
+            },
+        );
+        Self {
+            _runtime: runtime,
+            fake,
+            _dir: dir,
+            exporter,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.exporter.address)
+    }
+}
+
+/// HTML text with its character references decoded (the ones an escaper writes).
+fn unescape(html: &str) -> String {
+    [
+        ("&lt;", "<"),
+        ("&#60;", "<"),
+        ("&gt;", ">"),
+        ("&#62;", ">"),
+        ("&quot;", "\""),
+        ("&#34;", "\""),
+        ("&#39;", "'"),
+        ("&amp;", "&"),
+        ("&#38;", "&"),
+    ]
+    .iter()
+    .fold(html.to_owned(), |text, (reference, c)| {
+        text.replace(reference, c)
+    })
+}
+
+fn row_selector(name: &str) -> String {
+    format!("tr[data-probe=\"{name}\"]")
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_page_is_complete_without_scripts_and_sends_a_strict_policy() {
+    let setup = Setup::start();
+
+    let page = common::http_request(setup.exporter.address, "GET", "/", &[]);
+
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let policy = page.header("content-security-policy").unwrap_or_default();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive} missing: {policy}");
+    }
+    assert!(!policy.contains("unsafe"), "{policy}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    let html = &page.body;
+    for (name, _, status, message) in PROBES {
+        let row = html
+            .split("<tr class=\"probe status-")
+            .find(|r| r.contains(&format!("data-probe=\"{name}\"")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{html}"));
+        assert!(
+            row.contains(&format!(">{status}</span>")),
+            "{name} is not shown {status}:\n{row}"
+        );
+        assert!(
+            unescape(row).contains(message),
+            "{name} does not show {message:?}:\n{row}"
+        );
+    }
+    assert!(html.contains(">never run</span>"), "manual:\n{html}");
+    assert!(!html.contains("<img"), "the XSS message is live markup");
+    assert!(!html.contains(SECRET_CODE), "the webhook code leaks");
+    assert!(html.contains("MONW…"), "URLs are not shown redacted");
+    assert!(html.contains("Server fake") && html.contains("URL probes"));
+    assert!(html.contains("<svg class=\"chart\" role=\"img\" aria-label=\"Last "));
+    assert!(!html.contains("style="), "inline styles break the policy");
+    assert!(
+        !html.contains("<script>"),
+        "inline scripts break the policy"
+    );
+
+    for (asset, content_type) in [
+        ("/assets/status.js", "text/javascript; charset=utf-8"),
+        ("/assets/status.css", "text/css; charset=utf-8"),
+    ] {
+        let answer = common::http_request(setup.exporter.address, "GET", asset, &[]);
+        assert_eq!(answer.status, 200, "{asset}");
+        assert_eq!(answer.header("content-type"), Some(content_type), "{asset}");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+        assert!(
+            answer.header("content-security-policy").is_some(),
+            "{asset}"
+        );
+    }
+    let script = common::http_request(setup.exporter.address, "GET", "/assets/status.js", &[]);
+    for sink in [
+        ".innerHTML",
+        ".outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+    ] {
+        assert!(
+            !script.body.contains(sink),
+            "the script writes markup: {sink}"
+        );
+    }
+    let missing = common::http_request(setup.exporter.address, "GET", "/assets/../Cargo.toml", &[]);
+    assert_eq!(missing.status, 404);
+}
+
+#[test]
+fn the_page_shows_every_probe_refreshes_itself_and_runs_a_probe_on_demand() {
+    let setup = Setup::start();
+    let driver = ChromeDriver::start();
+    let browser = Browser::open(&driver, true);
+
+    // The page loads, its script starts, and its first refresh lands.
+    browser.go(&setup.url());
+    browser.wait(
+        Duration::from_secs(10),
+        "the script to refresh once",
+        || {
+            let refreshed = browser.script(
+                "return document.documentElement.dataset.refreshed || null",
+                json!([]),
+            );
+            (!refreshed.is_null()).then_some(())
+        },
+    );
+
+    // Every probe: its status as text and its last message.
+    for (name, _, status, message) in PROBES {
+        let row = browser.row(name);
+        assert_eq!(row["status"], status, "{name}: {row}");
+        assert!(
+            row["message"].as_str().unwrap().contains(message),
+            "{name}: {row}"
+        );
+    }
+    assert_eq!(browser.row("manual")["status"], "never run");
+    let summary = |id: &str| browser.text(&browser.find(&format!("#{id}")));
+    assert_eq!(summary("count-up"), "2");
+    assert_eq!(summary("count-down"), "3");
+    assert_eq!(summary("count-never"), "1");
+
+    // The XSS payload is text: no element made of it, no dialog.
+    let xss = browser.row("xss");
+    assert!(
+        xss["content"].as_str().unwrap().contains(XSS_MESSAGE),
+        "{xss}"
+    );
+    assert_eq!(xss["images"], 0, "{xss}");
+    assert_eq!(
+        browser.script("return window.__dialogs", json!([])),
+        json!([])
+    );
+    assert_eq!(browser.open_dialog(), None);
+
+    // It refreshes itself: the last run of a 2 s probe moves on without a page load.
+    browser.script("window.__sameDocument = true", json!([]));
+    let first = browser.row("refresh-customer")["last"].clone();
+    browser.wait(Duration::from_secs(15), "the row to refresh", || {
+        (browser.row("refresh-customer")["last"] != first).then_some(())
+    });
+    assert_eq!(
+        browser.script("return window.__sameDocument === true", json!([])),
+        json!(true)
+    );
+
+    // "Run now" on a probe that never ran: the button waits, then the row shows the result.
+    // (The button and its output are never replaced by a refresh, so their references hold.)
+    let manual = browser.find(&row_selector("manual"));
+    let calls_before = setup.fake.calls("sleep2s");
+    let button = browser.find_within(&manual, "button.run")[0].clone();
+    assert!(browser.displayed(&button));
+    browser.click(&button);
+    assert!(
+        !browser.enabled(&button),
+        "the button stays enabled while running"
+    );
+    let output = browser.find_within(&manual, ".run-output")[0].clone();
+    assert_eq!(browser.text(&output), "Running…");
+    browser.wait(Duration::from_secs(15), "the run result", || {
+        browser.text(&output).starts_with("Succeeded").then_some(())
+    });
+    assert!(
+        browser.text(&output).contains("OK after 2 s"),
+        "{}",
+        browser.text(&output)
+    );
+    assert!(browser.enabled(&button));
+    let row = browser.wait(Duration::from_secs(10), "the row to show the run", || {
+        let row = browser.row("manual");
+        (row["status"] == "up" && row["message"] == "OK after 2 s").then_some(row)
+    });
+    assert!(row["last"].as_str().unwrap().ends_with(" UTC"), "{row}");
+    assert!(row["duration"].as_str().unwrap().starts_with("2."), "{row}");
+    assert_eq!(setup.fake.calls("sleep2s"), calls_before + 1);
+
+    // A run already in flight (started elsewhere) shows as "already running".
+    let address = setup.exporter.address;
+    let elsewhere = std::thread::spawn(move || {
+        common::http_request(address, "POST", "/api/v1/probes/manual/run", &[]).status
+    });
+    browser.wait(Duration::from_secs(5), "the other run to start", || {
+        let (_, body) = setup.exporter.get("/api/v1/probes/manual");
+        body.contains("\"running\":true").then_some(())
+    });
+    browser.click(&button);
+    browser.wait(Duration::from_secs(5), "the conflict", || {
+        (browser.text(&output) == "Already running").then_some(())
+    });
+    assert_eq!(elsewhere.join().unwrap(), 200);
+    assert_eq!(setup.fake.calls("sleep2s"), calls_before + 2);
+
+    // "Run now" on the XSS probe: its result in the row is still text.
+    let xss_row = browser.find(&row_selector("xss"));
+    let xss_button = browser.find_within(&xss_row, "button.run")[0].clone();
+    let xss_output = browser.find_within(&xss_row, ".run-output")[0].clone();
+    browser.click(&xss_button);
+    browser.wait(Duration::from_secs(10), "the XSS run result", || {
+        browser
+            .text(&xss_output)
+            .starts_with("Failed")
+            .then_some(())
+    });
+    assert!(browser.text_content(&xss_output).contains(XSS_MESSAGE));
+    assert_eq!(
+        browser.script("return document.querySelectorAll('img').length", json!([])),
+        json!(0)
+    );
+    assert_eq!(
+        browser.script("return window.__dialogs", json!([])),
+        json!([])
+    );
+    assert_eq!(browser.open_dialog(), None);
+    assert_eq!(
+        browser.script("return window.__violations", json!([])),
+        json!([]),
+        "the page breaks its own Content-Security-Policy"
+    );
+
+    let path = browser.screenshot("status-page.png");
+    eprintln!("screenshot: {}", path.display());
+
+    // Dark mode follows the system setting.
+    let light = browser.script(
+        "return getComputedStyle(document.body).backgroundColor",
+        json!([]),
+    );
+    browser.cdp(
+        "Emulation.setEmulatedMedia",
+        json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] }),
+    );
+    let dark = browser.script(
+        "return getComputedStyle(document.body).backgroundColor",
+        json!([]),
+    );
+    assert_ne!(light, dark, "prefers-color-scheme: dark changes nothing");
+    let path = browser.screenshot("status-page-dark.png");
+    eprintln!("screenshot: {}", path.display());
+
+    // A phone: nothing wider than the screen.
+    browser.resize(390, 844);
+    let overflow = browser.script(
+        "return document.documentElement.scrollWidth - window.innerWidth",
+        json!([]),
+    );
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "wider than a phone by {overflow} px"
+    );
+    let path = browser.screenshot("status-page-phone.png");
+    eprintln!("screenshot: {}", path.display());
+}
+
+#[test]
+fn with_scripts_off_the_browser_shows_every_status_and_message() {
+    let setup = Setup::start();
+    let driver = ChromeDriver::start();
+    let browser = Browser::open(&driver, false);
+
+    browser.go(&setup.url());
+
+    for (name, _, status, message) in PROBES {
+        let row = browser.find(&row_selector(name));
+        let text = browser.text(&row);
+        assert!(text.contains(status), "{name}: {text}");
+        assert!(text.contains(message), "{name}: {text}");
+    }
+    // Without the script there is no dead button.
+    let button = browser.find_within(&browser.find(&row_selector("manual")), "button.run");
+    assert!(!browser.displayed(&button[0]));
+    assert_eq!(browser.open_dialog(), None);
+}
