@@ -1,36 +1,155 @@
-//! Bounded per-probe ring buffer of recent outcomes, for the API and the status page.
+//! Bounded per-probe ring buffer of recent results, for the API and the status page.
+//!
+//! Ten thousand probes keeping a hundred results each is a million entries, so an entry is a
+//! compact [`Record`] (72 bytes): times in micro- and milliseconds, and the message shared
+//! with the previous entry when it is the same (it usually is).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::probe::Outcome;
+use crate::probe::{FailureReason, Outcome, Phases};
 
-/// The last `capacity` outcomes of one probe, oldest first.
+/// One past run, compactly.
+#[derive(Debug, Clone)]
+pub struct Record {
+    finished_at_ms: i64,
+    duration_us: u32,
+    phases_us: [u32; 5],
+    /// 0 when no answer came.
+    http_status: u16,
+    reason: Option<FailureReason>,
+    attempts: u8,
+    redirects: u8,
+    message: Arc<str>,
+    response_code: Option<Arc<str>>,
+}
+
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
+impl Record {
+    /// Whether the run succeeded.
+    pub fn success(&self) -> bool {
+        self.reason.is_none()
+    }
+
+    /// Why it failed.
+    pub fn reason(&self) -> Option<FailureReason> {
+        self.reason
+    }
+
+    /// Divalto's message or the error text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The HTTP status, when an answer came.
+    pub fn http_status(&self) -> Option<u16> {
+        (self.http_status != 0).then_some(self.http_status)
+    }
+
+    /// The Divalto code, when the body carried one.
+    pub fn response_code(&self) -> Option<&str> {
+        self.response_code.as_deref()
+    }
+
+    /// Duration of the whole run (microsecond precision).
+    pub fn duration(&self) -> Duration {
+        Duration::from_micros(u64::from(self.duration_us))
+    }
+
+    /// Phases of the final attempt (microsecond precision).
+    pub fn phases(&self) -> Phases {
+        let [resolve, connect, tls, processing, transfer] = self
+            .phases_us
+            .map(|us| Duration::from_micros(u64::from(us)));
+        Phases {
+            resolve,
+            connect,
+            tls,
+            processing,
+            transfer,
+        }
+    }
+
+    /// Attempts made (saturates at 255).
+    pub fn attempts(&self) -> u32 {
+        u32::from(self.attempts)
+    }
+
+    /// Redirects followed (saturates at 255).
+    pub fn redirects(&self) -> u32 {
+        u32::from(self.redirects)
+    }
+
+    /// End of the run (millisecond precision).
+    pub fn finished_at(&self) -> SystemTime {
+        let ms = u64::try_from(self.finished_at_ms).unwrap_or(0);
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    /// Start of the run.
+    pub fn started_at(&self) -> SystemTime {
+        self.finished_at() - self.duration()
+    }
+}
+
+/// The last `capacity` results of one probe, oldest first.
 #[derive(Debug)]
 pub struct History {
     capacity: usize,
-    entries: VecDeque<Arc<Outcome>>,
+    entries: VecDeque<Record>,
 }
 
 impl History {
-    /// An empty history keeping at most `capacity` outcomes (at least one).
+    /// An empty history keeping at most `capacity` results (at least one).
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
         Self {
-            capacity,
-            entries: VecDeque::with_capacity(capacity.min(16)),
+            capacity: capacity.max(1),
+            entries: VecDeque::new(),
         }
     }
 
-    /// Adds an outcome, dropping the oldest when full.
-    pub fn push(&mut self, outcome: Arc<Outcome>) {
+    /// Adds a result, dropping the oldest when full.
+    pub fn push(&mut self, outcome: &Outcome) {
         if self.entries.len() == self.capacity {
             self.entries.pop_front();
+        } else if self.entries.capacity() == 0 {
+            // Exactly the capacity, once: no doubling beyond it, no regrowth.
+            self.entries.reserve_exact(self.capacity);
         }
-        self.entries.push_back(outcome);
+        let previous = self.entries.back();
+        let message = match previous {
+            Some(p) if *p.message == *outcome.message => p.message.clone(),
+            _ => Arc::from(outcome.message.as_str()),
+        };
+        let response_code = match (
+            previous.and_then(|p| p.response_code.as_ref()),
+            outcome.response_code.as_deref(),
+        ) {
+            (Some(shared), Some(code)) if **shared == *code => Some(shared.clone()),
+            (_, code) => code.map(Arc::from),
+        };
+        let finished_ms = outcome
+            .finished_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.entries.push_back(Record {
+            finished_at_ms: i64::try_from(finished_ms).unwrap_or(i64::MAX),
+            duration_us: micros(outcome.duration),
+            phases_us: outcome.phases.as_array().map(micros),
+            http_status: outcome.http_status.unwrap_or(0),
+            reason: outcome.reason,
+            attempts: u8::try_from(outcome.attempts).unwrap_or(u8::MAX),
+            redirects: u8::try_from(outcome.redirects).unwrap_or(u8::MAX),
+            message,
+            response_code,
+        });
     }
 
-    /// Changes how many outcomes are kept, dropping the oldest ones beyond it.
+    /// Changes how many results are kept, dropping the oldest ones beyond it.
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity.max(1);
         while self.entries.len() > self.capacity {
@@ -39,17 +158,17 @@ impl History {
         self.entries.shrink_to(self.capacity);
     }
 
-    /// The most recent outcome.
-    pub fn last(&self) -> Option<&Arc<Outcome>> {
+    /// The most recent result.
+    pub fn last(&self) -> Option<&Record> {
         self.entries.back()
     }
 
-    /// All kept outcomes, oldest first.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<Outcome>> {
+    /// All kept results, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Record> {
         self.entries.iter()
     }
 
-    /// Number of kept outcomes.
+    /// Number of kept results.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -63,34 +182,68 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
 
-    fn outcome(attempts: u32) -> Arc<Outcome> {
-        Arc::new(Outcome {
+    fn outcome(attempts: u32, message: &str) -> Outcome {
+        Outcome {
             success: true,
             reason: None,
-            message: String::new(),
+            message: message.to_owned(),
             http_status: Some(200),
-            response_code: None,
-            duration: Duration::ZERO,
-            phases: Default::default(),
+            response_code: Some("0".to_owned()),
+            duration: Duration::from_micros(1234),
+            phases: Phases {
+                processing: Duration::from_micros(1000),
+                ..Phases::default()
+            },
             attempts,
             redirects: 0,
             tls: None,
             http_version: None,
-            started_at: SystemTime::UNIX_EPOCH,
-            finished_at: SystemTime::UNIX_EPOCH,
-        })
+            started_at: UNIX_EPOCH,
+            finished_at: UNIX_EPOCH + Duration::from_millis(1_795_000_000_123),
+        }
     }
 
     #[test]
-    fn the_oldest_outcome_is_dropped_when_full() {
+    fn the_oldest_result_is_dropped_when_full() {
         let mut history = History::new(3);
         for i in 1..=5 {
-            history.push(outcome(i));
+            history.push(&outcome(i, "OK"));
         }
-        let kept: Vec<u32> = history.iter().map(|o| o.attempts).collect();
+        let kept: Vec<u32> = history.iter().map(Record::attempts).collect();
         assert_eq!(kept, vec![3, 4, 5]);
-        assert_eq!(history.last().unwrap().attempts, 5);
+        assert_eq!(history.last().unwrap().attempts(), 5);
+        assert_eq!(history.entries.capacity(), 3, "allocated exactly once");
+    }
+
+    #[test]
+    fn a_record_gives_back_what_the_outcome_said() {
+        let mut history = History::new(2);
+        history.push(&outcome(1, "Client rafraîchi"));
+        let record = history.last().unwrap();
+        assert!(record.success());
+        assert_eq!(record.message(), "Client rafraîchi");
+        assert_eq!(record.http_status(), Some(200));
+        assert_eq!(record.response_code(), Some("0"));
+        assert_eq!(record.duration(), Duration::from_micros(1234));
+        assert_eq!(record.phases().processing, Duration::from_micros(1000));
+        assert_eq!(
+            record.finished_at(),
+            UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)
+        );
+    }
+
+    #[test]
+    fn a_repeated_message_is_stored_once() {
+        let mut history = History::new(4);
+        history.push(&outcome(1, "OK"));
+        history.push(&outcome(1, "OK"));
+        let records: Vec<&Record> = history.iter().collect();
+        assert!(Arc::ptr_eq(&records[0].message, &records[1].message));
+        assert!(
+            std::mem::size_of::<Record>() <= 72,
+            "{}",
+            std::mem::size_of::<Record>()
+        );
     }
 }

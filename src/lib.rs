@@ -89,6 +89,64 @@ pub enum ReloadError {
     TlsToggled,
 }
 
+/// Threads running probes, one single-threaded tokio runtime each. A probe's timer, run and
+/// connection all live on one thread, so no step of a run wakes another thread: at a
+/// thousand fresh connections a second, cross-thread wake-ups would cost more CPU than the
+/// probes themselves.
+pub struct ProbeRuntimes {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeRuntimes {
+    /// Starts `count` probe threads.
+    ///
+    /// # Errors
+    /// When a runtime or a thread cannot be created.
+    pub fn start(count: usize) -> std::io::Result<Self> {
+        let mut runtimes = Self {
+            handles: Vec::new(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            runtimes.handles.push(runtime.handle().clone());
+            runtimes.stops.push(stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("probes-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            runtimes.threads.push(thread);
+        }
+        Ok(runtimes)
+    }
+
+    /// Handles to spawn probe work on.
+    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.handles.clone()
+    }
+}
+
+impl Drop for ProbeRuntimes {
+    /// Stops the threads (after the scheduler drained its runs) and waits for them.
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The running exporter: config source, metrics, scheduler, auth and TLS of its endpoints.
 pub struct App {
     source: ConfigSource,
@@ -115,6 +173,7 @@ impl App {
         config: &Config,
         web_config_file: Option<PathBuf>,
         runner: Runner,
+        shards: Vec<tokio::runtime::Handle>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StartError> {
         let web = web_config_file
@@ -122,13 +181,14 @@ impl App {
             .map(WebConfig::load)
             .transpose()?;
         let metrics = Arc::new(Metrics::new()?);
-        let scheduler = Scheduler::start(
-            config,
+        let scheduler = Scheduler::on_runtimes(
             metrics.clone(),
             runner,
             Clock::System,
             shutdown.child_token(),
+            shards,
         );
+        scheduler.apply(config);
         metrics.config_loaded(true);
         let auth = Arc::new(Auth::default());
         let mut tls = None;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use webhook_exporter::config::{self, DEFAULT_CONFIG_PATH};
 use webhook_exporter::logging::{self, LogFormat, LogLevel};
-use webhook_exporter::{App, ConfigSource, demo, probe, report, scheduler};
+use webhook_exporter::{App, ConfigSource, ProbeRuntimes, demo, probe, report, scheduler};
 
 /// Default `--web.listen-address`: 8916 is outside the 9100-9999 block the Prometheus wiki
 /// allocates to exporters, so it collides with none of them.
@@ -33,6 +33,15 @@ struct Cli {
     /// Lowest level logged.
     #[arg(long = "log.level", global = true, value_enum, default_value = "info")]
     log_level: LogLevel,
+    /// Threads running probes (0: one per two CPUs, leaving room for the HTTP side and for
+    /// local targets; one thread runs thousands of probes a second).
+    #[arg(
+        long = "probe.threads",
+        global = true,
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    probe_threads: usize,
     /// Log line format.
     #[arg(
         long = "log.format",
@@ -61,7 +70,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_level, cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The HTTP side and reloads run on this thread; probes on their own threads (see
+    // ProbeRuntimes). Blocking work (rendering /metrics, bcrypt, config files) goes to the
+    // blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the runtime: {error}");
@@ -184,11 +199,17 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let listener = bind(cli.listen_address.as_deref().unwrap_or(default_listen))?;
     let shutdown = shutdown_on_signal();
+    let threads = match cli.probe_threads {
+        0 => (std::thread::available_parallelism().map_or(1, std::num::NonZero::get) / 2).max(1),
+        n => n,
+    };
+    let probe_runtimes = ProbeRuntimes::start(threads).context("cannot start the probe threads")?;
     let app = match App::start(
         source,
         config,
         cli.web_config_file.clone(),
         scheduler::http_runner(),
+        probe_runtimes.handles(),
         shutdown.clone(),
     ) {
         Ok(app) => app,
@@ -209,6 +230,7 @@ async fn serve(
         println!("Probes run every few seconds; press Ctrl-C to stop.");
     }
     webhook_exporter::run(app, listener, shutdown).await?;
+    drop(probe_runtimes);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,7 +23,7 @@ use prometheus::{
 };
 
 use crate::config::ProbeSpec;
-use crate::probe::{FailureReason, Outcome, PHASE_NAMES};
+use crate::probe::{FailureReason, Outcome};
 
 /// Buckets of `webhook_exporter_schedule_lag_seconds`: from half a millisecond (on time) to
 /// ten seconds (starved by the concurrency caps).
@@ -35,8 +35,31 @@ const LAG_BUCKETS: &[f64] = &[
 const REVISION: &str = env!("WEBHOOK_EXPORTER_REVISION");
 const RUSTC_VERSION: &str = env!("WEBHOOK_EXPORTER_RUSTC_VERSION");
 
-/// Results of `webhook_probe_runs_total`, in [`ProbeValues::runs`] order.
-const RESULTS: [&str; 2] = ["success", "failure"];
+/// `result` labels of `webhook_probe_runs_total`, in [`ProbeValues::runs`] order.
+const RESULT_LABELS: [&str; 2] = ["result=\"success\"", "result=\"failure\""];
+
+/// `phase` labels, in [`crate::probe::PHASE_NAMES`] order.
+const PHASE_LABELS: [&str; 5] = [
+    "phase=\"resolve\"",
+    "phase=\"connect\"",
+    "phase=\"tls\"",
+    "phase=\"processing\"",
+    "phase=\"transfer\"",
+];
+
+/// `reason` labels, in [`FailureReason::ALL`] order.
+const REASON_LABELS: [&str; 10] = [
+    "reason=\"dns\"",
+    "reason=\"connect\"",
+    "reason=\"tls\"",
+    "reason=\"timeout\"",
+    "reason=\"http_status\"",
+    "reason=\"webhook_error\"",
+    "reason=\"body_mismatch\"",
+    "reason=\"body_too_large\"",
+    "reason=\"invalid_response\"",
+    "reason=\"other\"",
+];
 
 /// The exporter's metrics.
 pub struct Metrics {
@@ -432,22 +455,34 @@ fn render_probes(out: &mut String, probes: &[Row<'_>]) {
         "histogram",
         "Duration of every run of the probe, retries included.",
     );
+    // `le` labels rendered once per distinct bucket list (usually one for all probes).
+    let mut le_labels: Vec<(Arc<[f64]>, Vec<String>)> = Vec::new();
     for Row {
         labels,
         probe,
         values,
     } in probes
     {
+        let index = match le_labels.iter().position(|(b, _)| **b == *probe.buckets) {
+            Some(index) => index,
+            None => {
+                let rendered = probe.buckets.iter().map(|bound| {
+                    let mut le = String::new();
+                    push_label(&mut le, "le", &bound.to_string());
+                    le
+                });
+                le_labels.push((probe.buckets.clone(), rendered.collect()));
+                le_labels.len() - 1
+            }
+        };
         let mut cumulative = 0;
-        for (bound, count) in probe.buckets.iter().zip(&values.buckets) {
+        for (le, count) in le_labels[index].1.iter().zip(&values.buckets) {
             cumulative += count;
-            let mut le = String::new();
-            push_label(&mut le, "le", &bound.to_string());
             sample(
                 out,
                 "webhook_probe_duration_seconds_bucket",
                 labels,
-                &le,
+                le,
                 cumulative,
             );
         }
@@ -490,14 +525,8 @@ fn render_probes(out: &mut String, probes: &[Row<'_>]) {
     );
     for row in probes {
         if let Some(last) = &row.values.last {
-            for (phase, seconds) in PHASE_NAMES.iter().zip(last.phases) {
-                sample(
-                    out,
-                    name,
-                    &row.labels,
-                    &format!("phase=\"{phase}\""),
-                    seconds,
-                );
+            for (phase, seconds) in PHASE_LABELS.iter().zip(last.phases) {
+                sample(out, name, &row.labels, phase, seconds);
             }
         }
     }
@@ -518,28 +547,16 @@ fn render_probes(out: &mut String, probes: &[Row<'_>]) {
     let name = "webhook_probe_runs_total";
     header(out, name, "counter", "Runs of the probe by result.");
     for row in probes {
-        for (result, count) in RESULTS.iter().zip(row.values.runs) {
-            sample(
-                out,
-                name,
-                &row.labels,
-                &format!("result=\"{result}\""),
-                count,
-            );
+        for (result, count) in RESULT_LABELS.iter().zip(row.values.runs) {
+            sample(out, name, &row.labels, result, count);
         }
     }
 
     let name = "webhook_probe_failures_total";
     header(out, name, "counter", "Failed runs of the probe by reason.");
     for row in probes {
-        for (reason, count) in FailureReason::ALL.iter().zip(row.values.failures) {
-            sample(
-                out,
-                name,
-                &row.labels,
-                &format!("reason=\"{}\"", reason.as_label()),
-                count,
-            );
+        for (reason, count) in REASON_LABELS.iter().zip(row.values.failures) {
+            sample(out, name, &row.labels, reason, count);
         }
     }
 
@@ -639,5 +656,21 @@ fn render_probes(out: &mut String, probes: &[Row<'_>]) {
     );
     for row in probes {
         sample(out, name, &row.labels, &row.probe.info_labels, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::PHASE_NAMES;
+
+    #[test]
+    fn constant_labels_follow_the_reason_and_phase_orders() {
+        for (reason, label) in FailureReason::ALL.iter().zip(REASON_LABELS) {
+            assert_eq!(label, format!("reason=\"{}\"", reason.as_label()));
+        }
+        for (phase, label) in PHASE_NAMES.iter().zip(PHASE_LABELS) {
+            assert_eq!(label, format!("phase=\"{phase}\""));
+        }
     }
 }

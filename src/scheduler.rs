@@ -84,8 +84,10 @@ pub struct ProbeState {
     pub spec: Arc<ProbeSpec>,
     /// Its metric series.
     pub metrics: Arc<ProbeMetrics>,
-    /// Its recent outcomes.
+    /// Its recent results.
     pub history: Mutex<History>,
+    /// Its last outcome in full (TLS details included), for the API and the status page.
+    last: Mutex<Option<Arc<Outcome>>>,
     /// Set while a run waits for a slot or runs: the no-overlap rule.
     running: AtomicBool,
     /// Next planned run, for the API and the status page.
@@ -105,7 +107,7 @@ impl ProbeState {
 
     /// The most recent outcome.
     pub fn last_outcome(&self) -> Option<Arc<Outcome>> {
-        lock(&self.history).last().cloned()
+        lock(&self.last).clone()
     }
 
     /// Claims the probe for one run; `false` when a run is already going.
@@ -138,6 +140,27 @@ struct Shared {
     clock: Clock,
     tracker: TaskTracker,
     slots: Mutex<Slots>,
+    /// Runtimes the probes are spread over (each probe always on the same one, so its timer,
+    /// run and connection never wake another thread); empty: the current runtime.
+    shards: Vec<tokio::runtime::Handle>,
+}
+
+impl Shared {
+    /// Spawns `work` for probe `name` on its runtime, tracked for shutdown.
+    fn spawn<F>(&self, name: &str, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if self.shards.is_empty() {
+            return self.tracker.spawn(work);
+        }
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let index = usize::try_from(hash % self.shards.len() as u64).unwrap_or(0);
+        self.tracker.spawn_on(work, &self.shards[index])
+    }
 }
 
 impl Shared {
@@ -208,12 +231,24 @@ impl Scheduler {
         clock: Clock,
         cancel: CancellationToken,
     ) -> Self {
+        Self::on_runtimes(metrics, runner, clock, cancel, Vec::new())
+    }
+
+    /// A scheduler spreading its probes over `shards` (see [`crate::ProbeRuntimes`]).
+    pub fn on_runtimes(
+        metrics: Arc<Metrics>,
+        runner: Runner,
+        clock: Clock,
+        cancel: CancellationToken,
+        shards: Vec<tokio::runtime::Handle>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             metrics,
             runner,
             clock,
             tracker: TaskTracker::new(),
             slots: Mutex::default(),
+            shards,
         });
         Self {
             shared,
@@ -307,15 +342,15 @@ impl Scheduler {
                 .metrics
                 .register_probe(&spec, &config.duration_buckets),
             history: Mutex::new(History::new(config.history_size)),
+            last: Mutex::new(None),
             running: AtomicBool::new(false),
             next_run: Mutex::new(None),
             spec,
         });
         tracing::debug!(probe = %state.spec.name, url = %state.spec.target.redacted(), schedule = %state.spec.schedule, "probe scheduled");
         let cancel = self.cancel.child_token();
-        self.shared
-            .tracker
-            .spawn(timer(state.clone(), self.shared.clone(), cancel.clone()));
+        let timer = timer(state.clone(), self.shared.clone(), cancel.clone());
+        self.shared.spawn(&state.spec.name, timer);
         Entry { state, cancel }
     }
 
@@ -352,8 +387,7 @@ impl Scheduler {
         // client hanging up does not cancel a run that is already calling the ERP.
         let task = self
             .shared
-            .tracker
-            .spawn(run(state, self.shared.clone(), None));
+            .spawn(name, run(state, self.shared.clone(), None));
         task.await
             .map_err(|_| RunNowError::Unknown(name.to_owned()))
     }
@@ -369,7 +403,8 @@ impl Scheduler {
 /// The timer of one probe: sleep to the planned instant, start a run or skip it, repeat.
 async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: CancellationToken) {
     let spec = state.spec.clone();
-    let mut planned = spec.schedule.next_after(&spec.name, shared.clock.now());
+    let next_after = |wall: DateTime<Utc>| spec.schedule.next_after(&spec.name, wall);
+    let mut planned = next_after(shared.clock.now());
     while let Some(wall) = planned {
         *lock(&state.next_run) = Some(wall);
         let deadline = shared.clock.instant_at(wall);
@@ -377,19 +412,44 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
             () = tokio::time::sleep_until(deadline) => {}
             () = cancel.cancelled() => break,
         }
-        if state.try_claim() {
-            shared
-                .tracker
-                .spawn(run(state.clone(), shared.clone(), Some(deadline)));
-        } else {
+        // The next slot after this one; if the timer woke late, no burst of catch-up runs.
+        planned = next_after(wall.max(shared.clock.now()));
+        if !state.try_claim() {
             state.metrics.skipped();
             tracing::debug!(probe = %spec.name, "previous run still going: planned run skipped");
+            continue;
         }
-        // The next slot after this one; if the timer itself woke late, no burst of catch-up runs.
-        let now = shared.clock.now();
-        planned = spec.schedule.next_after(&spec.name, wall.max(now));
+        // The run goes on in this task (no task per run); slots that pass meanwhile are
+        // skipped and counted. A cancelled timer still lets its run finish and be recorded.
+        let mut run = std::pin::pin!(run(state.clone(), shared.clone(), Some(deadline)));
+        loop {
+            let next = planned.map(|wall| (wall, shared.clock.instant_at(wall)));
+            *lock(&state.next_run) = planned;
+            tokio::select! {
+                biased;
+                _ = &mut run => break,
+                () = sleep_until_some(next.map(|(_, at)| at)) => {
+                    state.metrics.skipped();
+                    tracing::debug!(probe = %spec.name, "run still going: planned run skipped");
+                    planned = next.and_then(|(wall, _)| next_after(wall));
+                }
+                () = cancel.cancelled() => {
+                    run.await;
+                    *lock(&state.next_run) = None;
+                    return;
+                }
+            }
+        }
     }
     *lock(&state.next_run) = None;
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One run of a claimed probe: wait for the slots, call the runner, record the outcome.
@@ -437,6 +497,7 @@ fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Arc<Outcom
         ),
     }
     let outcome = Arc::new(outcome);
-    lock(&state.history).push(outcome.clone());
+    lock(&state.history).push(&outcome);
+    *lock(&state.last) = Some(outcome.clone());
     outcome
 }

@@ -417,15 +417,6 @@ fn tls_failure(
     fail(FailureReason::Tls, message)
 }
 
-/// Aborts the task driving a connection when the exchange ends or is dropped by a timeout.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn http_exchange<S>(
     spec: &ProbeSpec,
     url: &Url,
@@ -442,12 +433,15 @@ where
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| response_failure(&e))?;
-    let _driver = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
+    // The connection is driven here, alongside the request, rather than in a task of its
+    // own: one task per run, and it ends (closing the socket) when the exchange does.
+    let mut connection = Driver {
+        connection: std::pin::pin!(connection),
+        done: false,
+    };
     let request = build_request(spec, url, method, same_origin, proxy)?;
-    let response = sender
-        .send_request(request)
+    let response = connection
+        .alongside(sender.send_request(request))
         .await
         .map_err(|e| response_failure(&e))?;
     trace.status = Some(response.status().as_u16());
@@ -464,9 +458,39 @@ where
         .get(http::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = read_body(response.into_body(), spec.max_body_bytes).await?;
+    let body = read_body(response.into_body(), spec.max_body_bytes, &mut connection).await?;
     trace.end();
     Ok((status, location, body))
+}
+
+/// A hyper connection polled alongside whatever waits on it.
+struct Driver<'a, C> {
+    connection: std::pin::Pin<&'a mut C>,
+    done: bool,
+}
+
+impl<C> Driver<'_, C>
+where
+    C: std::future::Future<Output = hyper::Result<()>>,
+{
+    /// Awaits `work` while keeping the connection going. A connection error ends the wait;
+    /// a connection that simply finishes leaves `work` to resolve on its own.
+    async fn alongside<T>(
+        &mut self,
+        work: impl std::future::Future<Output = hyper::Result<T>>,
+    ) -> hyper::Result<T> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut work => return result,
+                result = self.connection.as_mut(), if !self.done => {
+                    self.done = true;
+                    result?;
+                }
+            }
+        }
+    }
 }
 
 /// The request: origin-form target (`/path?query`), or absolute-form through a plain-HTTP
@@ -495,6 +519,8 @@ fn build_request(
         .uri(target)
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, USER_AGENT)
+        // One connection per run: say so, and the server closes first (no TIME_WAIT here).
+        .header(http::header::CONNECTION, "close")
         .header(
             http::header::ACCEPT,
             "application/json, text/plain;q=0.9, */*;q=0.5",
@@ -517,9 +543,20 @@ fn build_request(
 }
 
 /// Reads at most `limit` bytes; one byte more is `body_too_large`.
-async fn read_body(mut body: hyper::body::Incoming, limit: u64) -> Result<Bytes, Failure> {
+async fn read_body<C>(
+    mut body: hyper::body::Incoming,
+    limit: u64,
+    connection: &mut Driver<'_, C>,
+) -> Result<Bytes, Failure>
+where
+    C: std::future::Future<Output = hyper::Result<()>>,
+{
     let mut collected = Vec::new();
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = connection
+        .alongside(async { body.frame().await.transpose() })
+        .await
+        .transpose()
+    {
         let frame = frame.map_err(|e| response_failure(&e))?;
         if let Ok(data) = frame.into_data() {
             if (collected.len() + data.len()) as u64 > limit {

@@ -11,6 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use crate::history::Record;
 use crate::probe::{Outcome, Phases, TlsDetails};
 use crate::scheduler::{ProbeState, RunNowError};
 
@@ -26,7 +27,11 @@ pub struct ResultView {
     phases: Phases,
     attempts: u32,
     redirects: u32,
+    /// Only on the last result and on-demand runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     http_version: Option<&'static str>,
+    /// Only on the last result and on-demand runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<TlsDetails>,
     started_at: String,
     finished_at: String,
@@ -34,6 +39,26 @@ pub struct ResultView {
 
 fn rfc3339(time: SystemTime) -> String {
     DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl From<&Record> for ResultView {
+    fn from(record: &Record) -> Self {
+        Self {
+            success: record.success(),
+            reason: record.reason().map(|r| r.as_label()),
+            message: record.message().to_owned(),
+            http_status: record.http_status(),
+            response_code: record.response_code().map(str::to_owned),
+            duration_seconds: record.duration().as_secs_f64(),
+            phases: record.phases(),
+            attempts: record.attempts(),
+            redirects: record.redirects(),
+            http_version: None,
+            tls: None,
+            started_at: rfc3339(record.started_at()),
+            finished_at: rfc3339(record.finished_at()),
+        }
+    }
 }
 
 impl From<&Outcome> for ResultView {
@@ -84,17 +109,11 @@ impl ProbeView {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let skip = kept.len().saturating_sub(history);
-            let results: Vec<ResultView> = kept
-                .iter()
-                .skip(skip)
-                .map(|o| ResultView::from(o.as_ref()))
-                .collect();
-            let consecutive = kept.iter().rev().take_while(|o| !o.success).count();
-            (
-                kept.last().map(|o| ResultView::from(o.as_ref())),
-                results,
-                consecutive,
-            )
+            let results: Vec<ResultView> = kept.iter().skip(skip).map(ResultView::from).collect();
+            let consecutive = kept.iter().rev().take_while(|r| !r.success()).count();
+            // The last result in full (TLS details included) comes from the last outcome.
+            let last = state.last_outcome().map(|o| ResultView::from(o.as_ref()));
+            (last, results, consecutive)
         };
         Self {
             name: spec.name.clone(),

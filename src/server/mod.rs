@@ -110,7 +110,11 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.app.metrics.encode();
+    // Rendering thousands of probes takes milliseconds: keep it off the async threads.
+    let metrics = state.app.metrics.clone();
+    let Ok(body) = tokio::task::spawn_blocking(move || metrics.encode()).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     (
         [(
             header::CONTENT_TYPE,

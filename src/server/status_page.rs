@@ -7,8 +7,6 @@
 //! by the exporter itself (air-gapped sites), under a strict Content-Security-Policy that
 //! allows no inline script or style — hence the CSS is an asset too.
 
-use std::sync::Arc;
-
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,7 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::AppState;
 use crate::App;
-use crate::probe::Outcome;
+use crate::history::Record;
 use crate::scheduler::ProbeState;
 
 /// Runs drawn in each probe's history chart; `assets/status.js` reads it from the page.
@@ -322,10 +320,12 @@ impl Row {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let skip = history.len().saturating_sub(HISTORY_BARS);
-            let recent: Vec<Arc<Outcome>> = history.iter().skip(skip).cloned().collect();
-            let consecutive = history.iter().rev().take_while(|o| !o.success).count();
+            let recent: Vec<Record> = history.iter().skip(skip).cloned().collect();
+            let consecutive = history.iter().rev().take_while(|o| !o.success()).count();
             let earlier = match history.last() {
-                Some(last) if last.success => history.iter().rev().find(|o| !o.success).cloned(),
+                Some(last) if last.success() => {
+                    history.iter().rev().find(|o| !o.success()).cloned()
+                }
                 _ => None,
             };
             (recent, consecutive, earlier)
@@ -333,7 +333,7 @@ impl Row {
         let last = recent.last();
         let status = match last {
             None => Status::Never,
-            Some(o) if o.success => Status::Up,
+            Some(o) if o.success() => Status::Up,
             Some(_) => Status::Down,
         };
         Self {
@@ -345,16 +345,16 @@ impl Row {
             status,
             running: state.is_running(),
             last: last.map(|o| LastRun {
-                at: Stamp::new(o.finished_at.into(), now),
-                duration: duration(o.duration.as_secs_f64()),
-                reason: o.reason.map(|r| r.as_label()),
+                at: Stamp::new(o.finished_at().into(), now),
+                duration: duration(o.duration().as_secs_f64()),
+                reason: o.reason().map(|r| r.as_label()),
                 detail: detail(o),
-                message: o.message.clone(),
+                message: o.message().to_owned(),
             }),
             earlier_failure: earlier_failure.map(|o| Failure {
-                at: Stamp::new(o.finished_at.into(), now),
-                reason: o.reason.map_or("other", |r| r.as_label()),
-                message: o.message.clone(),
+                at: Stamp::new(o.finished_at().into(), now),
+                reason: o.reason().map_or("other", |r| r.as_label()),
+                message: o.message().to_owned(),
             }),
             consecutive_failures,
             next_run: state.next_run().map(|t| Stamp::new(t, now)),
@@ -364,16 +364,16 @@ impl Row {
 }
 
 /// `HTTP 400 · code 400`, from what the answer carried.
-fn detail(outcome: &Outcome) -> String {
+fn detail(record: &Record) -> String {
     let mut parts = Vec::new();
-    if let Some(status) = outcome.http_status {
+    if let Some(status) = record.http_status() {
         parts.push(format!("HTTP {status}"));
     }
-    if let Some(code) = &outcome.response_code {
+    if let Some(code) = record.response_code() {
         parts.push(format!("code {code}"));
     }
-    if outcome.attempts > 1 {
-        parts.push(format!("{} attempts", outcome.attempts));
+    if record.attempts() > 1 {
+        parts.push(format!("{} attempts", record.attempts()));
     }
     parts.join(" · ")
 }
@@ -409,11 +409,11 @@ struct Bar {
 }
 
 impl Chart {
-    fn new(runs: &[Arc<Outcome>]) -> Self {
+    fn new(runs: &[Record]) -> Self {
         let slowest = runs
             .iter()
-            .filter(|o| o.success)
-            .map(|o| o.duration.as_secs_f64())
+            .filter(|o| o.success())
+            .map(|o| o.duration().as_secs_f64())
             .fold(0.0_f64, f64::max);
         let first_slot = HISTORY_BARS.saturating_sub(runs.len());
         let bars = runs
@@ -421,11 +421,11 @@ impl Chart {
             .enumerate()
             .map(|(i, o)| {
                 let x = ((first_slot + i) as u32) * (BAR_WIDTH + BAR_GAP);
-                let at = DateTime::<Utc>::from(o.finished_at).format("%Y-%m-%d %H:%M:%S UTC");
-                let took = duration(o.duration.as_secs_f64());
-                if o.success {
+                let at = DateTime::<Utc>::from(o.finished_at()).format("%Y-%m-%d %H:%M:%S UTC");
+                let took = duration(o.duration().as_secs_f64());
+                if o.success() {
                     let share = if slowest > 0.0 {
-                        o.duration.as_secs_f64() / slowest
+                        o.duration().as_secs_f64() / slowest
                     } else {
                         0.0
                     };
@@ -439,7 +439,7 @@ impl Chart {
                         title: format!("{at}: success, {took}"),
                     }
                 } else {
-                    let reason = o.reason.map_or("other", |r| r.as_label());
+                    let reason = o.reason().map_or("other", |r| r.as_label());
                     Bar {
                         x,
                         y: BASELINE + 1,
@@ -451,7 +451,7 @@ impl Chart {
                 }
             })
             .collect();
-        let failed = runs.iter().filter(|o| !o.success).count();
+        let failed = runs.iter().filter(|o| !o.success()).count();
         let label = if runs.is_empty() {
             "No runs yet".to_owned()
         } else {
@@ -510,11 +510,13 @@ fn relative(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::FailureReason;
+    use crate::history::History;
+    use crate::probe::{FailureReason, Outcome};
     use std::time::{Duration, SystemTime};
 
-    fn outcome(success: bool, millis: u64) -> Arc<Outcome> {
-        Arc::new(Outcome {
+    fn record(success: bool, millis: u64) -> Record {
+        let mut history = History::new(1);
+        history.push(&Outcome {
             success,
             reason: (!success).then_some(FailureReason::WebhookError),
             message: String::new(),
@@ -528,7 +530,8 @@ mod tests {
             http_version: None,
             started_at: SystemTime::UNIX_EPOCH,
             finished_at: SystemTime::UNIX_EPOCH,
-        })
+        });
+        history.last().cloned().expect("one record was pushed")
     }
 
     #[test]
@@ -544,7 +547,7 @@ mod tests {
 
     #[test]
     fn failed_runs_hang_below_the_baseline_and_are_named_in_the_label() {
-        let chart = Chart::new(&[outcome(true, 10), outcome(false, 5), outcome(true, 20)]);
+        let chart = Chart::new(&[record(true, 10), record(false, 5), record(true, 20)]);
         assert_eq!(chart.bars.len(), 3);
         let failed = &chart.bars[1];
         assert_eq!(failed.class, "failed");
