@@ -116,9 +116,11 @@ impl History {
     pub fn push(&mut self, outcome: &Outcome) {
         if self.entries.len() == self.capacity {
             self.entries.pop_front();
-        } else if self.entries.capacity() == 0 {
-            // Exactly the capacity, once: no doubling beyond it, no regrowth.
-            self.entries.reserve_exact(self.capacity);
+        } else if self.entries.len() == self.entries.capacity() {
+            // Grow by doubling as results come (a young probe holds little), but never past
+            // the capacity: no slack once full.
+            let target = (self.entries.capacity() * 2).max(4).min(self.capacity);
+            self.entries.reserve_exact(target - self.entries.len());
         }
         let previous = self.entries.back();
         let message = match previous {
@@ -213,7 +215,11 @@ mod tests {
         let kept: Vec<u32> = history.iter().map(Record::attempts).collect();
         assert_eq!(kept, vec![3, 4, 5]);
         assert_eq!(history.last().unwrap().attempts(), 5);
-        assert_eq!(history.entries.capacity(), 3, "allocated exactly once");
+        assert_eq!(
+            history.entries.capacity(),
+            3,
+            "no slack beyond the capacity"
+        );
     }
 
     #[test]

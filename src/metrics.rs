@@ -251,12 +251,17 @@ impl Metrics {
         }
     }
 
-    /// Renders every family in the Prometheus text format (version 0.0.4).
+    /// Renders every family in the Prometheus text format (version 0.0.4), whole.
     pub fn encode(&self) -> String {
+        self.render().collect()
+    }
+
+    /// Starts rendering the page: a snapshot now, written piece by piece as it is read.
+    pub fn render(&self) -> Rendering {
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail on I/O, and every family is well-formed.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        let mut out = String::from_utf8(buffer).unwrap_or_default();
+        let head = String::from_utf8(buffer).unwrap_or_default();
         let snapshot: Vec<(Arc<ProbeMetrics>, ProbeValues)> = self
             .probes
             .read()
@@ -264,31 +269,7 @@ impl Metrics {
             .values()
             .map(|probe| (probe.clone(), lock(&probe.values).clone()))
             .collect();
-        let label_names: BTreeSet<&str> = snapshot
-            .iter()
-            .flat_map(|(probe, _)| probe.static_labels.keys().map(String::as_str))
-            .collect();
-        let rows: Vec<Row<'_>> = snapshot
-            .iter()
-            .map(|(probe, values)| {
-                let mut labels = String::new();
-                push_label(&mut labels, "probe", &probe.name);
-                for name in &label_names {
-                    push_label(
-                        &mut labels,
-                        name,
-                        probe.static_labels.get(*name).map_or("", String::as_str),
-                    );
-                }
-                Row {
-                    labels,
-                    probe,
-                    values,
-                }
-            })
-            .collect();
-        render_probes(&mut out, &rows);
-        out
+        Rendering::new(head, snapshot)
     }
 
     /// Marks the outcome of a config load or reload.
@@ -424,238 +405,385 @@ fn sample(out: &mut String, name: &str, labels: &str, extra: &str, value: impl s
 }
 
 /// One probe at render time: its label pairs (`probe="a",dossier="998"`), settings, values.
-struct Row<'a> {
+struct Row {
     labels: String,
-    probe: &'a ProbeMetrics,
-    values: &'a ProbeValues,
+    probe: Arc<ProbeMetrics>,
+    values: ProbeValues,
+    /// Index into [`Rendering::le_labels`] of this probe's bucket list.
+    le: usize,
 }
 
-/// Writes every per-probe family from a consistent snapshot.
-fn render_probes(out: &mut String, probes: &[Row<'_>]) {
-    let with_last =
-        |out: &mut String, name: &str, help: &str, value: fn(&LastRun) -> Option<f64>| {
-            header(out, name, "gauge", help);
-            for row in probes {
-                if let Some(v) = row.values.last.as_ref().and_then(value) {
-                    sample(out, name, &row.labels, "", v);
-                }
-            }
-        };
-    with_last(
-        out,
-        "webhook_probe_success",
-        "1 if the last run of the probe succeeded, else 0.",
-        |l| Some(f64::from(u8::from(l.success))),
-    );
+/// How one per-probe family writes the samples of one probe.
+type WriteRow = fn(&mut String, &Rendering, &Row);
 
-    let name = "webhook_probe_duration_seconds";
-    header(
-        out,
-        name,
-        "histogram",
-        "Duration of every run of the probe, retries included.",
-    );
-    // `le` labels rendered once per distinct bucket list (usually one for all probes).
-    let mut le_labels: Vec<(Arc<[f64]>, Vec<String>)> = Vec::new();
-    for Row {
-        labels,
-        probe,
-        values,
-    } in probes
-    {
-        let index = match le_labels.iter().position(|(b, _)| **b == *probe.buckets) {
-            Some(index) => index,
-            None => {
-                let rendered = probe.buckets.iter().map(|bound| {
-                    let mut le = String::new();
-                    push_label(&mut le, "le", &bound.to_string());
-                    le
-                });
-                le_labels.push((probe.buckets.clone(), rendered.collect()));
-                le_labels.len() - 1
+/// A per-probe family: name, type, help, and how to write one probe's samples.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    write: WriteRow,
+}
+
+/// Writes a gauge of the last run, when there was one and it has a value.
+fn last_gauge(out: &mut String, name: &str, row: &Row, value: fn(&LastRun) -> Option<f64>) {
+    if let Some(v) = row.values.last.as_ref().and_then(value) {
+        sample(out, name, &row.labels, "", v);
+    }
+}
+
+/// Every per-probe family, in output order.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "webhook_probe_success",
+        kind: "gauge",
+        help: "1 if the last run of the probe succeeded, else 0.",
+        write: |out, _, row| {
+            last_gauge(out, "webhook_probe_success", row, |l| {
+                Some(f64::from(u8::from(l.success)))
+            })
+        },
+    },
+    Family {
+        name: "webhook_probe_duration_seconds",
+        kind: "histogram",
+        help: "Duration of every run of the probe, retries included.",
+        write: |out, rendering, row| {
+            let mut cumulative = 0;
+            for (le, count) in rendering.le_labels[row.le]
+                .1
+                .iter()
+                .zip(&row.values.buckets)
+            {
+                cumulative += count;
+                sample(
+                    out,
+                    "webhook_probe_duration_seconds_bucket",
+                    &row.labels,
+                    le,
+                    cumulative,
+                );
             }
-        };
-        let mut cumulative = 0;
-        for (le, count) in le_labels[index].1.iter().zip(&values.buckets) {
-            cumulative += count;
             sample(
                 out,
                 "webhook_probe_duration_seconds_bucket",
-                labels,
-                le,
-                cumulative,
+                &row.labels,
+                "le=\"+Inf\"",
+                row.values.count,
             );
+            sample(
+                out,
+                "webhook_probe_duration_seconds_sum",
+                &row.labels,
+                "",
+                row.values.sum,
+            );
+            sample(
+                out,
+                "webhook_probe_duration_seconds_count",
+                &row.labels,
+                "",
+                row.values.count,
+            );
+        },
+    },
+    Family {
+        name: "webhook_probe_last_duration_seconds",
+        kind: "gauge",
+        help: "Duration of the last run of the probe.",
+        write: |out, _, row| {
+            last_gauge(out, "webhook_probe_last_duration_seconds", row, |l| {
+                Some(l.duration)
+            })
+        },
+    },
+    Family {
+        name: "webhook_probe_phase_duration_seconds",
+        kind: "gauge",
+        help: "Time spent in each phase of the last run (final attempt, summed over redirects).",
+        write: |out, _, row| {
+            if let Some(last) = &row.values.last {
+                for (phase, seconds) in PHASE_LABELS.iter().zip(last.phases) {
+                    sample(
+                        out,
+                        "webhook_probe_phase_duration_seconds",
+                        &row.labels,
+                        phase,
+                        seconds,
+                    );
+                }
+            }
+        },
+    },
+    Family {
+        name: "webhook_probe_http_status_code",
+        kind: "gauge",
+        help: "HTTP status of the last run, 0 when none was received.",
+        write: |out, _, row| {
+            last_gauge(out, "webhook_probe_http_status_code", row, |l| {
+                Some(f64::from(l.http_status))
+            })
+        },
+    },
+    Family {
+        name: "webhook_probe_response_code",
+        kind: "gauge",
+        help: "Divalto code read from the body of the last run (absent when none).",
+        write: |out, _, row| {
+            last_gauge(out, "webhook_probe_response_code", row, |l| l.response_code)
+        },
+    },
+    Family {
+        name: "webhook_probe_runs_total",
+        kind: "counter",
+        help: "Runs of the probe by result.",
+        write: |out, _, row| {
+            for (result, count) in RESULT_LABELS.iter().zip(row.values.runs) {
+                sample(out, "webhook_probe_runs_total", &row.labels, result, count);
+            }
+        },
+    },
+    Family {
+        name: "webhook_probe_failures_total",
+        kind: "counter",
+        help: "Failed runs of the probe by reason.",
+        write: |out, _, row| {
+            for (reason, count) in REASON_LABELS.iter().zip(row.values.failures) {
+                sample(
+                    out,
+                    "webhook_probe_failures_total",
+                    &row.labels,
+                    reason,
+                    count,
+                );
+            }
+        },
+    },
+    Family {
+        name: "webhook_probe_consecutive_failures",
+        kind: "gauge",
+        help: "Failed runs since the last success.",
+        write: |out, _, row| {
+            if row.values.last.is_some() {
+                sample(
+                    out,
+                    "webhook_probe_consecutive_failures",
+                    &row.labels,
+                    "",
+                    row.values.consecutive_failures,
+                );
+            }
+        },
+    },
+    Family {
+        name: "webhook_probe_last_run_timestamp_seconds",
+        kind: "gauge",
+        help: "End of the last run (Unix time).",
+        write: |out, _, row| {
+            last_gauge(out, "webhook_probe_last_run_timestamp_seconds", row, |l| {
+                Some(l.finished)
+            })
+        },
+    },
+    Family {
+        name: "webhook_probe_last_success_timestamp_seconds",
+        kind: "gauge",
+        help: "End of the last successful run (Unix time).",
+        write: |out, _, row| {
+            if let Some(at) = row.values.last_success {
+                sample(
+                    out,
+                    "webhook_probe_last_success_timestamp_seconds",
+                    &row.labels,
+                    "",
+                    at,
+                );
+            }
+        },
+    },
+    Family {
+        name: "webhook_probe_skipped_total",
+        kind: "counter",
+        help: "Planned runs skipped because the previous run was still going.",
+        write: |out, _, row| {
+            sample(
+                out,
+                "webhook_probe_skipped_total",
+                &row.labels,
+                "",
+                row.values.skipped,
+            )
+        },
+    },
+    Family {
+        name: "webhook_probe_retries_total",
+        kind: "counter",
+        help: "Extra attempts made by retries (a run that succeeds on a retry is a success).",
+        write: |out, _, row| {
+            sample(
+                out,
+                "webhook_probe_retries_total",
+                &row.labels,
+                "",
+                row.values.retries,
+            )
+        },
+    },
+    Family {
+        name: "webhook_probe_redirects",
+        kind: "gauge",
+        help: "Redirects followed in the last run.",
+        write: |out, _, row| {
+            last_gauge(out, "webhook_probe_redirects", row, |l| {
+                Some(f64::from(l.redirects))
+            })
+        },
+    },
+    Family {
+        name: "webhook_probe_http_version",
+        kind: "gauge",
+        help: "HTTP version of the last answer (1.1).",
+        write: |out, _, row| last_gauge(out, "webhook_probe_http_version", row, |l| l.http_version),
+    },
+    Family {
+        name: "webhook_probe_tls_cert_expiry_timestamp_seconds",
+        kind: "gauge",
+        help: "Earliest notAfter of the certificate chain the server presented (Unix time), even when it failed verification.",
+        write: |out, _, row| {
+            if let Some(tls) = &row.values.tls {
+                sample(
+                    out,
+                    "webhook_probe_tls_cert_expiry_timestamp_seconds",
+                    &row.labels,
+                    "",
+                    tls.earliest_not_after,
+                );
+            }
+        },
+    },
+    Family {
+        name: "webhook_probe_tls_info",
+        kind: "gauge",
+        help: "TLS version and the leaf certificate's subject and issuer (common names) last seen; always 1.",
+        write: |out, _, row| {
+            if let Some(tls) = &row.values.tls {
+                sample(
+                    out,
+                    "webhook_probe_tls_info",
+                    &row.labels,
+                    &tls.info_labels,
+                    1,
+                );
+            }
+        },
+    },
+    Family {
+        name: "webhook_probe_info",
+        kind: "gauge",
+        help: "Probe settings; the URL has its webhook code redacted.",
+        write: |out, _, row| {
+            sample(
+                out,
+                "webhook_probe_info",
+                &row.labels,
+                &row.probe.info_labels,
+                1,
+            )
+        },
+    },
+];
+
+/// Size of the pieces `/metrics` is written in: memory stays bounded whatever the probe
+/// count, and no piece is large enough for the allocator to keep it around.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// A `/metrics` page being written, piece by piece, from a snapshot taken when it started.
+pub struct Rendering {
+    /// The exporter-wide families, written first.
+    head: Option<String>,
+    rows: Vec<Row>,
+    /// Distinct bucket lists with their rendered `le` labels.
+    le_labels: Vec<(Arc<[f64]>, Vec<String>)>,
+    family: usize,
+    row: usize,
+}
+
+impl Rendering {
+    fn new(head: String, snapshot: Vec<(Arc<ProbeMetrics>, ProbeValues)>) -> Self {
+        let label_names: BTreeSet<String> = snapshot
+            .iter()
+            .flat_map(|(probe, _)| probe.static_labels.keys().cloned())
+            .collect();
+        let mut le_labels: Vec<(Arc<[f64]>, Vec<String>)> = Vec::new();
+        let rows = snapshot
+            .into_iter()
+            .map(|(probe, values)| {
+                let mut labels = String::new();
+                push_label(&mut labels, "probe", &probe.name);
+                for name in &label_names {
+                    push_label(
+                        &mut labels,
+                        name,
+                        probe.static_labels.get(name).map_or("", String::as_str),
+                    );
+                }
+                let le = le_labels
+                    .iter()
+                    .position(|(b, _)| **b == *probe.buckets)
+                    .unwrap_or_else(|| {
+                        let rendered = probe.buckets.iter().map(|bound| {
+                            let mut le = String::new();
+                            push_label(&mut le, "le", &bound.to_string());
+                            le
+                        });
+                        le_labels.push((probe.buckets.clone(), rendered.collect()));
+                        le_labels.len() - 1
+                    });
+                Row {
+                    labels,
+                    probe,
+                    values,
+                    le,
+                }
+            })
+            .collect();
+        Self {
+            head: Some(head),
+            rows,
+            le_labels,
+            family: 0,
+            row: 0,
         }
-        sample(
-            out,
-            "webhook_probe_duration_seconds_bucket",
-            labels,
-            "le=\"+Inf\"",
-            values.count,
-        );
-        sample(
-            out,
-            "webhook_probe_duration_seconds_sum",
-            labels,
-            "",
-            values.sum,
-        );
-        sample(
-            out,
-            "webhook_probe_duration_seconds_count",
-            labels,
-            "",
-            values.count,
-        );
     }
+}
 
-    with_last(
-        out,
-        "webhook_probe_last_duration_seconds",
-        "Duration of the last run of the probe.",
-        |l| Some(l.duration),
-    );
+impl Iterator for Rendering {
+    type Item = String;
 
-    let name = "webhook_probe_phase_duration_seconds";
-    header(
-        out,
-        name,
-        "gauge",
-        "Time spent in each phase of the last run (final attempt, summed over redirects).",
-    );
-    for row in probes {
-        if let Some(last) = &row.values.last {
-            for (phase, seconds) in PHASE_LABELS.iter().zip(last.phases) {
-                sample(out, name, &row.labels, phase, seconds);
+    /// The next piece of the page (about [`CHUNK_BYTES`]), `None` at the end.
+    fn next(&mut self) -> Option<String> {
+        if let Some(head) = self.head.take() {
+            return Some(head);
+        }
+        let mut out = String::with_capacity(CHUNK_BYTES + 4096);
+        while out.len() < CHUNK_BYTES {
+            let Some(family) = FAMILIES.get(self.family) else {
+                break;
+            };
+            if self.row == 0 {
+                header(&mut out, family.name, family.kind, family.help);
+            }
+            match self.rows.get(self.row) {
+                Some(row) => {
+                    (family.write)(&mut out, self, row);
+                    self.row += 1;
+                }
+                None => {
+                    self.family += 1;
+                    self.row = 0;
+                }
             }
         }
-    }
-
-    with_last(
-        out,
-        "webhook_probe_http_status_code",
-        "HTTP status of the last run, 0 when none was received.",
-        |l| Some(f64::from(l.http_status)),
-    );
-    with_last(
-        out,
-        "webhook_probe_response_code",
-        "Divalto code read from the body of the last run (absent when none).",
-        |l| l.response_code,
-    );
-
-    let name = "webhook_probe_runs_total";
-    header(out, name, "counter", "Runs of the probe by result.");
-    for row in probes {
-        for (result, count) in RESULT_LABELS.iter().zip(row.values.runs) {
-            sample(out, name, &row.labels, result, count);
-        }
-    }
-
-    let name = "webhook_probe_failures_total";
-    header(out, name, "counter", "Failed runs of the probe by reason.");
-    for row in probes {
-        for (reason, count) in REASON_LABELS.iter().zip(row.values.failures) {
-            sample(out, name, &row.labels, reason, count);
-        }
-    }
-
-    let name = "webhook_probe_consecutive_failures";
-    header(out, name, "gauge", "Failed runs since the last success.");
-    for row in probes.iter().filter(|row| row.values.last.is_some()) {
-        sample(out, name, &row.labels, "", row.values.consecutive_failures);
-    }
-
-    with_last(
-        out,
-        "webhook_probe_last_run_timestamp_seconds",
-        "End of the last run (Unix time).",
-        |l| Some(l.finished),
-    );
-
-    let name = "webhook_probe_last_success_timestamp_seconds";
-    header(
-        out,
-        name,
-        "gauge",
-        "End of the last successful run (Unix time).",
-    );
-    for row in probes {
-        if let Some(at) = row.values.last_success {
-            sample(out, name, &row.labels, "", at);
-        }
-    }
-
-    let name = "webhook_probe_skipped_total";
-    header(
-        out,
-        name,
-        "counter",
-        "Planned runs skipped because the previous run was still going.",
-    );
-    for row in probes {
-        sample(out, name, &row.labels, "", row.values.skipped);
-    }
-
-    let name = "webhook_probe_retries_total";
-    header(
-        out,
-        name,
-        "counter",
-        "Extra attempts made by retries (a run that succeeds on a retry is a success).",
-    );
-    for row in probes {
-        sample(out, name, &row.labels, "", row.values.retries);
-    }
-
-    with_last(
-        out,
-        "webhook_probe_redirects",
-        "Redirects followed in the last run.",
-        |l| Some(f64::from(l.redirects)),
-    );
-    with_last(
-        out,
-        "webhook_probe_http_version",
-        "HTTP version of the last answer (1.1).",
-        |l| l.http_version,
-    );
-
-    let name = "webhook_probe_tls_cert_expiry_timestamp_seconds";
-    header(
-        out,
-        name,
-        "gauge",
-        "Earliest notAfter of the certificate chain the server presented (Unix time), even when it failed verification.",
-    );
-    for row in probes {
-        if let Some(tls) = &row.values.tls {
-            sample(out, name, &row.labels, "", tls.earliest_not_after);
-        }
-    }
-
-    let name = "webhook_probe_tls_info";
-    header(
-        out,
-        name,
-        "gauge",
-        "TLS version and the leaf certificate's subject and issuer (common names) last seen; always 1.",
-    );
-    for row in probes {
-        if let Some(tls) = &row.values.tls {
-            sample(out, name, &row.labels, &tls.info_labels, 1);
-        }
-    }
-
-    let name = "webhook_probe_info";
-    header(
-        out,
-        name,
-        "gauge",
-        "Probe settings; the URL has its webhook code redacted.",
-    );
-    for row in probes {
-        sample(out, name, &row.labels, &row.probe.info_labels, 1);
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -663,6 +791,50 @@ fn render_probes(out: &mut String, probes: &[Row<'_>]) {
 mod tests {
     use super::*;
     use crate::probe::PHASE_NAMES;
+
+    #[test]
+    fn a_page_larger_than_a_piece_keeps_every_family_whole_and_in_order() {
+        let mut text = String::from("probes:\n");
+        for i in 0..2000 {
+            text.push_str(&format!(
+                "  - {{name: p{i:04}, url: 'http://127.0.0.1:1/', labels: {{n: '{i}'}}}}\n"
+            ));
+        }
+        let config = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+        let metrics = Metrics::new().unwrap();
+        for spec in &config.probes {
+            metrics.register_probe(spec, &[0.1, 1.0]);
+        }
+        let pieces: Vec<String> = metrics.render().collect();
+        assert!(pieces.len() > 5, "{} pieces", pieces.len());
+        let page = pieces.concat();
+        for family in FAMILIES {
+            assert_eq!(
+                page.matches(&format!("# TYPE {} ", family.name)).count(),
+                1,
+                "{}",
+                family.name
+            );
+        }
+        // Each family's samples follow its own header, never another's.
+        let info = page.find("# TYPE webhook_probe_info ").unwrap();
+        assert!(page[info..].contains("webhook_probe_info{probe=\"p1999\",n=\"1999\",url="));
+        assert_eq!(page.matches("webhook_probe_runs_total{").count(), 4000);
+        assert!(page.ends_with('\n'));
+    }
+
+    #[test]
+    fn an_empty_config_still_lists_every_family_once() {
+        let page = Metrics::new().unwrap().encode();
+        for family in FAMILIES {
+            assert_eq!(
+                page.matches(&format!("# TYPE {} ", family.name)).count(),
+                1,
+                "{}",
+                family.name
+            );
+        }
+    }
 
     #[test]
     fn constant_labels_follow_the_reason_and_phase_orders() {

@@ -110,11 +110,9 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    // Rendering thousands of probes takes milliseconds: keep it off the async threads.
-    let metrics = state.app.metrics.clone();
-    let Ok(body) = tokio::task::spawn_blocking(move || metrics.encode()).await else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
+    // Written piece by piece as the client reads: memory stays bounded at any probe count,
+    // and each piece is a fraction of a millisecond of work on this thread.
+    let body = axum::body::Body::new(MetricsBody(state.app.metrics.render()));
     (
         [(
             header::CONTENT_TYPE,
@@ -123,6 +121,25 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// A `/metrics` page as an HTTP body.
+struct MetricsBody(crate::metrics::Rendering);
+
+impl http_body::Body for MetricsBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .next()
+                .map(|piece| Ok(http_body::Frame::data(piece.into()))),
+        )
+    }
 }
 
 async fn healthy() -> &'static str {
