@@ -116,7 +116,7 @@ http {{
 
 
 def exporter_config(nginx_port, probes, rate):
-    interval = probes / rate
+    interval = int(probes / rate * 1000) / 1000  # as written in the config, in whole ms
     timeout = min(interval * 0.9, 5.0)
     lines = [
         "max_concurrent_probes: 4096",
