@@ -207,6 +207,11 @@ impl App {
         }))
     }
 
+    /// Whether the endpoints are served over TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Re-reads the config (and the web config) and applies them; an invalid one changes
     /// nothing but `webhook_exporter_config_last_reload_successful`, which becomes 0.
     ///

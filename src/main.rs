@@ -220,13 +220,9 @@ async fn serve(
     };
     if matches!(cli.command, Some(Command::Demo)) {
         let local = listener.local_addr()?;
-        let scheme = if cli.web_config_file.is_some() {
-            "https or http, per the web config"
-        } else {
-            "http"
-        };
-        println!("  status page  http://{local}/   ({scheme})");
-        println!("  metrics      http://{local}/metrics");
+        let scheme = if app.serves_tls() { "https" } else { "http" };
+        println!("  status page  {scheme}://{local}/");
+        println!("  metrics      {scheme}://{local}/metrics");
         println!("Probes run every few seconds; press Ctrl-C to stop.");
     }
     webhook_exporter::run(app, listener, shutdown).await?;
