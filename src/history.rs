@@ -170,6 +170,22 @@ impl History {
         self.entries.iter()
     }
 
+    /// The last `count` results, oldest first.
+    pub fn recent(&self, count: usize) -> impl DoubleEndedIterator<Item = &Record> {
+        self.entries
+            .iter()
+            .skip(self.entries.len().saturating_sub(count))
+    }
+
+    /// Failed runs since the last success, within the kept results.
+    pub fn consecutive_failures(&self) -> usize {
+        self.entries
+            .iter()
+            .rev()
+            .take_while(|r| !r.success())
+            .count()
+    }
+
     /// Number of kept results.
     pub fn len(&self) -> usize {
         self.entries.len()

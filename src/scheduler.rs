@@ -105,6 +105,11 @@ impl ProbeState {
         *lock(&self.next_run)
     }
 
+    /// Its history, locked (briefly: runs record into it).
+    pub fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        lock(&self.history)
+    }
+
     /// The most recent outcome.
     pub fn last_outcome(&self) -> Option<Arc<Outcome>> {
         lock(&self.last).clone()

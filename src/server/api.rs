@@ -104,13 +104,9 @@ impl ProbeView {
     pub fn new(state: &ProbeState, history: usize) -> Self {
         let spec = &state.spec;
         let (last_result, results, consecutive_failures) = {
-            let kept = state
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let skip = kept.len().saturating_sub(history);
-            let results: Vec<ResultView> = kept.iter().skip(skip).map(ResultView::from).collect();
-            let consecutive = kept.iter().rev().take_while(|r| !r.success()).count();
+            let kept = state.history();
+            let results: Vec<ResultView> = kept.recent(history).map(ResultView::from).collect();
+            let consecutive = kept.consecutive_failures();
             // The last result in full (TLS details included) comes from the last outcome.
             let last = state.last_outcome().map(|o| ResultView::from(o.as_ref()));
             (last, results, consecutive)

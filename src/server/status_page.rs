@@ -315,13 +315,9 @@ impl Row {
     fn new(state: &ProbeState, now: DateTime<Utc>) -> Self {
         let spec = &state.spec;
         let (recent, consecutive_failures, earlier_failure) = {
-            let history = state
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let skip = history.len().saturating_sub(HISTORY_BARS);
-            let recent: Vec<Record> = history.iter().skip(skip).cloned().collect();
-            let consecutive = history.iter().rev().take_while(|o| !o.success()).count();
+            let history = state.history();
+            let recent: Vec<Record> = history.recent(HISTORY_BARS).cloned().collect();
+            let consecutive = history.consecutive_failures();
             let earlier = match history.last() {
                 Some(last) if last.success() => {
                     history.iter().rev().find(|o| !o.success()).cloned()
