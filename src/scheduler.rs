@@ -84,8 +84,8 @@ pub struct ProbeState {
     pub spec: Arc<ProbeSpec>,
     /// Its metric series.
     pub metrics: Arc<ProbeMetrics>,
-    /// Its recent results.
-    pub history: Mutex<History>,
+    /// Its recent results (read through [`ProbeState::history`]).
+    history: Mutex<History>,
     /// Its last outcome in full (TLS details included), for the API and the status page.
     last: Mutex<Option<Arc<Outcome>>>,
     /// Set while a run waits for a slot or runs: the no-overlap rule.
