@@ -1,8 +1,9 @@
 //! Bounded per-probe ring buffer of recent results, for the API and the status page.
 //!
 //! Ten thousand probes keeping a hundred results each is a million entries, so an entry is a
-//! compact [`Record`] (72 bytes): times in micro- and milliseconds, and the message shared
-//! with the previous entry when it is the same (it usually is).
+//! compact [`Record`] (56 bytes): times in micro- and milliseconds, and the Divalto code and
+//! message in one shared string, shared with the previous entry when they are the same (they
+//! usually are).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,9 +22,14 @@ pub struct Record {
     reason: Option<FailureReason>,
     attempts: u8,
     redirects: u8,
-    message: Arc<str>,
-    response_code: Option<Arc<str>>,
+    /// Length of the Divalto code at the start of `text`; `u8::MAX` when there is none.
+    code_len: u8,
+    /// The Divalto code followed by the message.
+    text: Arc<str>,
 }
+
+/// `code_len` of a record without a Divalto code.
+const NO_CODE: u8 = u8::MAX;
 
 fn micros(duration: Duration) -> u32 {
     u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
@@ -42,7 +48,10 @@ impl Record {
 
     /// Divalto's message or the error text.
     pub fn message(&self) -> &str {
-        &self.message
+        match self.code_len {
+            NO_CODE => &self.text,
+            len => &self.text[usize::from(len)..],
+        }
     }
 
     /// The HTTP status, when an answer came.
@@ -52,7 +61,7 @@ impl Record {
 
     /// The Divalto code, when the body carried one.
     pub fn response_code(&self) -> Option<&str> {
-        self.response_code.as_deref()
+        (self.code_len != NO_CODE).then(|| &self.text[..usize::from(self.code_len)])
     }
 
     /// Duration of the whole run (microsecond precision).
@@ -122,17 +131,21 @@ impl History {
             let target = (self.entries.capacity() * 2).max(4).min(self.capacity);
             self.entries.reserve_exact(target - self.entries.len());
         }
-        let previous = self.entries.back();
-        let message = match previous {
-            Some(p) if *p.message == *outcome.message => p.message.clone(),
-            _ => Arc::from(outcome.message.as_str()),
+        // A code too long to index (never seen from Divalto) is kept in the message.
+        let (code, code_len) = match outcome.response_code.as_deref() {
+            Some(code) if code.len() < usize::from(NO_CODE) => {
+                (code, u8::try_from(code.len()).unwrap_or(NO_CODE))
+            }
+            _ => ("", NO_CODE),
         };
-        let response_code = match (
-            previous.and_then(|p| p.response_code.as_ref()),
-            outcome.response_code.as_deref(),
-        ) {
-            (Some(shared), Some(code)) if **shared == *code => Some(shared.clone()),
-            (_, code) => code.map(Arc::from),
+        let same = |p: &Record| {
+            p.code_len == code_len
+                && p.text.starts_with(code)
+                && p.text[code.len()..] == *outcome.message
+        };
+        let text = match self.entries.back() {
+            Some(previous) if same(previous) => previous.text.clone(),
+            _ => Arc::from(format!("{code}{}", outcome.message)),
         };
         let finished_ms = outcome
             .finished_at
@@ -146,8 +159,8 @@ impl History {
             reason: outcome.reason,
             attempts: u8::try_from(outcome.attempts).unwrap_or(u8::MAX),
             redirects: u8::try_from(outcome.redirects).unwrap_or(u8::MAX),
-            message,
-            response_code,
+            code_len,
+            text,
         });
     }
 
@@ -256,14 +269,33 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_a_code_has_none() {
+        let mut history = History::new(2);
+        let mut failed = outcome(1, "cannot connect to 127.0.0.1:1: Connection refused");
+        failed.response_code = None;
+        history.push(&failed);
+        history.push(&outcome(1, "OK"));
+        let records: Vec<&Record> = history.iter().collect();
+        assert_eq!(records[0].response_code(), None);
+        assert_eq!(
+            records[0].message(),
+            "cannot connect to 127.0.0.1:1: Connection refused"
+        );
+        assert_eq!(
+            (records[1].response_code(), records[1].message()),
+            (Some("0"), "OK")
+        );
+    }
+
+    #[test]
     fn a_repeated_message_is_stored_once() {
         let mut history = History::new(4);
         history.push(&outcome(1, "OK"));
         history.push(&outcome(1, "OK"));
         let records: Vec<&Record> = history.iter().collect();
-        assert!(Arc::ptr_eq(&records[0].message, &records[1].message));
+        assert!(Arc::ptr_eq(&records[0].text, &records[1].text));
         assert!(
-            std::mem::size_of::<Record>() <= 72,
+            std::mem::size_of::<Record>() <= 56,
             "{}",
             std::mem::size_of::<Record>()
         );

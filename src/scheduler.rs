@@ -426,7 +426,9 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
         }
         // The run goes on in this task (no task per run); slots that pass meanwhile are
         // skipped and counted. A cancelled timer still lets its run finish and be recorded.
-        let mut run = std::pin::pin!(run(state.clone(), shared.clone(), Some(deadline)));
+        // Boxed only while it runs: the future of a run is a few kilobytes, and thousands of
+        // idle timers should not each hold one.
+        let mut run = Box::pin(run(state.clone(), shared.clone(), Some(deadline)));
         loop {
             let next = planned.map(|wall| (wall, shared.clock.instant_at(wall)));
             *lock(&state.next_run) = planned;
