@@ -1,9 +1,10 @@
 //! Bounded per-probe ring buffer of recent results, for the API and the status page.
 //!
 //! Ten thousand probes keeping a hundred results each is a million entries, so an entry is a
-//! compact [`Record`] (56 bytes): times in micro- and milliseconds, and the Divalto code and
-//! message in one shared string, shared with the previous entry when they are the same (they
-//! usually are).
+//! compact [`Record`] (48 bytes): times in micro- and milliseconds, phases as 16-bit
+//! floating microseconds, and the Divalto code and message in one string, shared with the
+//! previous entry when they are the same (they usually are). A probe's buffer is reserved
+//! whole at its first result, so memory does not creep up (nor fragment) as histories fill.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use crate::probe::{FailureReason, Outcome, Phases};
 pub struct Record {
     finished_at_ms: i64,
     duration_us: u32,
-    phases_us: [u32; 5],
+    /// Phases in [`encode_micros`] form.
+    phases: [u16; 5],
     /// 0 when no answer came.
     http_status: u16,
     reason: Option<FailureReason>,
@@ -33,6 +35,27 @@ const NO_CODE: u8 = u8::MAX;
 
 fn micros(duration: Duration) -> u32 {
     u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Bits of mantissa in a 16-bit duration: exact below 2.048 ms, within 0.1 % above.
+const MANTISSA_BITS: u32 = 11;
+
+/// A duration in 16 bits: an 11-bit count of microseconds shifted left by a 5-bit exponent
+/// (up to about 50 days).
+fn encode_micros(duration: Duration) -> u16 {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    let mut exponent: u32 = 0;
+    while micros >> exponent >= 1 << MANTISSA_BITS && exponent < 31 {
+        exponent += 1;
+    }
+    let mantissa = (micros >> exponent).min((1 << MANTISSA_BITS) - 1);
+    // Both parts are masked to their widths above, so the sum fits 16 bits.
+    u16::try_from((u64::from(exponent) << MANTISSA_BITS) | mantissa).unwrap_or(u16::MAX)
+}
+
+fn decode_micros(encoded: u16) -> Duration {
+    let mantissa = u64::from(encoded) & ((1 << MANTISSA_BITS) - 1);
+    Duration::from_micros(mantissa << (u32::from(encoded) >> MANTISSA_BITS))
 }
 
 impl Record {
@@ -69,11 +92,9 @@ impl Record {
         Duration::from_micros(u64::from(self.duration_us))
     }
 
-    /// Phases of the final attempt (microsecond precision).
+    /// Phases of the final attempt (to the microsecond below 2 ms, within 0.1 % above).
     pub fn phases(&self) -> Phases {
-        let [resolve, connect, tls, processing, transfer] = self
-            .phases_us
-            .map(|us| Duration::from_micros(u64::from(us)));
+        let [resolve, connect, tls, processing, transfer] = self.phases.map(decode_micros);
         Phases {
             resolve,
             connect,
@@ -125,11 +146,10 @@ impl History {
     pub fn push(&mut self, outcome: &Outcome) {
         if self.entries.len() == self.capacity {
             self.entries.pop_front();
-        } else if self.entries.len() == self.entries.capacity() {
-            // Grow by doubling as results come (a young probe holds little), but never past
-            // the capacity: no slack once full.
-            let target = (self.entries.capacity() * 2).max(4).min(self.capacity);
-            self.entries.reserve_exact(target - self.entries.len());
+        } else if self.entries.capacity() < self.capacity {
+            // The whole buffer at once (a reload may also have resized it): growing step by
+            // step left the allocator with freed holes it never gave back.
+            self.entries.reserve_exact(self.capacity - self.entries.len());
         }
         // A code too long to index (never seen from Divalto) is kept in the message.
         let (code, code_len) = match outcome.response_code.as_deref() {
@@ -154,7 +174,7 @@ impl History {
         self.entries.push_back(Record {
             finished_at_ms: i64::try_from(finished_ms).unwrap_or(i64::MAX),
             duration_us: micros(outcome.duration),
-            phases_us: outcome.phases.as_array().map(micros),
+            phases: outcome.phases.as_array().map(encode_micros),
             http_status: outcome.http_status.unwrap_or(0),
             reason: outcome.reason,
             attempts: u8::try_from(outcome.attempts).unwrap_or(u8::MAX),
@@ -269,6 +289,18 @@ mod tests {
     }
 
     #[test]
+    fn sixteen_bit_durations_are_exact_below_two_ms_and_close_above() {
+        for micros in [0, 1, 999, 2047] {
+            assert_eq!(decode_micros(encode_micros(Duration::from_micros(micros))), Duration::from_micros(micros));
+        }
+        for micros in [2048_u64, 52_431, 1_234_567, 30_000_000, 3_600_000_000] {
+            let back = decode_micros(encode_micros(Duration::from_micros(micros))).as_micros() as f64;
+            let error = (micros as f64 - back).abs() / micros as f64;
+            assert!(error < 0.001, "{micros} us came back as {back} us");
+        }
+    }
+
+    #[test]
     fn a_record_without_a_code_has_none() {
         let mut history = History::new(2);
         let mut failed = outcome(1, "cannot connect to 127.0.0.1:1: Connection refused");
@@ -295,7 +327,7 @@ mod tests {
         let records: Vec<&Record> = history.iter().collect();
         assert!(Arc::ptr_eq(&records[0].text, &records[1].text));
         assert!(
-            std::mem::size_of::<Record>() <= 56,
+            std::mem::size_of::<Record>() <= 48,
             "{}",
             std::mem::size_of::<Record>()
         );
