@@ -149,7 +149,8 @@ impl History {
         } else if self.entries.capacity() < self.capacity {
             // The whole buffer at once (a reload may also have resized it): growing step by
             // step left the allocator with freed holes it never gave back.
-            self.entries.reserve_exact(self.capacity - self.entries.len());
+            self.entries
+                .reserve_exact(self.capacity - self.entries.len());
         }
         // A code too long to index (never seen from Divalto) is kept in the message.
         let (code, code_len) = match outcome.response_code.as_deref() {
@@ -291,10 +292,14 @@ mod tests {
     #[test]
     fn sixteen_bit_durations_are_exact_below_two_ms_and_close_above() {
         for micros in [0, 1, 999, 2047] {
-            assert_eq!(decode_micros(encode_micros(Duration::from_micros(micros))), Duration::from_micros(micros));
+            assert_eq!(
+                decode_micros(encode_micros(Duration::from_micros(micros))),
+                Duration::from_micros(micros)
+            );
         }
         for micros in [2048_u64, 52_431, 1_234_567, 30_000_000, 3_600_000_000] {
-            let back = decode_micros(encode_micros(Duration::from_micros(micros))).as_micros() as f64;
+            let back =
+                decode_micros(encode_micros(Duration::from_micros(micros))).as_micros() as f64;
             let error = (micros as f64 - back).abs() / micros as f64;
             assert!(error < 0.001, "{micros} us came back as {back} us");
         }

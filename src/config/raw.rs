@@ -31,9 +31,10 @@ pub struct RawConfig {
     /// Named Divalto REST bases.
     #[serde(default)]
     pub servers: BTreeMap<String, Spanned<RawServer>>,
-    /// The probes.
+    /// The probes (boxed: a raw probe is large, and a list of ten thousand should not need
+    /// one contiguous block of them while the file is read).
     #[serde(default)]
-    pub probes: Vec<Spanned<RawProbe>>,
+    pub probes: Vec<Spanned<Box<RawProbe>>>,
 }
 
 /// A Divalto REST base shared by probes.

@@ -308,7 +308,7 @@ fn valid_probe_name(name: &str) -> bool {
 
 fn probe_name(
     index: usize,
-    probe: &Spanned<RawProbe>,
+    probe: &Spanned<Box<RawProbe>>,
     seen: &mut HashSet<String>,
     errors: &mut Errors<'_>,
 ) -> Option<String> {
@@ -368,12 +368,12 @@ impl ProbeContext<'_> {
 
     fn build(
         &self,
-        probe: Spanned<RawProbe>,
+        probe: Spanned<Box<RawProbe>>,
         tls_cache: &mut HashMap<TlsSettings, TlsClient>,
         errors: &mut Errors<'_>,
     ) -> Option<ProbeSpec> {
         let at = probe.referenced;
-        let raw = probe.value;
+        let raw = *probe.value;
         let defaults = self.defaults;
         let label = self.label();
         let before = errors.list.len();
