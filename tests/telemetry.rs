@@ -168,67 +168,9 @@ impl Certs {
     }
 }
 
-fn pem_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(Result::unwrap)
-        .collect()
-}
-
 /// An HTTPS server presenting `cert`; with `client_ca`, it requires a client certificate.
 async fn https_server(cert: &(String, String), client_ca: Option<&str>) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in pem_certs(ca) {
-                roots.add(c).unwrap();
-            }
-            builder.with_client_cert_verifier(
-                rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .unwrap(),
-            )
-        }
-    };
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap();
-    let config = builder.with_single_cert(pem_certs(&cert.0), key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let mut buffer = [0u8; 4096];
-                if tls.read(&mut buffer).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let body = r#"{"code":"0","message":"OK over TLS"}"#;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(answer.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    address
+    common::https_server(&cert.0, &cert.1, client_ca, common::OK_OVER_TLS).await
 }
 
 /// A probe of `https://localhost:PORT/` trusting the test CA, with `extra` YAML keys.

@@ -209,15 +209,58 @@ pub async fn silent_server() -> SocketAddr {
 pub async fn tls_server() -> (SocketAddr, String) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = certified.cert.pem();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![certified.cert.der().clone()], key)
-    .unwrap();
+    let address = https_server(
+        &cert_pem,
+        &certified.signing_key.serialize_pem(),
+        None,
+        OK_OVER_TLS,
+    )
+    .await;
+    (address, cert_pem)
+}
+
+/// The body every test HTTPS server answers by default.
+pub const OK_OVER_TLS: &str = r#"{"code":"0","message":"OK over TLS"}"#;
+
+/// The certificates of a PEM text.
+pub fn pem_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// An HTTPS server presenting `cert_pem` (with `key_pem`), answering every request `200`
+/// with `body`; with `client_ca_pem`, it requires a client certificate signed by that CA.
+pub async fn https_server(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+    body: &'static str,
+) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in pem_certs(ca) {
+                roots.add(cert).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = builder.with_single_cert(pem_certs(cert_pem), key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -232,8 +275,9 @@ pub async fn tls_server() -> (SocketAddr, String) {
                     return;
                 };
                 let mut buffer = [0u8; 4096];
-                let _ = tls.read(&mut buffer).await;
-                let body = r#"{"code":"0","message":"OK over TLS"}"#;
+                if tls.read(&mut buffer).await.unwrap_or(0) == 0 {
+                    return;
+                }
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -243,7 +287,7 @@ pub async fn tls_server() -> (SocketAddr, String) {
             });
         }
     });
-    (address, cert_pem)
+    address
 }
 
 /// Writes `text` as a config file in a fresh temporary directory.
