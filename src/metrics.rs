@@ -64,6 +64,8 @@ const REASON_LABELS: [&str; 10] = [
 /// The exporter's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// The bucket list of the last probe registered, shared by the probes using the same.
+    buckets: Mutex<Option<Arc<[f64]>>>,
     /// Per-probe series by probe name.
     probes: RwLock<BTreeMap<String, Arc<ProbeMetrics>>>,
     /// `webhook_exporter_config_last_reload_successful`.
@@ -98,6 +100,7 @@ impl Metrics {
         let registry = Registry::new();
         let metrics = Metrics {
             probes: RwLock::default(),
+            buckets: Mutex::default(),
             reload_successful: register(
                 &registry,
                 IntGauge::new(
@@ -157,20 +160,27 @@ impl Metrics {
 
     /// Creates the series of a probe (counters at 0, info) and returns the handle its runs
     /// are recorded through. A probe of the same name is replaced.
-    pub fn register_probe(&self, spec: &ProbeSpec, buckets: &[f64]) -> Arc<ProbeMetrics> {
+    pub fn register_probe(&self, spec: &Arc<ProbeSpec>, buckets: &[f64]) -> Arc<ProbeMetrics> {
         let mut info_labels = String::new();
         push_label(&mut info_labels, "url", &spec.target.redacted());
         push_label(&mut info_labels, "method", spec.method.as_str());
         push_label(&mut info_labels, "schedule", &spec.schedule.to_string());
+        // Probes share one bucket list (they all use the config's).
+        let buckets: Arc<[f64]> = {
+            let mut shared = lock(&self.buckets);
+            match shared.as_ref() {
+                Some(list) if **list == *buckets => list.clone(),
+                _ => shared.insert(buckets.into()).clone(),
+            }
+        };
         let probe = Arc::new(ProbeMetrics {
-            name: spec.name.clone(),
-            static_labels: spec.labels.clone(),
+            spec: spec.clone(),
             info_labels,
-            buckets: buckets.into(),
             values: Mutex::new(ProbeValues {
                 buckets: vec![0; buckets.len()],
                 ..ProbeValues::default()
             }),
+            buckets,
         });
         write_lock(&self.probes).insert(spec.name.clone(), probe.clone());
         probe
@@ -289,10 +299,8 @@ impl Metrics {
 
 /// The series of one probe.
 pub struct ProbeMetrics {
-    /// The `probe` label.
-    name: String,
-    /// The probe's static labels.
-    static_labels: BTreeMap<String, String>,
+    /// The probe: its name is the `probe` label, its labels the static labels.
+    spec: Arc<ProbeSpec>,
     /// `url=...,method=...,schedule=...`: the extra labels of `webhook_probe_info`.
     info_labels: String,
     /// Upper bounds of the duration histogram.
@@ -711,19 +719,19 @@ impl Rendering {
     fn new(head: String, snapshot: Vec<(Arc<ProbeMetrics>, ProbeValues)>) -> Self {
         let label_names: BTreeSet<String> = snapshot
             .iter()
-            .flat_map(|(probe, _)| probe.static_labels.keys().cloned())
+            .flat_map(|(probe, _)| probe.spec.labels.keys().cloned())
             .collect();
         let mut le_labels: Vec<(Arc<[f64]>, Vec<String>)> = Vec::new();
         let rows = snapshot
             .into_iter()
             .map(|(probe, values)| {
                 let mut labels = String::new();
-                push_label(&mut labels, "probe", &probe.name);
+                push_label(&mut labels, "probe", &probe.spec.name);
                 for name in &label_names {
                     push_label(
                         &mut labels,
                         name,
-                        probe.static_labels.get(name).map_or("", String::as_str),
+                        probe.spec.labels.get(name).map_or("", String::as_str),
                     );
                 }
                 let le = le_labels

@@ -86,8 +86,9 @@ pub struct ProbeState {
     pub metrics: Arc<ProbeMetrics>,
     /// Its recent results (read through [`ProbeState::history`]).
     history: Mutex<History>,
-    /// Its last outcome in full (TLS details included), for the API and the status page.
-    last: Mutex<Option<Arc<Outcome>>>,
+    /// What the last run's connection showed beyond its history record (TLS, HTTP version),
+    /// for the API's last result.
+    last_connection: Mutex<LastConnection>,
     /// Set while a run waits for a slot or runs: the no-overlap rule.
     running: AtomicBool,
     /// Next planned run, for the API and the status page.
@@ -110,9 +111,9 @@ impl ProbeState {
         lock(&self.history)
     }
 
-    /// The most recent outcome.
-    pub fn last_outcome(&self) -> Option<Arc<Outcome>> {
-        lock(&self.last).clone()
+    /// TLS details and HTTP version of the last run.
+    pub fn last_connection(&self) -> LastConnection {
+        lock(&self.last_connection).clone()
     }
 
     /// Claims the probe for one run; `false` when a run is already going.
@@ -121,6 +122,15 @@ impl ProbeState {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
+}
+
+/// What the last run's connection showed, kept apart from the compact history.
+#[derive(Debug, Clone, Default)]
+pub struct LastConnection {
+    /// TLS of the final connection.
+    pub tls: Option<crate::probe::TlsDetails>,
+    /// HTTP version of the last answer.
+    pub http_version: Option<&'static str>,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the data here
@@ -347,7 +357,7 @@ impl Scheduler {
                 .metrics
                 .register_probe(&spec, &config.duration_buckets),
             history: Mutex::new(History::new(config.history_size)),
-            last: Mutex::new(None),
+            last_connection: Mutex::default(),
             running: AtomicBool::new(false),
             next_run: Mutex::new(None),
             spec,
@@ -503,8 +513,10 @@ fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Arc<Outcom
             "probe succeeded"
         ),
     }
-    let outcome = Arc::new(outcome);
     lock(&state.history).push(&outcome);
-    *lock(&state.last) = Some(outcome.clone());
-    outcome
+    *lock(&state.last_connection) = LastConnection {
+        tls: outcome.tls.clone(),
+        http_version: outcome.http_version,
+    };
+    Arc::new(outcome)
 }

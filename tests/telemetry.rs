@@ -23,7 +23,7 @@ fn spec(text: &str) -> Arc<ProbeSpec> {
 }
 
 /// Records `outcome` for `spec` and returns the parsed exposition.
-fn scrape_after(spec: &ProbeSpec, outcome: &Outcome) -> Scrape {
+fn scrape_after(spec: &Arc<ProbeSpec>, outcome: &Outcome) -> Scrape {
     let metrics = Metrics::new().unwrap();
     let handle = metrics.register_probe(spec, &[0.1, 1.0]);
     metrics.record(&handle, outcome);

@@ -107,8 +107,15 @@ impl ProbeView {
             let kept = state.history();
             let results: Vec<ResultView> = kept.recent(history).map(ResultView::from).collect();
             let consecutive = kept.consecutive_failures();
-            // The last result in full (TLS details included) comes from the last outcome.
-            let last = state.last_outcome().map(|o| ResultView::from(o.as_ref()));
+            // The last result, with what its connection showed (TLS, HTTP version).
+            let last = kept.last().map(|record| {
+                let connection = state.last_connection();
+                ResultView {
+                    tls: connection.tls,
+                    http_version: connection.http_version,
+                    ..ResultView::from(record)
+                }
+            });
             (last, results, consecutive)
         };
         Self {
