@@ -391,7 +391,7 @@ impl Scheduler {
     ///
     /// # Errors
     /// An unknown probe, or one already running.
-    pub async fn run_now(&self, name: &str) -> Result<Arc<Outcome>, RunNowError> {
+    pub async fn run_now(&self, name: &str) -> Result<Outcome, RunNowError> {
         let state = self
             .probe(name)
             .ok_or_else(|| RunNowError::Unknown(name.to_owned()))?;
@@ -471,11 +471,7 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 
 /// One run of a claimed probe: wait for the slots, call the runner, record the outcome.
 /// `planned` is the scheduled start (lag is measured from it); `None` for on-demand runs.
-async fn run(
-    state: Arc<ProbeState>,
-    shared: Arc<Shared>,
-    planned: Option<Instant>,
-) -> Arc<Outcome> {
+async fn run(state: Arc<ProbeState>, shared: Arc<Shared>, planned: Option<Instant>) -> Outcome {
     let permits = shared.acquire(&state.spec).await;
     if let Some(planned) = planned {
         shared
@@ -492,7 +488,7 @@ async fn run(
 }
 
 /// Records an outcome in the metrics and the history, and logs it (once, here).
-fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Arc<Outcome> {
+fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Outcome {
     let spec = &state.spec;
     metrics.record(&state.metrics, &outcome);
     match outcome.reason {
@@ -518,5 +514,5 @@ fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Arc<Outcom
         tls: outcome.tls.clone(),
         http_version: outcome.http_version,
     };
-    Arc::new(outcome)
+    outcome
 }

@@ -397,8 +397,9 @@ fn web_config(
     path
 }
 
-#[test]
-fn tls_and_basic_auth_protect_every_endpoint() {
+/// An exporter behind TLS (with `client_auth`) and basic auth: user `prometheus`, password
+/// `s3cret-scrape`. The fake server and the config folder must live as long as it.
+fn protected_exporter(client_auth: &str) -> (Fake, tempfile::TempDir, common::Pki, Exporter) {
     let fake = fake();
     let pki = common::Pki::generate();
     let (dir, path) = common::write_config(&config(
@@ -408,7 +409,7 @@ fn tls_and_basic_auth_protect_every_endpoint() {
         )],
     ));
     let hash = bcrypt::hash("s3cret-scrape", 4).unwrap();
-    let web = web_config(dir.path(), &pki, "NoClientCert", &hash);
+    let web = web_config(dir.path(), &pki, client_auth, &hash);
     let exporter = Exporter::start(
         &[
             &format!("--config.file={}", path.display()),
@@ -416,6 +417,12 @@ fn tls_and_basic_auth_protect_every_endpoint() {
         ],
         &[],
     );
+    (fake, dir, pki, exporter)
+}
+
+#[test]
+fn tls_and_basic_auth_protect_every_endpoint() {
+    let (_fake, _dir, pki, exporter) = protected_exporter("NoClientCert");
     let good = format!("Basic {}", base64_encode("prometheus:s3cret-scrape"));
     let bad = format!("Basic {}", base64_encode("prometheus:wrong"));
     for path in ["/metrics", "/", "/api/v1/probes", "/-/healthy", "/-/ready"] {
@@ -453,23 +460,7 @@ fn tls_and_basic_auth_protect_every_endpoint() {
 
 #[test]
 fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
-    let fake = fake();
-    let pki = common::Pki::generate();
-    let (dir, path) = common::write_config(&config(
-        &fake,
-        &[&format!(
-            "{{name: p, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1h}}"
-        )],
-    ));
-    let hash = bcrypt::hash("s3cret-scrape", 4).unwrap();
-    let web = web_config(dir.path(), &pki, "RequireAndVerifyClientCert", &hash);
-    let exporter = Exporter::start(
-        &[
-            &format!("--config.file={}", path.display()),
-            &format!("--web.config.file={}", web.display()),
-        ],
-        &[],
-    );
+    let (_fake, _dir, pki, exporter) = protected_exporter("RequireAndVerifyClientCert");
     let auth = format!("Basic {}", base64_encode("prometheus:s3cret-scrape"));
     let client = (pki.client.0.as_str(), pki.client.1.as_str());
     let with_cert = common::https_request(

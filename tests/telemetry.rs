@@ -30,8 +30,8 @@ fn scrape_after(spec: &Arc<ProbeSpec>, outcome: &Outcome) -> Scrape {
     Scrape::parse(&metrics.encode())
 }
 
-/// A raw HTTP server answering every request with `status` and a Divalto body, after
-/// `delay`, writing the body one byte every `trickle`.
+/// A raw HTTP server answering every request `200` with a Divalto body, after `delay`,
+/// writing the body one byte every `trickle`.
 async fn timed_server(delay: Duration, trickle: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -184,7 +184,7 @@ pub async fn show(
 /// `POST /api/v1/probes/{name}/run`: runs it now and answers the result.
 pub async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     match state.app.scheduler.run_now(&name).await {
-        Ok(outcome) => Json(ResultView::from(outcome.as_ref())).into_response(),
+        Ok(outcome) => Json(ResultView::from(&outcome)).into_response(),
         Err(RunNowError::Unknown(_)) => unknown(&name),
         Err(err @ RunNowError::Running(_)) => error(StatusCode::CONFLICT, err.to_string()),
     }
