@@ -2,8 +2,10 @@
 //! returns an [`Outcome`]. A failure is never an `Err`; it is an outcome with a
 //! [`FailureReason`] from a closed set, because every failure must be counted by reason.
 
-mod http;
+mod exchange;
+mod run;
 pub mod tls;
+mod transport;
 pub mod verdict;
 
 use std::fmt;
@@ -13,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::ProbeSpec;
 
-pub use http::MAX_REDIRECTS;
+pub use run::MAX_REDIRECTS;
 
 /// Why a run failed: the `reason` label values of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -161,5 +163,5 @@ pub struct Outcome {
 
 /// Runs `spec` once (with its retries), within its timeout.
 pub async fn run(spec: &ProbeSpec) -> Outcome {
-    http::run(spec).await
+    run::run(spec).await
 }
