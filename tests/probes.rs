@@ -235,7 +235,7 @@ async fn a_failure_then_success_inside_one_run_is_a_success_after_two_attempts()
     let outcome = probe::run(&divalto_spec(
         &fake,
         "flaky",
-        "    retries: 2\n    retry_delay: 100ms",
+        "    retries: 2\n    retry_delay: 100ms\n    retry_on: [http_status]",
     ))
     .await;
     assert!(outcome.success, "{outcome:?}");
@@ -243,17 +243,105 @@ async fn a_failure_then_success_inside_one_run_is_a_success_after_two_attempts()
 }
 
 #[tokio::test]
-async fn no_retry_starts_once_the_budget_cannot_cover_it() {
-    let address = common::silent_server().await;
-    let spec = url_spec(
-        &format!("http://{address}/"),
-        "    timeout: 400ms\n    interval: 5s\n    retries: 5\n    retry_delay: 100ms",
+async fn retries_that_would_outlast_the_timeout_stop_within_the_budget() {
+    // Every attempt fails at once (HTTP 500, retried because retry_on names it); 50 retries
+    // 100 ms apart would take 5 s, the budget is 450 ms: a retry starts only while its delay
+    // still fits, so at most 5 attempts (at 0, 100, 200, 300, 400 ms) and no more time.
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "http500",
+        "    timeout: 450ms\n    interval: 5s\n    retries: 50\n    retry_delay: 100ms\n    retry_on: [http_status]",
     );
     let started = std::time::Instant::now();
     let outcome = probe::run(&spec).await;
-    assert_eq!(outcome.reason, Some(FailureReason::Timeout));
-    assert_eq!(outcome.attempts, 1);
-    assert!(started.elapsed() < Duration::from_millis(1000));
+    let elapsed = started.elapsed();
+    assert_failure(&outcome, FailureReason::HttpStatus, "HTTP 500");
+    assert!(
+        (2..=5).contains(&outcome.attempts),
+        "attempts {} (the budget allows 2 to 5)",
+        outcome.attempts
+    );
+    assert_eq!(fake.calls("http500"), u64::from(outcome.attempts));
+    assert!(elapsed < Duration::from_millis(450), "{elapsed:?}");
+    assert!(outcome.duration < Duration::from_millis(450), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_webhook_error_or_http_status_answer_is_not_retried_by_default() {
+    // The ERP already ran the call: a retry would run its action again.
+    let fake = FakeDivalto::start().await;
+    for behaviour in ["body400", "http400"] {
+        let outcome = probe::run(&divalto_spec(
+            &fake,
+            behaviour,
+            "    retries: 2\n    retry_delay: 10ms",
+        ))
+        .await;
+        assert!(!outcome.success, "{outcome:?}");
+        assert_eq!(outcome.attempts, 1, "{behaviour}: {outcome:?}");
+        assert_eq!(fake.calls(behaviour), 1, "{behaviour} was called again");
+    }
+}
+
+#[tokio::test]
+async fn a_failure_named_in_retry_on_is_retried() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(
+        &fake,
+        "body400",
+        "    retries: 2\n    retry_delay: 10ms\n    retry_on: [webhook_error]",
+    ))
+    .await;
+    assert_failure(&outcome, FailureReason::WebhookError, "Divalto code 400");
+    assert_eq!(outcome.attempts, 3);
+    assert_eq!(fake.calls("body400"), 3);
+}
+
+#[tokio::test]
+async fn retry_on_set_on_the_server_replaces_the_default_and_a_probe_replaces_it() {
+    let fake = FakeDivalto::start().await;
+    let servers = format!(
+        "  fake: {{base_url: \"{}\", retry_on: [webhook_error]}}",
+        fake.base_url()
+    );
+    let server_wide = spec_from(
+        &servers,
+        &format!("    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms"),
+    );
+    assert_eq!(probe::run(&server_wide).await.attempts, 2);
+    let probe_own = spec_from(
+        &servers,
+        &format!("    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms\n    retry_on: [connect]"),
+    );
+    assert_eq!(probe::run(&probe_own).await.attempts, 1);
+    assert_eq!(fake.calls("body400"), 3);
+}
+
+#[tokio::test]
+async fn a_connect_failure_is_retried_by_default() {
+    let port = common::closed_port();
+    let outcome = probe::run(&url_spec(
+        &format!("http://127.0.0.1:{port}/health"),
+        "    retries: 2\n    retry_delay: 10ms",
+    ))
+    .await;
+    assert_failure(&outcome, FailureReason::Connect, "Connection refused");
+    assert_eq!(outcome.attempts, 3);
+}
+
+#[test]
+fn an_unknown_reason_in_retry_on_is_a_config_error_with_its_position() {
+    let text = "probes:\n  - name: p\n    url: http://127.0.0.1/\n    retry_on: [dns, conect]\n";
+    let error = config::parse(Path::new("test.yaml"), text).unwrap_err().to_string();
+    assert!(
+        error.starts_with("test.yaml:4:"),
+        "no position in {error:?}"
+    );
+    assert!(
+        error.contains("unknown failure reason \"conect\": use one of dns, connect, tls"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

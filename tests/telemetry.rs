@@ -362,7 +362,7 @@ async fn mutual_tls_succeeds_with_a_client_certificate_and_fails_as_tls_without(
 async fn a_run_that_succeeds_on_a_retry_is_a_success_with_its_retries_counted() {
     let fake = FakeDivalto::start().await;
     let spec = spec(&format!(
-        "servers:\n  fake: {{base_url: '{}'}}\nprobes:\n  - {{name: flaky, server: fake, code: '{SECRET_CODE}-flaky', retries: 2, retry_delay: 50ms}}\n",
+        "servers:\n  fake: {{base_url: '{}'}}\nprobes:\n  - {{name: flaky, server: fake, code: '{SECRET_CODE}-flaky', retries: 2, retry_delay: 50ms, retry_on: [http_status]}}\n",
         fake.base_url()
     ));
     let outcome = probe::run(&spec).await;

@@ -20,7 +20,7 @@ use url::Url;
 
 pub use proxy::{ProxyConfig, ProxyEndpoint};
 pub use secret::Secret;
-pub use values::{DivaltoMode, StatusMatcher};
+pub use values::{DivaltoMode, FailureReason, StatusMatcher};
 
 use crate::schedule::Schedule;
 
@@ -80,6 +80,9 @@ pub struct ProbeSpec {
     pub retries: u32,
     /// Pause between attempts.
     pub retry_delay: Duration,
+    /// Failure reasons that start a retry (by default only those before the request
+    /// reached the server: `dns`, `connect`, `tls`).
+    pub retry_on: Vec<FailureReason>,
     /// Whether 3xx answers are followed.
     pub follow_redirects: bool,
     /// Largest body read before `body_too_large`.
@@ -107,6 +110,7 @@ impl ProbeSpec {
             && self.timeout == other.timeout
             && self.retries == other.retries
             && self.retry_delay == other.retry_delay
+            && self.retry_on == other.retry_on
             && self.follow_redirects == other.follow_redirects
             && self.max_body_bytes == other.max_body_bytes
             && self.tls.settings == other.tls.settings

@@ -133,7 +133,9 @@ pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
             }
             Err(failure) => (Some(failure.reason), failure.message, None),
         };
-        let retry = reason.is_some()
+        // Only the reasons `retry_on` names: by default failures before the request reached
+        // the server, so a retry never runs an ERP action twice unasked.
+        let retry = reason.is_some_and(|r| spec.retry_on.contains(&r))
             && attempts <= spec.retries
             // A retry never starts once the budget cannot cover its delay.
             && Instant::now() + spec.retry_delay < deadline;
