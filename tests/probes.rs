@@ -3,11 +3,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{FakeDivalto, SECRET_CODE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use webhook_exporter::config::{self, ProbeSpec};
 use webhook_exporter::probe::{self, FailureReason, Outcome};
 
@@ -307,12 +310,16 @@ async fn retry_on_set_on_the_server_replaces_the_default_and_a_probe_replaces_it
     );
     let server_wide = spec_from(
         &servers,
-        &format!("    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms"),
+        &format!(
+            "    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms"
+        ),
     );
     assert_eq!(probe::run(&server_wide).await.attempts, 2);
     let probe_own = spec_from(
         &servers,
-        &format!("    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms\n    retry_on: [connect]"),
+        &format!(
+            "    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms\n    retry_on: [connect]"
+        ),
     );
     assert_eq!(probe::run(&probe_own).await.attempts, 1);
     assert_eq!(fake.calls("body400"), 3);
@@ -333,7 +340,9 @@ async fn a_connect_failure_is_retried_by_default() {
 #[test]
 fn an_unknown_reason_in_retry_on_is_a_config_error_with_its_position() {
     let text = "probes:\n  - name: p\n    url: http://127.0.0.1/\n    retry_on: [dns, conect]\n";
-    let error = config::parse(Path::new("test.yaml"), text).unwrap_err().to_string();
+    let error = config::parse(Path::new("test.yaml"), text)
+        .unwrap_err()
+        .to_string();
     assert!(
         error.starts_with("test.yaml:4:"),
         "no position in {error:?}"
@@ -376,4 +385,94 @@ async fn a_wrong_status_class_is_accepted_when_configured() {
     ))
     .await;
     assert!(outcome.success, "{outcome:?}");
+}
+
+/// A raw HTTP server that records each request head as received and answers a Divalto
+/// success, or `411 Length Required` (as IIS / HTTP.sys does) to a POST, PUT or PATCH
+/// without `Content-Length`.
+async fn capturing_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let sink = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(byte) = stream.read_u8().await else {
+                        return;
+                    };
+                    head.push(byte);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let needs_length = ["POST ", "PUT ", "PATCH "]
+                    .iter()
+                    .any(|m| head.starts_with(m));
+                let answer = if needs_length && header_values(&head, "content-length").is_empty() {
+                    "HTTP/1.1 411 Length Required\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\nconnection: close\r\n\r\n{\"code\":\"0\"}"
+                };
+                sink.lock().unwrap().push(head);
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (address, heads)
+}
+
+/// The values of every `name` header line in a raw request head (name in any case).
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_post_put_or_patch_without_a_body_sends_content_length_zero() {
+    let (address, heads) = capturing_server().await;
+    for method in ["POST", "PUT", "PATCH"] {
+        let outcome = probe::run(&url_spec(
+            &format!("http://{address}/hook"),
+            &format!("    method: {method}"),
+        ))
+        .await;
+        assert!(outcome.success, "{method}: {outcome:?}");
+        let head = heads.lock().unwrap().last().cloned().unwrap();
+        assert!(head.starts_with(&format!("{method} /hook ")), "{head}");
+        assert_eq!(header_values(&head, "content-length"), ["0"], "{head}");
+    }
+}
+
+#[tokio::test]
+async fn configured_headers_replace_the_exporters_own() {
+    let (address, heads) = capturing_server().await;
+    let outcome = probe::run(&url_spec(
+        &format!("http://{address}/hook"),
+        "    headers: {User-Agent: erp-monitor/2, Host: erp.example.com, accept: application/xml}",
+    ))
+    .await;
+    assert!(outcome.success, "{outcome:?}");
+    let head = heads.lock().unwrap()[0].clone();
+    assert_eq!(
+        header_values(&head, "user-agent"),
+        ["erp-monitor/2"],
+        "{head}"
+    );
+    assert_eq!(header_values(&head, "host"), ["erp.example.com"], "{head}");
+    assert_eq!(
+        header_values(&head, "accept"),
+        ["application/xml"],
+        "{head}"
+    );
+    assert_eq!(header_values(&head, "connection"), ["close"], "{head}");
 }

@@ -27,8 +27,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Reasons retried when `retry_on` is not set: failures before the request reached the
 /// server, so a retry never repeats an ERP action.
-const DEFAULT_RETRY_ON: [FailureReason; 3] =
-    [FailureReason::Dns, FailureReason::Connect, FailureReason::Tls];
+const DEFAULT_RETRY_ON: [FailureReason; 3] = [
+    FailureReason::Dns,
+    FailureReason::Connect,
+    FailureReason::Tls,
+];
 /// Body cap when none is set.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 /// Path between a server's base URL and the webhook code.

@@ -9,8 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
 
@@ -362,7 +362,8 @@ impl<'de> Deserialize<'de> for FailureReason {
                 .into_iter()
                 .find(|r| r.as_label() == text)
                 .ok_or_else(|| {
-                    let known: Vec<&str> = FailureReason::ALL.iter().map(|r| r.as_label()).collect();
+                    let known: Vec<&str> =
+                        FailureReason::ALL.iter().map(|r| r.as_label()).collect();
                     format!(
                         "unknown failure reason \"{}\": use one of {}",
                         text.chars().take(40).collect::<String>(),

@@ -3,6 +3,11 @@
 //! is what lets a run time every phase and name precisely the step that failed.
 
 use bytes::Bytes;
+use http::Method;
+use http::header::{
+    ACCEPT, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, PROXY_AUTHORIZATION,
+    USER_AGENT as USER_AGENT_HEADER,
+};
 use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
@@ -199,32 +204,47 @@ fn build_request(
         Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_owned(),
     };
-    let mut builder = http::Request::builder()
-        .method(method.clone())
-        .uri(target)
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, USER_AGENT)
-        // One connection per run: say so, and the server closes first (no TIME_WAIT here).
-        .header(http::header::CONNECTION, "close")
-        .header(
-            http::header::ACCEPT,
-            "application/json, text/plain;q=0.9, */*;q=0.5",
-        );
-    if let Some(credentials) = proxy.and_then(|p| p.authorization.as_ref()) {
-        builder = builder.header(http::header::PROXY_AUTHORIZATION, credentials.clone());
-    }
-    for (name, value) in &spec.headers {
-        // Configured headers often carry credentials: never send them to another origin.
-        if same_origin {
-            builder = builder.header(name, value.clone());
-        }
-    }
-    builder.body(Empty::new()).map_err(|e| {
+    let mut request = http::Request::new(Empty::new());
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = target.parse().map_err(|e| {
         fail(
             FailureReason::Other,
             format!("cannot build the request: {e}"),
         )
-    })
+    })?;
+    // `insert`, never `append`: a configured header replaces ours, so a request never
+    // carries two `Host` or `User-Agent` lines.
+    let headers = request.headers_mut();
+    let own = |text: &str| {
+        HeaderValue::from_str(text).map_err(|e| {
+            fail(
+                FailureReason::Other,
+                format!("cannot build the request: {e}"),
+            )
+        })
+    };
+    headers.insert(HOST, own(&host)?);
+    headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
+    // One connection per run: say so, and the server closes first (no TIME_WAIT here).
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        ACCEPT,
+        HeaderValue::from_static("application/json, text/plain;q=0.9, */*;q=0.5"),
+    );
+    // Without a body, say so: servers behind IIS / HTTP.sys answer 411 otherwise.
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    if let Some(credentials) = proxy.and_then(|p| p.authorization.as_ref()) {
+        headers.insert(PROXY_AUTHORIZATION, credentials.clone());
+    }
+    // Configured headers often carry credentials: never send them to another origin.
+    if same_origin {
+        for (name, value) in &spec.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    Ok(request)
 }
 
 /// Reads at most `limit` bytes; one byte more is `body_too_large`.
