@@ -476,3 +476,47 @@ async fn configured_headers_replace_the_exporters_own() {
     );
     assert_eq!(header_values(&head, "connection"), ["close"], "{head}");
 }
+
+/// A raw HTTP/1.1 answer `200` with `content_type` and `body` (any bytes), leaked for
+/// [`common::raw_server`].
+fn raw_answer(content_type: &str, body: &[u8]) -> &'static [u8] {
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(body);
+    Box::leak(answer.into_boxed_slice())
+}
+
+#[tokio::test]
+async fn a_bom_prefixed_divalto_failure_is_a_webhook_error() {
+    let body = "\u{feff}{\"code\":\"400\",\"message\":\"Dossier 998 verrouillé\"}";
+    let address = common::raw_server(raw_answer("application/json", body.as_bytes())).await;
+    let outcome = probe::run(&url_spec(&format!("http://{address}/"), "")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::WebhookError,
+        "Divalto code 400: Dossier 998 verrouillé",
+    );
+    assert_eq!(outcome.response_code.as_deref(), Some("400"));
+}
+
+#[tokio::test]
+async fn a_body_in_a_declared_latin_charset_is_decoded() {
+    // "Échec de la requête" in Windows-1252 / ISO-8859-1: É = C9, ê = EA.
+    let body: &[u8] = b"{\"code\":\"500\",\"message\":\"\xC9chec de la requ\xEAte\"}";
+    for charset in ["windows-1252", "ISO-8859-1"] {
+        let address = common::raw_server(raw_answer(
+            &format!("application/json; charset={charset}"),
+            body,
+        ))
+        .await;
+        let outcome = probe::run(&url_spec(&format!("http://{address}/"), "")).await;
+        assert_failure(
+            &outcome,
+            FailureReason::WebhookError,
+            "Divalto code 500: Échec de la requête",
+        );
+    }
+}

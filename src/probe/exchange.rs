@@ -20,8 +20,17 @@ use super::run::{Failure, Step, Trace, USER_AGENT, fail};
 use super::transport::{connect, host_name, resolve, tls_failure, tunnel};
 use crate::config::{ProbeSpec, ProxyEndpoint};
 
-/// One request on one fresh connection (through the probe's proxy, if any). Returns the
-/// status, the `Location` header and the body.
+/// What one request brought back.
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    /// The `Location` header, for a redirect.
+    pub(super) location: Option<String>,
+    /// The `Content-Type` header, for the body's charset.
+    pub(super) content_type: Option<String>,
+    pub(super) body: Bytes,
+}
+
+/// One request on one fresh connection (through the probe's proxy, if any).
 ///
 /// Through a proxy, `resolve` and `connect` are those of the proxy, and `connect` includes
 /// the CONNECT tunnel for https targets; `tls` is then the handshake with the target.
@@ -31,7 +40,7 @@ pub(super) async fn exchange(
     method: &http::Method,
     same_origin: bool,
     trace: &mut Trace,
-) -> Result<(StatusCode, Option<String>, Bytes), Failure> {
+) -> Result<Reply, Failure> {
     let host = url
         .host()
         .ok_or_else(|| fail(FailureReason::Other, "the URL has no host"))?;
@@ -115,7 +124,7 @@ async fn http_exchange<S>(
     proxy: Option<&ProxyEndpoint>,
     stream: S,
     trace: &mut Trace,
-) -> Result<(StatusCode, Option<String>, Bytes), Failure>
+) -> Result<Reply, Failure>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -148,9 +157,19 @@ where
         .get(http::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = read_body(response.into_body(), spec.max_body_bytes, &mut connection).await?;
     trace.end();
-    Ok((status, location, body))
+    Ok(Reply {
+        status,
+        location,
+        content_type,
+        body,
+    })
 }
 
 /// A hyper connection polled alongside whatever waits on it.

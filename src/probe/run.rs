@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use tokio::time::Instant;
 
-use super::exchange::exchange;
+use super::exchange::{Reply, exchange};
 use super::verdict::{self, clean};
 use super::{FailureReason, Outcome, Phases, TlsDetails};
 use crate::config::ProbeSpec;
@@ -94,6 +94,7 @@ pub(super) fn fail(reason: FailureReason, message: impl Into<String>) -> Failure
 /// A complete answer.
 struct Answer {
     status: StatusCode,
+    content_type: Option<String>,
     body: Bytes,
 }
 
@@ -123,9 +124,10 @@ pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
         trace.end();
         let (reason, message, response_code) = match result {
             Ok(answer) => {
-                let verdict = verdict::judge(
+                let verdict = verdict::judge_answer(
                     answer.status.as_u16(),
                     answer.status.canonical_reason().unwrap_or(""),
+                    answer.content_type.as_deref(),
                     &answer.body,
                     &spec.expect,
                 );
@@ -167,11 +169,20 @@ async fn attempt(spec: &ProbeSpec, trace: &mut Trace) -> Result<Answer, Failure>
     let mut method = spec.method.clone();
     let mut same_origin = true;
     loop {
-        let (status, location, body) = exchange(spec, &url, &method, same_origin, trace).await?;
+        let Reply {
+            status,
+            location,
+            content_type,
+            body,
+        } = exchange(spec, &url, &method, same_origin, trace).await?;
         trace.status = Some(status.as_u16());
         let redirect = spec.follow_redirects && status.is_redirection() && location.is_some();
         if !redirect {
-            return Ok(Answer { status, body });
+            return Ok(Answer {
+                status,
+                content_type,
+                body,
+            });
         }
         if trace.redirects >= MAX_REDIRECTS {
             return Err(fail(
