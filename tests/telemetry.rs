@@ -554,6 +554,85 @@ async fn an_http_probe_through_a_proxy_uses_the_absolute_form_and_no_proxy_bypas
     );
 }
 
+#[tokio::test]
+async fn user_and_password_in_a_url_are_sent_as_basic_auth_and_never_in_the_request_line() {
+    let fake = FakeDivalto::start().await;
+    let (proxy, log) = proxy_server().await;
+    let password = "Pr0be-Passw0rd-123";
+    let spec = spec(&format!(
+        "probes:\n  - {{name: p, url: 'http://probe-user:{password}@{}/erp/api/v1/WebHook/{SECRET_CODE}-ok', proxy_url: 'http://{proxy}'}}\n",
+        fake.address
+    ));
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    let head = log.lock().unwrap()[0].clone();
+    let request_line = head.lines().next().unwrap();
+    assert_eq!(
+        request_line,
+        format!(
+            "GET http://{}/erp/api/v1/WebHook/{SECRET_CODE}-ok HTTP/1.1",
+            fake.address
+        ),
+        "userinfo in the request line to the proxy"
+    );
+    assert!(!head.contains(password), "{head}");
+    // base64("probe-user:Pr0be-Passw0rd-123")
+    assert_eq!(
+        fake.last_headers().unwrap().get("authorization").unwrap(),
+        "Basic cHJvYmUtdXNlcjpQcjBiZS1QYXNzdzByZC0xMjM="
+    );
+    let shown = spec.target.redacted();
+    assert!(
+        !shown.contains("Passw0rd") && !shown.contains('@'),
+        "{shown}"
+    );
+    assert!(!format!("{spec:?}").contains("Passw0rd"));
+}
+
+#[tokio::test]
+async fn basic_auth_from_a_url_is_dropped_on_a_cross_origin_redirect() {
+    let second = FakeDivalto::start().await;
+    let redirector = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_address = redirector.local_addr().unwrap();
+    let target = format!("{}/api/v1/WebHook/{SECRET_CODE}-ok", second.base_url());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let sink = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = redirector.accept().await else {
+                return;
+            };
+            let mut buffer = [0u8; 4096];
+            let n = stream.read(&mut buffer).await.unwrap_or(0);
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            let answer =
+                format!("HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let spec = spec(&format!(
+        "probes:\n  - {{name: r, url: 'http://probe-user:Pr0be-Passw0rd-123@{redirect_address}/start'}}\n"
+    ));
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert!(
+        heads.lock().unwrap()[0]
+            .contains("authorization: Basic cHJvYmUtdXNlcjpQcjBiZS1QYXNzdzByZC0xMjM="),
+        "{:?}",
+        heads.lock().unwrap()
+    );
+    assert!(
+        second
+            .last_headers()
+            .unwrap()
+            .get("authorization")
+            .is_none(),
+        "the URL's credentials crossed origins"
+    );
+}
+
 #[test]
 fn proxy_from_environment_reads_https_proxy_and_the_trace_shows_the_certificate() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::Method;
 use http::header::{
-    ACCEPT, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, PROXY_AUTHORIZATION,
+    ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, PROXY_AUTHORIZATION,
     USER_AGENT as USER_AGENT_HEADER,
 };
 use http_body_util::{BodyExt, Empty};
@@ -257,8 +257,12 @@ fn build_request(
     if let Some(credentials) = proxy.and_then(|p| p.authorization.as_ref()) {
         headers.insert(PROXY_AUTHORIZATION, credentials.clone());
     }
-    // Configured headers often carry credentials: never send them to another origin.
+    // Credentials, from the URL or configured headers: never sent to another origin. A
+    // configured `Authorization` wins over the URL's.
     if same_origin {
+        if let Some(credentials) = &spec.target.basic_auth {
+            headers.insert(AUTHORIZATION, credentials.clone());
+        }
         for (name, value) in &spec.headers {
             headers.insert(name.clone(), value.clone());
         }
