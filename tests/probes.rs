@@ -520,3 +520,34 @@ async fn a_body_in_a_declared_latin_charset_is_decoded() {
         );
     }
 }
+
+#[test]
+fn an_invalid_tls_server_name_is_a_config_error_with_its_position() {
+    let text = "probes:\n  - name: p\n    url: https://127.0.0.1/\n    tls:\n      server_name: \"erp example.com\"\n";
+    let error = config::parse(Path::new("test.yaml"), text)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("test.yaml:5:20: probes[0] \"p\".tls.server_name: \"erp example.com\" is not a valid TLS server name"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_tls_server_name_is_sent_and_checked() {
+    // The certificate is for localhost; the URL names 127.0.0.1.
+    let (address, cert_pem) = common::tls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert_pem).unwrap();
+    let spec = url_spec(
+        &format!("https://127.0.0.1:{}/", address.port()),
+        &format!(
+            "    tls: {{ca_file: \"{}\", server_name: localhost}}",
+            ca.display()
+        ),
+    );
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+}

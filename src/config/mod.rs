@@ -233,6 +233,9 @@ pub struct TlsClient {
     pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     /// Digest of the CA, certificate and key files as read, to notice a rotation on reload.
     pub files_digest: u64,
+    /// `settings.server_name`, parsed when the config is loaded (an invalid name is a config
+    /// error); `None`: the URL host is used.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl fmt::Debug for TlsClient {

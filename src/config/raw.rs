@@ -130,7 +130,7 @@ pub struct RawTls {
     /// Key of the client certificate (PEM).
     pub key_file: Option<Spanned<Text>>,
     /// Name sent in SNI and checked in the certificate, when not the URL host.
-    pub server_name: Option<Text>,
+    pub server_name: Option<Spanned<Text>>,
 }
 
 /// Success rules; each key overrides on its own.

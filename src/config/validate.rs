@@ -733,6 +733,20 @@ impl ProbeContext<'_> {
         let ca = pick(|t| t.ca_file.as_ref());
         let cert = pick(|t| t.cert_file.as_ref());
         let key = pick(|t| t.key_file.as_ref());
+        let name = pick(|t| t.server_name.as_ref());
+        let server_name = match name {
+            None => None,
+            Some(name) => match crate::probe::tls::server_name(name.value.0.trim()) {
+                Ok(parsed) => Some(parsed),
+                Err(message) => {
+                    errors.at(
+                        name.referenced,
+                        format!("{}.tls.server_name: {message}", self.label()),
+                    );
+                    return None;
+                }
+            },
+        };
         let settings = TlsSettings {
             insecure_skip_verify: layers
                 .iter()
@@ -741,10 +755,7 @@ impl ProbeContext<'_> {
             ca_file: ca.map(|f| self.resolve_path(&f.value.0)),
             cert_file: cert.map(|f| self.resolve_path(&f.value.0)),
             key_file: key.map(|f| self.resolve_path(&f.value.0)),
-            server_name: layers
-                .iter()
-                .find_map(|l| l.server_name.as_ref())
-                .map(|n| n.0.clone()),
+            server_name: name.map(|n| n.value.0.trim().to_owned()),
         };
         if let Some(client) = cache.get(&settings) {
             return Some(client.clone());
@@ -756,6 +767,7 @@ impl ProbeContext<'_> {
                     settings: settings.clone(),
                     config,
                     verifier,
+                    server_name,
                 };
                 cache.insert(settings, client.clone());
                 Some(client)

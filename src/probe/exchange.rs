@@ -68,18 +68,17 @@ pub(super) async fn exchange(
 
     if https {
         trace.begin(Step::Tls);
-        let name = spec
-            .tls
-            .settings
-            .server_name
-            .clone()
-            .unwrap_or_else(|| host_name(&host));
-        let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
-            fail(
-                FailureReason::Tls,
-                format!("invalid TLS server name \"{name}\": {e}"),
-            )
-        })?;
+        // A configured name was parsed when the config was loaded; the URL host (which a
+        // redirect may change) is parsed here.
+        let (name, server_name) = match (&spec.tls.settings.server_name, &spec.tls.server_name) {
+            (Some(name), Some(parsed)) => (name.clone(), parsed.clone()),
+            _ => {
+                let name = host_name(&host);
+                let parsed = super::tls::server_name(&name)
+                    .map_err(|message| fail(FailureReason::Tls, message))?;
+                (name, parsed)
+            }
+        };
         let (config, chain) = super::tls::capturing_config(&spec.tls);
         let handshake = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
