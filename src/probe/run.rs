@@ -109,6 +109,14 @@ pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
         let mut trace = Trace::default();
         let result = match tokio::time::timeout_at(deadline, attempt(spec, &mut trace)).await {
             Ok(result) => result,
+            // A budget spent on a name lookup is the resolver's failure, not the server's.
+            Err(_) if matches!(trace.step, Some((Step::Resolve, _))) => Err(fail(
+                FailureReason::Dns,
+                format!(
+                    "no address within {}: the name lookup did not finish",
+                    humantime::format_duration(spec.timeout)
+                ),
+            )),
             Err(_) => Err(fail(
                 FailureReason::Timeout,
                 format!(
