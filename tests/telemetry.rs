@@ -50,6 +50,11 @@ async fn timed_server(delay: Duration, trickle: Duration) -> SocketAddr {
                     body.len()
                 );
                 let _ = stream.write_all(head.as_bytes()).await;
+                if trickle.is_zero() {
+                    // At once: a zero sleep per byte still costs a timer tick each.
+                    let _ = stream.write_all(body).await;
+                    return;
+                }
                 for byte in body {
                     let _ = stream.write_all(&[*byte]).await;
                     let _ = stream.flush().await;
@@ -631,6 +636,42 @@ async fn basic_auth_from_a_url_is_dropped_on_a_cross_origin_redirect() {
             .is_none(),
         "the URL's credentials crossed origins"
     );
+}
+
+#[tokio::test]
+async fn credentials_in_a_redirect_location_never_reach_a_request_line() {
+    let fake = FakeDivalto::start().await;
+    let (proxy, log) = proxy_server().await;
+    let redirector = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_address = redirector.local_addr().unwrap();
+    let target = format!(
+        "http://someone:L0cation-Secret@{}/erp/api/v1/WebHook/{SECRET_CODE}-ok",
+        fake.address
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = redirector.accept().await else {
+                return;
+            };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).await;
+            let answer =
+                format!("HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let spec = spec(&format!(
+        "probes:\n  - {{name: r, url: 'http://{redirect_address}/start', proxy_url: 'http://{proxy}'}}\n"
+    ));
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(
+        log[1].starts_with(&format!("GET http://{}/erp/api/v1/WebHook/", fake.address)),
+        "{log:?}"
+    );
+    assert!(!log[1].contains("L0cation-Secret"), "{log:?}");
 }
 
 #[test]

@@ -199,7 +199,7 @@ async fn attempt(spec: &ProbeSpec, trace: &mut Trace) -> Result<Answer, Failure>
             ));
         }
         let location = location.unwrap_or_default();
-        let next = url.join(&location).map_err(|e| {
+        let mut next = url.join(&location).map_err(|e| {
             fail(
                 FailureReason::InvalidResponse,
                 format!(
@@ -208,6 +208,9 @@ async fn attempt(spec: &ProbeSpec, trace: &mut Trace) -> Result<Answer, Failure>
                 ),
             )
         })?;
+        // Credentials in a Location are never written into a request line.
+        let _ = next.set_username("");
+        let _ = next.set_password(None);
         if !matches!(next.scheme(), "http" | "https") {
             return Err(fail(
                 FailureReason::InvalidResponse,
