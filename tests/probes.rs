@@ -3,11 +3,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{FakeDivalto, SECRET_CODE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use webhook_exporter::config::{self, ProbeSpec};
 use webhook_exporter::probe::{self, FailureReason, Outcome};
 
@@ -235,7 +238,7 @@ async fn a_failure_then_success_inside_one_run_is_a_success_after_two_attempts()
     let outcome = probe::run(&divalto_spec(
         &fake,
         "flaky",
-        "    retries: 2\n    retry_delay: 100ms",
+        "    retries: 2\n    retry_delay: 100ms\n    retry_on: [http_status]",
     ))
     .await;
     assert!(outcome.success, "{outcome:?}");
@@ -243,17 +246,111 @@ async fn a_failure_then_success_inside_one_run_is_a_success_after_two_attempts()
 }
 
 #[tokio::test]
-async fn no_retry_starts_once_the_budget_cannot_cover_it() {
-    let address = common::silent_server().await;
-    let spec = url_spec(
-        &format!("http://{address}/"),
-        "    timeout: 400ms\n    interval: 5s\n    retries: 5\n    retry_delay: 100ms",
+async fn retries_that_would_outlast_the_timeout_stop_within_the_budget() {
+    // Every attempt fails at once (HTTP 500, retried because retry_on names it); 50 retries
+    // 200 ms apart would take 10 s, the budget is 700 ms: a retry starts only while its
+    // delay still fits, so at most 4 attempts (at 0, 200, 400, 600 ms) and no more time.
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "http500",
+        "    timeout: 700ms\n    interval: 5s\n    retries: 50\n    retry_delay: 200ms\n    retry_on: [http_status]",
     );
     let started = std::time::Instant::now();
     let outcome = probe::run(&spec).await;
-    assert_eq!(outcome.reason, Some(FailureReason::Timeout));
-    assert_eq!(outcome.attempts, 1);
-    assert!(started.elapsed() < Duration::from_millis(1000));
+    let elapsed = started.elapsed();
+    assert_failure(&outcome, FailureReason::HttpStatus, "HTTP 500");
+    assert!(
+        (2..=4).contains(&outcome.attempts),
+        "attempts {} (the budget allows 2 to 4)",
+        outcome.attempts
+    );
+    assert_eq!(fake.calls("http500"), u64::from(outcome.attempts));
+    assert!(elapsed < Duration::from_millis(700), "{elapsed:?}");
+    assert!(outcome.duration < Duration::from_millis(700), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_webhook_error_or_http_status_answer_is_not_retried_by_default() {
+    // The ERP already ran the call: a retry would run its action again.
+    let fake = FakeDivalto::start().await;
+    for behaviour in ["body400", "http400"] {
+        let outcome = probe::run(&divalto_spec(
+            &fake,
+            behaviour,
+            "    retries: 2\n    retry_delay: 10ms",
+        ))
+        .await;
+        assert!(!outcome.success, "{outcome:?}");
+        assert_eq!(outcome.attempts, 1, "{behaviour}: {outcome:?}");
+        assert_eq!(fake.calls(behaviour), 1, "{behaviour} was called again");
+    }
+}
+
+#[tokio::test]
+async fn a_failure_named_in_retry_on_is_retried() {
+    let fake = FakeDivalto::start().await;
+    let outcome = probe::run(&divalto_spec(
+        &fake,
+        "body400",
+        "    retries: 2\n    retry_delay: 10ms\n    retry_on: [webhook_error]",
+    ))
+    .await;
+    assert_failure(&outcome, FailureReason::WebhookError, "Divalto code 400");
+    assert_eq!(outcome.attempts, 3);
+    assert_eq!(fake.calls("body400"), 3);
+}
+
+#[tokio::test]
+async fn retry_on_set_on_the_server_replaces_the_default_and_a_probe_replaces_it() {
+    let fake = FakeDivalto::start().await;
+    let servers = format!(
+        "  fake: {{base_url: \"{}\", retry_on: [webhook_error]}}",
+        fake.base_url()
+    );
+    let server_wide = spec_from(
+        &servers,
+        &format!(
+            "    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms"
+        ),
+    );
+    assert_eq!(probe::run(&server_wide).await.attempts, 2);
+    let probe_own = spec_from(
+        &servers,
+        &format!(
+            "    server: fake\n    code: {SECRET_CODE}-body400\n    retries: 1\n    retry_delay: 10ms\n    retry_on: [connect]"
+        ),
+    );
+    assert_eq!(probe::run(&probe_own).await.attempts, 1);
+    assert_eq!(fake.calls("body400"), 3);
+}
+
+#[tokio::test]
+async fn a_connect_failure_is_retried_by_default() {
+    let port = common::closed_port();
+    let outcome = probe::run(&url_spec(
+        &format!("http://127.0.0.1:{port}/health"),
+        "    retries: 2\n    retry_delay: 10ms",
+    ))
+    .await;
+    assert_failure(&outcome, FailureReason::Connect, "Connection refused");
+    assert_eq!(outcome.attempts, 3);
+}
+
+#[test]
+fn an_unknown_reason_in_retry_on_is_a_config_error_with_its_position() {
+    let text = "probes:\n  - name: p\n    url: http://127.0.0.1/\n    retry_on: [dns, conect]\n";
+    let error = config::parse(Path::new("test.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("test.yaml:4:"),
+        "no position in {error:?}"
+    );
+    assert!(
+        error.contains("unknown failure reason \"conect\": use one of dns, connect, tls"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -287,5 +384,170 @@ async fn a_wrong_status_class_is_accepted_when_configured() {
         "    expect: {status: [\"5xx\"], divalto: off}",
     ))
     .await;
+    assert!(outcome.success, "{outcome:?}");
+}
+
+/// A raw HTTP server that records each request head as received and answers a Divalto
+/// success, or `411 Length Required` (as IIS / HTTP.sys does) to a POST, PUT or PATCH
+/// without `Content-Length`.
+async fn capturing_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let sink = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(byte) = stream.read_u8().await else {
+                        return;
+                    };
+                    head.push(byte);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let needs_length = ["POST ", "PUT ", "PATCH "]
+                    .iter()
+                    .any(|m| head.starts_with(m));
+                let answer = if needs_length && header_values(&head, "content-length").is_empty() {
+                    "HTTP/1.1 411 Length Required\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\nconnection: close\r\n\r\n{\"code\":\"0\"}"
+                };
+                sink.lock().unwrap().push(head);
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (address, heads)
+}
+
+/// The values of every `name` header line in a raw request head (name in any case).
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_post_put_or_patch_without_a_body_sends_content_length_zero() {
+    let (address, heads) = capturing_server().await;
+    for method in ["POST", "PUT", "PATCH"] {
+        let outcome = probe::run(&url_spec(
+            &format!("http://{address}/hook"),
+            &format!("    method: {method}"),
+        ))
+        .await;
+        assert!(outcome.success, "{method}: {outcome:?}");
+        let head = heads.lock().unwrap().last().cloned().unwrap();
+        assert!(head.starts_with(&format!("{method} /hook ")), "{head}");
+        assert_eq!(header_values(&head, "content-length"), ["0"], "{head}");
+    }
+}
+
+#[tokio::test]
+async fn configured_headers_replace_the_exporters_own() {
+    let (address, heads) = capturing_server().await;
+    let outcome = probe::run(&url_spec(
+        &format!("http://{address}/hook"),
+        "    headers: {User-Agent: erp-monitor/2, Host: erp.example.com, accept: application/xml}",
+    ))
+    .await;
+    assert!(outcome.success, "{outcome:?}");
+    let head = heads.lock().unwrap()[0].clone();
+    assert_eq!(
+        header_values(&head, "user-agent"),
+        ["erp-monitor/2"],
+        "{head}"
+    );
+    assert_eq!(header_values(&head, "host"), ["erp.example.com"], "{head}");
+    assert_eq!(
+        header_values(&head, "accept"),
+        ["application/xml"],
+        "{head}"
+    );
+    assert_eq!(header_values(&head, "connection"), ["close"], "{head}");
+}
+
+/// A raw HTTP/1.1 answer `200` with `content_type` and `body` (any bytes), leaked for
+/// [`common::raw_server`].
+fn raw_answer(content_type: &str, body: &[u8]) -> &'static [u8] {
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(body);
+    Box::leak(answer.into_boxed_slice())
+}
+
+#[tokio::test]
+async fn a_bom_prefixed_divalto_failure_is_a_webhook_error() {
+    let body = "\u{feff}{\"code\":\"400\",\"message\":\"Dossier 998 verrouillé\"}";
+    let address = common::raw_server(raw_answer("application/json", body.as_bytes())).await;
+    let outcome = probe::run(&url_spec(&format!("http://{address}/"), "")).await;
+    assert_failure(
+        &outcome,
+        FailureReason::WebhookError,
+        "Divalto code 400: Dossier 998 verrouillé",
+    );
+    assert_eq!(outcome.response_code.as_deref(), Some("400"));
+}
+
+#[tokio::test]
+async fn a_body_in_a_declared_latin_charset_is_decoded() {
+    // "Échec de la requête" in Windows-1252 / ISO-8859-1: É = C9, ê = EA.
+    let body: &[u8] = b"{\"code\":\"500\",\"message\":\"\xC9chec de la requ\xEAte\"}";
+    for charset in ["windows-1252", "ISO-8859-1"] {
+        let address = common::raw_server(raw_answer(
+            &format!("application/json; charset={charset}"),
+            body,
+        ))
+        .await;
+        let outcome = probe::run(&url_spec(&format!("http://{address}/"), "")).await;
+        assert_failure(
+            &outcome,
+            FailureReason::WebhookError,
+            "Divalto code 500: Échec de la requête",
+        );
+    }
+}
+
+#[test]
+fn an_invalid_tls_server_name_is_a_config_error_with_its_position() {
+    let text = "probes:\n  - name: p\n    url: https://127.0.0.1/\n    tls:\n      server_name: \"erp example.com\"\n";
+    let error = config::parse(Path::new("test.yaml"), text)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("test.yaml:5:20: probes[0] \"p\".tls.server_name: \"erp example.com\" is not a valid TLS server name"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_tls_server_name_is_sent_and_checked() {
+    // The certificate is for localhost; the URL names 127.0.0.1.
+    let (address, cert_pem) = common::tls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert_pem).unwrap();
+    let spec = url_spec(
+        &format!("https://127.0.0.1:{}/", address.port()),
+        &format!(
+            "    tls: {{ca_file: \"{}\", server_name: localhost}}",
+            ca.display()
+        ),
+    );
+    let outcome = probe::run(&spec).await;
     assert!(outcome.success, "{outcome:?}");
 }

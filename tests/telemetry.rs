@@ -50,6 +50,11 @@ async fn timed_server(delay: Duration, trickle: Duration) -> SocketAddr {
                     body.len()
                 );
                 let _ = stream.write_all(head.as_bytes()).await;
+                if trickle.is_zero() {
+                    // At once: a zero sleep per byte still costs a timer tick each.
+                    let _ = stream.write_all(body).await;
+                    return;
+                }
                 for byte in body {
                     let _ = stream.write_all(&[*byte]).await;
                     let _ = stream.flush().await;
@@ -362,7 +367,7 @@ async fn mutual_tls_succeeds_with_a_client_certificate_and_fails_as_tls_without(
 async fn a_run_that_succeeds_on_a_retry_is_a_success_with_its_retries_counted() {
     let fake = FakeDivalto::start().await;
     let spec = spec(&format!(
-        "servers:\n  fake: {{base_url: '{}'}}\nprobes:\n  - {{name: flaky, server: fake, code: '{SECRET_CODE}-flaky', retries: 2, retry_delay: 50ms}}\n",
+        "servers:\n  fake: {{base_url: '{}'}}\nprobes:\n  - {{name: flaky, server: fake, code: '{SECRET_CODE}-flaky', retries: 2, retry_delay: 50ms, retry_on: [http_status]}}\n",
         fake.base_url()
     ));
     let outcome = probe::run(&spec).await;
@@ -552,6 +557,121 @@ async fn an_http_probe_through_a_proxy_uses_the_absolute_form_and_no_proxy_bypas
         1,
         "no_proxy host went through the proxy"
     );
+}
+
+#[tokio::test]
+async fn user_and_password_in_a_url_are_sent_as_basic_auth_and_never_in_the_request_line() {
+    let fake = FakeDivalto::start().await;
+    let (proxy, log) = proxy_server().await;
+    let password = "Pr0be-Passw0rd-123";
+    let spec = spec(&format!(
+        "probes:\n  - {{name: p, url: 'http://probe-user:{password}@{}/erp/api/v1/WebHook/{SECRET_CODE}-ok', proxy_url: 'http://{proxy}'}}\n",
+        fake.address
+    ));
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    let head = log.lock().unwrap()[0].clone();
+    let request_line = head.lines().next().unwrap();
+    assert_eq!(
+        request_line,
+        format!(
+            "GET http://{}/erp/api/v1/WebHook/{SECRET_CODE}-ok HTTP/1.1",
+            fake.address
+        ),
+        "userinfo in the request line to the proxy"
+    );
+    assert!(!head.contains(password), "{head}");
+    // base64("probe-user:Pr0be-Passw0rd-123")
+    assert_eq!(
+        fake.last_headers().unwrap().get("authorization").unwrap(),
+        "Basic cHJvYmUtdXNlcjpQcjBiZS1QYXNzdzByZC0xMjM="
+    );
+    let shown = spec.target.redacted();
+    assert!(
+        !shown.contains("Passw0rd") && !shown.contains('@'),
+        "{shown}"
+    );
+    assert!(!format!("{spec:?}").contains("Passw0rd"));
+}
+
+#[tokio::test]
+async fn basic_auth_from_a_url_is_dropped_on_a_cross_origin_redirect() {
+    let second = FakeDivalto::start().await;
+    let redirector = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_address = redirector.local_addr().unwrap();
+    let target = format!("{}/api/v1/WebHook/{SECRET_CODE}-ok", second.base_url());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let sink = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = redirector.accept().await else {
+                return;
+            };
+            let mut buffer = [0u8; 4096];
+            let n = stream.read(&mut buffer).await.unwrap_or(0);
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            let answer =
+                format!("HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let spec = spec(&format!(
+        "probes:\n  - {{name: r, url: 'http://probe-user:Pr0be-Passw0rd-123@{redirect_address}/start'}}\n"
+    ));
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert!(
+        heads.lock().unwrap()[0]
+            .contains("authorization: Basic cHJvYmUtdXNlcjpQcjBiZS1QYXNzdzByZC0xMjM="),
+        "{:?}",
+        heads.lock().unwrap()
+    );
+    assert!(
+        second
+            .last_headers()
+            .unwrap()
+            .get("authorization")
+            .is_none(),
+        "the URL's credentials crossed origins"
+    );
+}
+
+#[tokio::test]
+async fn credentials_in_a_redirect_location_never_reach_a_request_line() {
+    let fake = FakeDivalto::start().await;
+    let (proxy, log) = proxy_server().await;
+    let redirector = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_address = redirector.local_addr().unwrap();
+    let target = format!(
+        "http://someone:L0cation-Secret@{}/erp/api/v1/WebHook/{SECRET_CODE}-ok",
+        fake.address
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = redirector.accept().await else {
+                return;
+            };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).await;
+            let answer =
+                format!("HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let spec = spec(&format!(
+        "probes:\n  - {{name: r, url: 'http://{redirect_address}/start', proxy_url: 'http://{proxy}'}}\n"
+    ));
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(
+        log[1].starts_with(&format!("GET http://{}/erp/api/v1/WebHook/", fake.address)),
+        "{log:?}"
+    );
+    assert!(!log[1].contains("L0cation-Secret"), "{log:?}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use url::Url;
 
 pub use proxy::{ProxyConfig, ProxyEndpoint};
 pub use secret::Secret;
-pub use values::{DivaltoMode, StatusMatcher};
+pub use values::{DivaltoMode, FailureReason, StatusMatcher};
 
 use crate::schedule::Schedule;
 
@@ -80,6 +80,9 @@ pub struct ProbeSpec {
     pub retries: u32,
     /// Pause between attempts.
     pub retry_delay: Duration,
+    /// Failure reasons that start a retry (by default only those before the request
+    /// reached the server: `dns`, `connect`, `tls`).
+    pub retry_on: Vec<FailureReason>,
     /// Whether 3xx answers are followed.
     pub follow_redirects: bool,
     /// Largest body read before `body_too_large`.
@@ -107,6 +110,7 @@ impl ProbeSpec {
             && self.timeout == other.timeout
             && self.retries == other.retries
             && self.retry_delay == other.retry_delay
+            && self.retry_on == other.retry_on
             && self.follow_redirects == other.follow_redirects
             && self.max_body_bytes == other.max_body_bytes
             && self.tls.settings == other.tls.settings
@@ -125,15 +129,22 @@ impl ProbeSpec {
 /// The URL of a probe and the secrets inside it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
-    /// The full URL, secret included: only the request builder reads it.
+    /// The full URL, secret included: only the request builder reads it. It never holds a
+    /// `user:password@` (that became [`Target::basic_auth`]).
     pub url: Url,
+    /// `Authorization: Basic` from a `user:password@` written in the URL (marked sensitive),
+    /// sent to the probe's own origin only.
+    pub basic_auth: Option<HeaderValue>,
     /// Each way a secret may be spelled in text (raw, percent-encoded), with its redacted form.
     redactions: Vec<(String, String)>,
 }
 
 impl Target {
-    /// A target whose URL holds `secrets` (the webhook code, a URL password).
-    pub fn new(url: Url, secrets: &[Secret]) -> Self {
+    /// A target whose URL holds `secrets` (the webhook code, a URL password). A
+    /// `user:password@` leaves the URL and becomes [`Target::basic_auth`], so it is never
+    /// written into a request line (to a proxy or anywhere else) nor shown.
+    pub fn new(mut url: Url, secrets: &[Secret]) -> Self {
+        let basic_auth = take_basic_auth(&mut url);
         let mut redactions = Vec::new();
         for secret in secrets.iter().filter(|s| !s.expose().is_empty()) {
             let raw = secret.expose();
@@ -147,7 +158,11 @@ impl Target {
         }
         // Longest first, so an encoded form is replaced before a raw substring of it.
         redactions.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
-        Self { url, redactions }
+        Self {
+            url,
+            basic_auth,
+            redactions,
+        }
     }
 
     /// The URL as shown to people: `https://host/api/v1/WebHook/MONW…3F53?dos=998`.
@@ -165,6 +180,31 @@ impl Target {
         }
         out
     }
+}
+
+/// Removes the `user:password@` of `url` and returns it as an `Authorization: Basic` value
+/// (user and password percent-decoded), marked sensitive.
+fn take_basic_auth(url: &mut Url) -> Option<HeaderValue> {
+    use base64::Engine;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |part: &str| -> String {
+        url::form_urlencoded::parse(format!("x={}", part.replace('+', "%2B")).as_bytes())
+            .next()
+            .map_or_else(|| part.to_owned(), |(_, v)| v.into_owned())
+    };
+    let credentials = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or(""))
+    );
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// `raw` as the `url` crate writes it in one path segment.
@@ -193,6 +233,9 @@ pub struct TlsClient {
     pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     /// Digest of the CA, certificate and key files as read, to notice a rotation on reload.
     pub files_digest: u64,
+    /// `settings.server_name`, parsed when the config is loaded (an invalid name is a config
+    /// error); `None`: the URL host is used.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl fmt::Debug for TlsClient {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::values::{
-    ByteSize, CronValue, DivaltoMode, DurationValue, HeaderKey, LabelKey, MethodValue, RegexValue,
-    SecretText, StatusMatcher, Text, TimeZoneValue,
+    ByteSize, CronValue, DivaltoMode, DurationValue, FailureReason, HeaderKey, LabelKey,
+    MethodValue, RegexValue, SecretText, StatusMatcher, Text, TimeZoneValue,
 };
 
 /// The whole file.
@@ -61,6 +61,8 @@ pub struct RawServer {
     pub no_proxy: Option<Vec<Text>>,
     /// Take the proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
     pub proxy_from_environment: Option<bool>,
+    /// Failure reasons retried, for every probe of the server.
+    pub retry_on: Option<Vec<FailureReason>>,
 }
 
 /// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
@@ -97,6 +99,8 @@ pub struct RawProbe {
     pub retries: Option<u32>,
     /// Pause between attempts.
     pub retry_delay: Option<DurationValue>,
+    /// Failure reasons that start a retry (a list: replaces, never merges).
+    pub retry_on: Option<Vec<FailureReason>>,
     /// Whether 3xx answers are followed.
     pub follow_redirects: Option<bool>,
     /// Largest body read.
@@ -126,7 +130,7 @@ pub struct RawTls {
     /// Key of the client certificate (PEM).
     pub key_file: Option<Spanned<Text>>,
     /// Name sent in SNI and checked in the certificate, when not the URL host.
-    pub server_name: Option<Text>,
+    pub server_name: Option<Spanned<Text>>,
 }
 
 /// Success rules; each key overrides on its own.

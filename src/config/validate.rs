@@ -12,7 +12,7 @@ use serde_saphyr::{Location, Spanned};
 use url::Url;
 
 use super::raw::{RawConfig, RawExpect, RawProbe, RawServer, RawTls};
-use super::values::{DivaltoMode, StatusMatcher, Text};
+use super::values::{DivaltoMode, FailureReason, StatusMatcher, Text};
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES, Expect,
     ProbeSpec, ProxyConfig, ProxyEndpoint, Secret, Server, Target, TlsClient, TlsSettings,
@@ -25,6 +25,13 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between attempts when none is set.
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Reasons retried when `retry_on` is not set: failures before the request reached the
+/// server, so a retry never repeats an ERP action.
+const DEFAULT_RETRY_ON: [FailureReason; 3] = [
+    FailureReason::Dns,
+    FailureReason::Connect,
+    FailureReason::Tls,
+];
 /// Body cap when none is set.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 /// Path between a server's base URL and the webhook code.
@@ -232,6 +239,7 @@ struct ResolvedServer {
     labels: BTreeMap<String, String>,
     tls: RawTls,
     proxy: RawProxy,
+    retry_on: Option<Vec<FailureReason>>,
 }
 
 /// The proxy keys of one layer (defaults, server or probe).
@@ -280,6 +288,7 @@ fn resolve_server(
         params: text_map(raw.params, |k| k.0),
         labels: text_map(raw.labels, |k| k.0),
         tls: raw.tls.unwrap_or_default(),
+        retry_on: raw.retry_on,
         proxy: RawProxy {
             url: raw.proxy_url,
             no_proxy: raw.no_proxy,
@@ -436,6 +445,12 @@ impl ProbeContext<'_> {
                 .retry_delay
                 .or(defaults.retry_delay)
                 .map_or(DEFAULT_RETRY_DELAY, |d| d.0),
+            // A list replaces: the probe's, else the server's, else the defaults'.
+            retry_on: raw
+                .retry_on
+                .or_else(|| server_raw.and_then(|s| s.retry_on.clone()))
+                .or_else(|| defaults.retry_on.clone())
+                .unwrap_or_else(|| DEFAULT_RETRY_ON.to_vec()),
             follow_redirects: raw
                 .follow_redirects
                 .or(defaults.follow_redirects)
@@ -718,6 +733,20 @@ impl ProbeContext<'_> {
         let ca = pick(|t| t.ca_file.as_ref());
         let cert = pick(|t| t.cert_file.as_ref());
         let key = pick(|t| t.key_file.as_ref());
+        let name = pick(|t| t.server_name.as_ref());
+        let server_name = match name {
+            None => None,
+            Some(name) => match crate::probe::tls::server_name(name.value.0.trim()) {
+                Ok(parsed) => Some(parsed),
+                Err(message) => {
+                    errors.at(
+                        name.referenced,
+                        format!("{}.tls.server_name: {message}", self.label()),
+                    );
+                    return None;
+                }
+            },
+        };
         let settings = TlsSettings {
             insecure_skip_verify: layers
                 .iter()
@@ -726,10 +755,7 @@ impl ProbeContext<'_> {
             ca_file: ca.map(|f| self.resolve_path(&f.value.0)),
             cert_file: cert.map(|f| self.resolve_path(&f.value.0)),
             key_file: key.map(|f| self.resolve_path(&f.value.0)),
-            server_name: layers
-                .iter()
-                .find_map(|l| l.server_name.as_ref())
-                .map(|n| n.0.clone()),
+            server_name: name.map(|n| n.value.0.trim().to_owned()),
         };
         if let Some(client) = cache.get(&settings) {
             return Some(client.clone());
@@ -741,6 +767,7 @@ impl ProbeContext<'_> {
                     settings: settings.clone(),
                     config,
                     verifier,
+                    server_name,
                 };
                 cache.insert(settings, client.clone());
                 Some(client)

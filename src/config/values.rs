@@ -9,8 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
 
@@ -286,6 +286,90 @@ impl<'de> Deserialize<'de> for DivaltoMode {
             _ => Err(format!(
                 "invalid divalto mode \"{text}\": use auto, on or off"
             )),
+        })
+    }
+}
+
+/// Why a run failed: the `reason` label values of the contract. Plain data, so the config
+/// can name reasons (`retry_on`); the probe module re-exports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The host name could not be resolved.
+    Dns,
+    /// No TCP connection could be opened (refused, unreachable, reset while connecting).
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The run's budget was spent before a complete answer.
+    Timeout,
+    /// The HTTP status is not among the accepted ones.
+    HttpStatus,
+    /// The Divalto code is not a success code (or missing with `divalto: on`).
+    WebhookError,
+    /// A body expectation failed.
+    BodyMismatch,
+    /// The body is larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// The answer is not valid HTTP, or the connection broke before it was complete.
+    InvalidResponse,
+    /// Anything else (a request we could not even build).
+    Other,
+}
+
+impl FailureReason {
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [FailureReason; 10] = [
+        FailureReason::Dns,
+        FailureReason::Connect,
+        FailureReason::Tls,
+        FailureReason::Timeout,
+        FailureReason::HttpStatus,
+        FailureReason::WebhookError,
+        FailureReason::BodyMismatch,
+        FailureReason::BodyTooLarge,
+        FailureReason::InvalidResponse,
+        FailureReason::Other,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            FailureReason::Dns => "dns",
+            FailureReason::Connect => "connect",
+            FailureReason::Tls => "tls",
+            FailureReason::Timeout => "timeout",
+            FailureReason::HttpStatus => "http_status",
+            FailureReason::WebhookError => "webhook_error",
+            FailureReason::BodyMismatch => "body_mismatch",
+            FailureReason::BodyTooLarge => "body_too_large",
+            FailureReason::InvalidResponse => "invalid_response",
+            FailureReason::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_label())
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureReason {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, |text| {
+            FailureReason::ALL
+                .into_iter()
+                .find(|r| r.as_label() == text)
+                .ok_or_else(|| {
+                    let known: Vec<&str> =
+                        FailureReason::ALL.iter().map(|r| r.as_label()).collect();
+                    format!(
+                        "unknown failure reason \"{}\": use one of {}",
+                        text.chars().take(40).collect::<String>(),
+                        known.join(", ")
+                    )
+                })
         })
     }
 }

@@ -2,82 +2,20 @@
 //! returns an [`Outcome`]. A failure is never an `Err`; it is an outcome with a
 //! [`FailureReason`] from a closed set, because every failure must be counted by reason.
 
-mod http;
+mod exchange;
+mod run;
 pub mod tls;
+mod transport;
 pub mod verdict;
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+pub use crate::config::FailureReason;
 use crate::config::ProbeSpec;
 
-pub use http::MAX_REDIRECTS;
-
-/// Why a run failed: the `reason` label values of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureReason {
-    /// The host name could not be resolved.
-    Dns,
-    /// No TCP connection could be opened (refused, unreachable, reset while connecting).
-    Connect,
-    /// The TLS handshake failed (certificate, protocol).
-    Tls,
-    /// The run's budget was spent before a complete answer.
-    Timeout,
-    /// The HTTP status is not among the accepted ones.
-    HttpStatus,
-    /// The Divalto code is not a success code (or missing with `divalto: on`).
-    WebhookError,
-    /// A body expectation failed.
-    BodyMismatch,
-    /// The body is larger than `max_body_bytes`.
-    BodyTooLarge,
-    /// The answer is not valid HTTP, or the connection broke before it was complete.
-    InvalidResponse,
-    /// Anything else (a request we could not even build).
-    Other,
-}
-
-impl FailureReason {
-    /// Every reason, in the order the metrics list them.
-    pub const ALL: [FailureReason; 10] = [
-        FailureReason::Dns,
-        FailureReason::Connect,
-        FailureReason::Tls,
-        FailureReason::Timeout,
-        FailureReason::HttpStatus,
-        FailureReason::WebhookError,
-        FailureReason::BodyMismatch,
-        FailureReason::BodyTooLarge,
-        FailureReason::InvalidResponse,
-        FailureReason::Other,
-    ];
-
-    /// The `reason` label value.
-    pub fn as_label(self) -> &'static str {
-        match self {
-            FailureReason::Dns => "dns",
-            FailureReason::Connect => "connect",
-            FailureReason::Tls => "tls",
-            FailureReason::Timeout => "timeout",
-            FailureReason::HttpStatus => "http_status",
-            FailureReason::WebhookError => "webhook_error",
-            FailureReason::BodyMismatch => "body_mismatch",
-            FailureReason::BodyTooLarge => "body_too_large",
-            FailureReason::InvalidResponse => "invalid_response",
-            FailureReason::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for FailureReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_label())
-    }
-}
+pub use run::MAX_REDIRECTS;
 
 /// Phases of the `webhook_probe_phase_duration_seconds` gauge.
 pub const PHASE_NAMES: [&str; 5] = ["resolve", "connect", "tls", "processing", "transfer"];
@@ -161,5 +99,5 @@ pub struct Outcome {
 
 /// Runs `spec` once (with its retries), within its timeout.
 pub async fn run(spec: &ProbeSpec) -> Outcome {
-    http::run(spec).await
+    run::run(spec).await
 }

@@ -50,6 +50,18 @@ fn system_roots() -> Arc<RootCertStore> {
 /// The certificate check a probe's configuration uses.
 pub type Verifier = Arc<dyn ServerCertVerifier>;
 
+/// Parses a configured `tls.server_name` (a DNS name or an IP address).
+///
+/// # Errors
+/// A name rustls would refuse, with the reason.
+pub fn server_name(name: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
+        format!(
+            "\"{name}\" is not a valid TLS server name (write a DNS name or an IP address): {e}"
+        )
+    })
+}
+
 /// Builds the client configuration for `settings`, and returns its certificate check so each
 /// run can wrap it (see [`capturing_config`]).
 ///

@@ -3,6 +3,8 @@
 //! Pure functions over bytes, so every rule of the contract's "Verdict" section is a unit
 //! test away.
 
+use std::borrow::Cow;
+
 use crate::config::{DivaltoMode, Expect};
 
 use super::FailureReason;
@@ -35,8 +37,13 @@ pub struct Verdict {
 /// JSON: a top-level `code` key (any case), else a `status` key holding a number; the message
 /// from `message` or `msg`. A bare JSON number or string counts as the code. Plain text: the
 /// first token when it is a number, the rest being the message.
+///
+/// The body is read as UTF-8 (a leading byte-order mark skipped); see [`decode_body`].
 pub fn read_answer(body: &[u8]) -> DivaltoAnswer {
-    let text = String::from_utf8_lossy(body);
+    read_text(&decode_body(body, None))
+}
+
+fn read_text(text: &str) -> DivaltoAnswer {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return DivaltoAnswer::default();
@@ -129,12 +136,46 @@ pub fn clean(text: &str) -> String {
     out
 }
 
-/// Judges a complete answer against `expect`.
+/// The body as text: in the `charset` its `Content-Type` declares (`windows-1252`,
+/// `iso-8859-1`, any WHATWG label), else UTF-8; a byte-order mark wins over both and is
+/// dropped; bytes invalid in the encoding become U+FFFD.
+pub fn decode_body<'a>(body: &'a [u8], content_type: Option<&str>) -> Cow<'a, str> {
+    let encoding = content_type
+        .and_then(charset)
+        .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
+        .unwrap_or(encoding_rs::UTF_8);
+    encoding.decode(body).0
+}
+
+/// The `charset` parameter of a `Content-Type` value, unquoted.
+fn charset(content_type: &str) -> Option<&str> {
+    content_type.split(';').skip(1).find_map(|parameter| {
+        let (name, value) = parameter.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"'))
+    })
+}
+
+/// Judges a complete answer against `expect`, its body read as UTF-8 (see [`judge_answer`]).
 pub fn judge(status: u16, reason_phrase: &str, body: &[u8], expect: &Expect) -> Verdict {
+    judge_answer(status, reason_phrase, None, body, expect)
+}
+
+/// Judges a complete answer against `expect`, its body decoded by [`decode_body`] with the
+/// answer's `Content-Type`.
+pub fn judge_answer(
+    status: u16,
+    reason_phrase: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    expect: &Expect,
+) -> Verdict {
+    let text = decode_body(body, content_type);
     let answer = if expect.divalto == DivaltoMode::Off {
         DivaltoAnswer::default()
     } else {
-        read_answer(body)
+        read_text(&text)
     };
     let with_message = |prefix: String| match &answer.message {
         Some(message) => format!("{prefix}: {message}"),
@@ -176,7 +217,6 @@ pub fn judge(status: u16, reason_phrase: &str, body: &[u8], expect: &Expect) -> 
         }
         _ => {}
     }
-    let text = String::from_utf8_lossy(body);
     if let Some(pattern) = &expect.body_matches
         && !pattern.is_match(&text)
     {
@@ -320,5 +360,49 @@ mod tests {
         let message = answer.message.unwrap();
         assert!(message.chars().count() <= MAX_MESSAGE_CHARS + 1);
         assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn a_utf8_bom_does_not_hide_the_code() {
+        let body = "\u{feff}{\"code\":\"400\",\"message\":\"Dossier inconnu\"}";
+        let answer = read_answer(body.as_bytes());
+        assert_eq!(answer.code.as_deref(), Some("400"));
+        let verdict = judge(200, "OK", body.as_bytes(), &expect(DivaltoMode::Auto));
+        assert_eq!(verdict.reason, Some(FailureReason::WebhookError));
+        assert_eq!(
+            read_answer("\u{feff}400 Client inconnu".as_bytes())
+                .code
+                .as_deref(),
+            Some("400")
+        );
+    }
+
+    #[test]
+    fn a_declared_charset_is_decoded() {
+        let body = b"{\"code\":\"500\",\"message\":\"\xC9chec de la requ\xEAte\"}";
+        for content_type in [
+            "application/json; charset=windows-1252",
+            "text/plain;charset=\"ISO-8859-1\"",
+            "application/json; Charset=Latin1",
+        ] {
+            let verdict = judge_answer(
+                200,
+                "OK",
+                Some(content_type),
+                body,
+                &expect(DivaltoMode::Auto),
+            );
+            assert_eq!(
+                verdict.message, "Divalto code 500: Échec de la requête",
+                "{content_type}"
+            );
+        }
+        // No charset, or one we do not know: UTF-8, invalid bytes replaced.
+        assert_eq!(decode_body("é".as_bytes(), Some("application/json")), "é");
+        assert_eq!(
+            decode_body(b"\xC9", Some("text/plain; charset=nonsense")),
+            "\u{fffd}"
+        );
+        assert_eq!(decode_body("\u{feff}0".as_bytes(), None), "0");
     }
 }
