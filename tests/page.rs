@@ -797,3 +797,48 @@ fn with_scripts_off_the_browser_shows_every_status_and_message() {
     assert!(!browser.displayed(&button[0]));
     assert_eq!(browser.open_dialog(), None);
 }
+
+#[test]
+fn run_now_too_soon_after_the_last_run_shows_when_the_next_one_is_possible() {
+    // Needs the scheduler's on-demand gap (run_now_min_gap, default 10 s): a second run
+    // within it answers 429 with Retry-After.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeDivalto::start());
+    let (_dir, path) = common::write_config(&format!(
+        "servers:\n  fake:\n    base_url: \"{}\"\nprobes:\n  - {{name: manual, server: fake, code: \"{SECRET_CODE}-sleep300ms\", schedule: \"0 0 1 1 *\", timeout: 5s}}\n",
+        fake.base_url()
+    ));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let driver = ChromeDriver::start();
+    let browser = Browser::open(&driver, true);
+    browser.go(&format!("http://{}/", exporter.address));
+    browser.wait(Duration::from_secs(10), "the script to start", || {
+        let live = browser.script("return document.documentElement.dataset.live || null", json!([]));
+        (live == "on").then_some(())
+    });
+    let row = browser.find(&row_selector("manual"));
+    let button = browser.find_within(&row, "button.run")[0].clone();
+    let output = browser.find_within(&row, ".run-output")[0].clone();
+
+    // The page's own POST passes the cross-site check: the run happens.
+    browser.click(&button);
+    browser.wait(Duration::from_secs(10), "the run result", || {
+        browser.text(&output).starts_with("Succeeded").then_some(())
+    });
+    assert_eq!(fake.calls("sleep300ms"), 1);
+
+    // Again at once: the page says when it may run again, not an error.
+    browser.click(&button);
+    let text = browser.wait(Duration::from_secs(10), "the rate-limit notice", || {
+        let text = browser.text(&output);
+        (!text.starts_with("Running") && !text.starts_with("Succeeded")).then_some(text)
+    });
+    let seconds: u64 = text
+        .strip_prefix("Next on-demand run possible in ")
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a rate-limit notice: {text:?}"));
+    assert!((1..=10).contains(&seconds), "{text}");
+    assert!(browser.enabled(&button));
+    assert_eq!(fake.calls("sleep300ms"), 1, "the refused run called the ERP");
+}
