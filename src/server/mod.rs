@@ -4,6 +4,7 @@
 
 mod api;
 pub mod auth;
+mod csrf;
 mod status_page;
 pub mod web_config;
 
@@ -36,7 +37,8 @@ pub struct AppState {
     pub app: Arc<App>,
 }
 
-/// The exporter's routes, every one behind basic auth when users are configured.
+/// The exporter's routes, every one behind basic auth when users are configured, and
+/// every one that changes something closed to cross-site requests.
 pub fn router(app: Arc<App>) -> Router {
     let auth = app.auth.clone();
     let quick = Router::new()
@@ -68,6 +70,8 @@ pub fn router(app: Arc<App>) -> Router {
             auth,
             auth::require_basic_auth,
         ))
+        // Before authentication: a forged request costs no bcrypt check.
+        .layer(axum::middleware::from_fn(csrf::refuse_cross_site))
         .with_state(AppState { app })
 }
 
