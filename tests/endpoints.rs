@@ -684,10 +684,14 @@ fn a_flood_of_bad_credentials_runs_bcrypt_on_a_few_threads_only() {
     let flood: Vec<_> = (0..64)
         .map(|i| {
             std::thread::spawn(move || {
-                let authorization =
-                    format!("Basic {}", base64_encode(&format!("user-{i}:wrong")));
-                common::http_request(address, "GET", "/metrics", &[("Authorization", &authorization)])
-                    .status
+                let authorization = format!("Basic {}", base64_encode(&format!("user-{i}:wrong")));
+                common::http_request(
+                    address,
+                    "GET",
+                    "/metrics",
+                    &[("Authorization", &authorization)],
+                )
+                .status
             })
         })
         .collect();
@@ -718,7 +722,11 @@ fn write_pki(dir: &std::path::Path, pki: &common::Pki) {
 }
 
 /// The exporter behind the web config `web` (written next to its config).
-fn exporter_with_web_config(fake: &Fake, pki: &common::Pki, web: &str) -> (tempfile::TempDir, Exporter) {
+fn exporter_with_web_config(
+    fake: &Fake,
+    pki: &common::Pki,
+    web: &str,
+) -> (tempfile::TempDir, Exporter) {
     let (dir, path) = common::write_config(&on_demand_config(fake, &["p"]));
     write_pki(dir.path(), pki);
     let web = write_web_config(dir.path(), web);
@@ -757,8 +765,8 @@ http_server_config:
 "
         ),
     );
-    let answer = common::https_request(exporter.address, "GET", "/metrics", &[], &pki.ca, None)
-        .unwrap();
+    let answer =
+        common::https_request(exporter.address, "GET", "/metrics", &[], &pki.ca, None).unwrap();
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(
         answer.header("strict-transport-security"),
@@ -766,8 +774,7 @@ http_server_config:
     );
     assert_eq!(answer.header("x-frame-options"), Some("deny"));
     // The page keeps its own, stricter policy.
-    let page =
-        common::https_request(exporter.address, "GET", "/", &[], &pki.ca, None).unwrap();
+    let page = common::https_request(exporter.address, "GET", "/", &[], &pki.ca, None).unwrap();
     assert_eq!(page.header("x-frame-options"), Some("deny"));
     assert!(
         page.header("content-security-policy")
@@ -804,9 +811,18 @@ fn check_config_checks_the_web_config_and_names_the_file_and_the_key() {
     assert!(stdout.contains("web.yml: valid"), "{stdout}");
 
     for (web, key) in [
-        ("basic_auth_users:\n  prometheus: not-a-hash\n".to_owned(), "basic_auth_users.prometheus"),
-        (format!("{TLS_FILES}  max_version: TLS11\n"), "tls_server_config.max_version"),
-        (format!("{TLS_FILES}  min_version: TLS13\n  max_version: TLS12\n"), "tls_server_config.min_version"),
+        (
+            "basic_auth_users:\n  prometheus: not-a-hash\n".to_owned(),
+            "basic_auth_users.prometheus",
+        ),
+        (
+            format!("{TLS_FILES}  max_version: TLS11\n"),
+            "tls_server_config.max_version",
+        ),
+        (
+            format!("{TLS_FILES}  min_version: TLS13\n  max_version: TLS12\n"),
+            "tls_server_config.min_version",
+        ),
         (
             format!("{TLS_FILES}  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n"),
             "tls_server_config.cipher_suites",
@@ -824,7 +840,9 @@ fn check_config_checks_the_web_config_and_names_the_file_and_the_key() {
             "tls_server_config.client_allowed_sans",
         ),
         (
-            format!("{TLS_FILES}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [prometheus]\n"),
+            format!(
+                "{TLS_FILES}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [prometheus]\n"
+            ),
             "tls_server_config.client_allowed_sans",
         ),
         (
@@ -843,7 +861,10 @@ fn check_config_checks_the_web_config_and_names_the_file_and_the_key() {
             "http_server_config:\n  headers:\n    X-Frame-Options: allow\n".to_owned(),
             "http_server_config.headers",
         ),
-        ("tls_server_config:\n  cert_file: missing.pem\n  key_file: server.key\n".to_owned(), "tls_server_config.cert_file"),
+        (
+            "tls_server_config:\n  cert_file: missing.pem\n  key_file: server.key\n".to_owned(),
+            "tls_server_config.cert_file",
+        ),
         ("rate_limit:\n  burst: 2\n".to_owned(), "rate_limit"),
     ] {
         let (code, stdout, stderr) = check_web_config(&web);
@@ -898,7 +919,12 @@ fn every_client_auth_type_and_client_allowed_sans_decide_who_gets_in() {
         ("  client_auth_type: RequestClientCert\n", 200, 200, 200),
         ("  client_auth_type: RequireAnyClientCert\n", 0, 200, 200),
         ("  client_auth_type: VerifyClientCertIfGiven\n", 200, 0, 200),
-        ("  client_auth_type: RequireAndVerifyClientCert\n", 0, 0, 200),
+        (
+            "  client_auth_type: RequireAndVerifyClientCert\n",
+            0,
+            0,
+            200,
+        ),
         (
             "  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans: [someone, prometheus]\n",
             0,
@@ -913,9 +939,21 @@ fn every_client_auth_type_and_client_allowed_sans_decide_who_gets_in() {
         ),
     ] {
         let (_dir, exporter) = exporter_with_web_config(&fake, &pki, &web(settings));
-        assert_eq!(get(&exporter, None), none, "{settings} without a certificate");
-        assert_eq!(get(&exporter, Some(&stranger)), unsigned, "{settings} with an unsigned certificate");
-        assert_eq!(get(&exporter, Some(&pki.client)), signed, "{settings} with a signed certificate");
+        assert_eq!(
+            get(&exporter, None),
+            none,
+            "{settings} without a certificate"
+        );
+        assert_eq!(
+            get(&exporter, Some(&stranger)),
+            unsigned,
+            "{settings} with an unsigned certificate"
+        );
+        assert_eq!(
+            get(&exporter, Some(&pki.client)),
+            signed,
+            "{settings} with a signed certificate"
+        );
     }
 }
 
@@ -937,12 +975,19 @@ fn a_rotated_certificate_is_served_to_new_connections_without_a_reload() {
             .map(|answer| answer.status)
     };
     assert_eq!(status(&old), Ok(200));
-    assert!(status(&new).is_err(), "the new CA already vouches for the old certificate");
+    assert!(
+        status(&new).is_err(),
+        "the new CA already vouches for the old certificate"
+    );
 
     // The key first: until the certificate follows, the pair does not match and the old
     // one stays in service.
     replace_file(&dir.path().join("server.key"), &new.server.1);
-    assert_eq!(status(&old), Ok(200), "a half-rotated pair replaced the certificate");
+    assert_eq!(
+        status(&old),
+        Ok(200),
+        "a half-rotated pair replaced the certificate"
+    );
     replace_file(&dir.path().join("server.pem"), &new.server.0);
 
     assert_eq!(status(&new), Ok(200), "the new certificate is not served");
@@ -965,8 +1010,10 @@ fn the_listen_address_takes_a_host_name_or_only_a_port() {
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let served = loop {
-            let candidates: [std::net::SocketAddr; 2] =
-                [([127, 0, 0, 1], port).into(), (std::net::Ipv6Addr::LOCALHOST, port).into()];
+            let candidates: [std::net::SocketAddr; 2] = [
+                ([127, 0, 0, 1], port).into(),
+                (std::net::Ipv6Addr::LOCALHOST, port).into(),
+            ];
             if let Some(address) = candidates
                 .into_iter()
                 .find(|a| std::net::TcpStream::connect(a).is_ok())

@@ -813,7 +813,10 @@ fn run_now_too_soon_after_the_last_run_shows_when_the_next_one_is_possible() {
     let browser = Browser::open(&driver, true);
     browser.go(&format!("http://{}/", exporter.address));
     browser.wait(Duration::from_secs(10), "the script to start", || {
-        let live = browser.script("return document.documentElement.dataset.live || null", json!([]));
+        let live = browser.script(
+            "return document.documentElement.dataset.live || null",
+            json!([]),
+        );
         (live == "on").then_some(())
     });
     let row = browser.find(&row_selector("manual"));
@@ -840,5 +843,9 @@ fn run_now_too_soon_after_the_last_run_shows_when_the_next_one_is_possible() {
         .unwrap_or_else(|| panic!("not a rate-limit notice: {text:?}"));
     assert!((1..=10).contains(&seconds), "{text}");
     assert!(browser.enabled(&button));
-    assert_eq!(fake.calls("sleep300ms"), 1, "the refused run called the ERP");
+    assert_eq!(
+        fake.calls("sleep300ms"),
+        1,
+        "the refused run called the ERP"
+    );
 }
