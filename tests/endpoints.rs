@@ -850,10 +850,6 @@ fn check_config_checks_the_web_config_and_names_the_file_and_the_key() {
             "tls_server_config.client_auth_type",
         ),
         (
-            format!("{TLS_FILES}  client_ca_file: ca.pem\n"),
-            "tls_server_config.client_ca_file",
-        ),
-        (
             "http_server_config:\n  headers:\n    X-Powered-By: me\n".to_owned(),
             "http_server_config.headers",
         ),

@@ -361,11 +361,11 @@ fn server_config(
             "tls_server_config.client_allowed_sans: needs client_auth_type RequireAndVerifyClientCert (with {kind}, a client could present no certificate, or one anyone can make with an allowed name)"
         ));
     }
-    // As in the toolkit: a CA without a policy asking for certificates is a mistake. (With
-    // RequestClientCert and RequireAnyClientCert it is read by neither.)
+    // The toolkit refuses a CA without a policy asking for certificates; files that worked
+    // here before keep working, with a warning.
     if raw.client_ca_file.is_some() && kind == "NoClientCert" {
-        return Err(
-            "tls_server_config.client_ca_file: set without a client_auth_type that asks for certificates; use RequireAndVerifyClientCert or VerifyClientCertIfGiven, or remove it".to_owned(),
+        tracing::warn!(
+            "tls_server_config.client_ca_file: unused with client_auth_type NoClientCert (no client certificate is asked for); set RequireAndVerifyClientCert or VerifyClientCertIfGiven, or remove it"
         );
     }
     let builder = match kind {
