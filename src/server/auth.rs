@@ -73,7 +73,7 @@ pub struct Auth {
     verified: Mutex<HashSet<[u8; 32]>>,
     /// One permit per bcrypt check allowed to run at once (a few CPUs' worth): the
     /// others wait here, as cheap futures, instead of as blocking-pool threads.
-    checks: tokio::sync::Semaphore,
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Auth {
@@ -82,7 +82,7 @@ impl Default for Auth {
         Self {
             users: RwLock::default(),
             verified: Mutex::default(),
-            checks: tokio::sync::Semaphore::new(cpus.clamp(1, 4)),
+            checks: Arc::new(tokio::sync::Semaphore::new(cpus.clamp(1, 4))),
         }
     }
 }
@@ -135,14 +135,19 @@ impl Auth {
             return true;
         }
         // The semaphore is never closed, so acquiring only waits.
-        let Ok(_permit) = self.checks.acquire().await else {
+        let Ok(permit) = self.checks.clone().acquire_owned().await else {
             return false;
         };
         let password = password.to_owned();
-        let valid =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
+        // The permit goes with the job: a client hanging up does not free its slot while
+        // bcrypt still runs.
+        let valid = tokio::task::spawn_blocking(move || {
+            let valid = bcrypt::verify(password, &hash).unwrap_or(false);
+            drop(permit);
+            valid
+        })
+        .await
+        .unwrap_or(false);
         let valid = valid && known.is_some();
         if valid {
             let mut verified = self
