@@ -1051,3 +1051,52 @@ fn probe_without_a_name_or_with_a_bad_flag_exits_2_and_lists_the_probes() {
     }
     assert_eq!(fake.server.calls("ok"), 0);
 }
+
+/// The protocol the exporter picks by ALPN when a client offers HTTP/2 and HTTP/1.1.
+fn negotiated_protocol(address: std::net::SocketAddr, ca_pem: &str) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in common::pem_certs(ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut tcp = std::net::TcpStream::connect(address).unwrap();
+    while connection.is_handshaking() {
+        connection.complete_io(&mut tcp).unwrap();
+    }
+    let protocol = connection.alpn_protocol().map(<[u8]>::to_vec);
+    connection.send_close_notify();
+    let _ = connection.complete_io(&mut tcp);
+    let _ = tcp.flush();
+    protocol
+}
+
+#[test]
+fn http2_is_offered_over_tls_unless_the_web_config_turns_it_off() {
+    let fake = fake();
+    let pki = common::Pki::generate();
+    let (_dir, exporter) = exporter_with_web_config(&fake, &pki, TLS_FILES);
+    assert_eq!(
+        negotiated_protocol(exporter.address, &pki.ca).as_deref(),
+        Some(&b"h2"[..])
+    );
+    let (_dir, exporter) = exporter_with_web_config(
+        &fake,
+        &pki,
+        &format!("{TLS_FILES}http_server_config:\n  http2: false\n"),
+    );
+    assert_eq!(
+        negotiated_protocol(exporter.address, &pki.ca).as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+}
