@@ -253,9 +253,18 @@
     }, POLL_MS);
   }
 
+  function nextRunText(seconds) {
+    return seconds > 0 ? "Next on-demand run possible in " + seconds + " s" : "On-demand run possible now";
+  }
+
   function tickAges() {
     for (const el of document.querySelectorAll(".age[data-at]")) {
       el.textContent = relative(el.dataset.at);
+    }
+    for (const el of document.querySelectorAll(".run-output[data-until]")) {
+      const left = Math.max(0, Math.ceil((Number(el.dataset.until) - Date.now()) / 1000));
+      el.textContent = nextRunText(left);
+      if (left === 0) delete el.dataset.until;
     }
   }
 
@@ -265,6 +274,7 @@
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
     output.className = "run-output pending";
+    delete output.dataset.until;
     output.textContent = "Running…";
     try {
       const response = await fetch("/api/v1/probes/" + encodeURIComponent(name) + "/run", {
@@ -274,6 +284,17 @@
       if (response.status === 409) {
         output.className = "run-output busy";
         output.textContent = "Already running";
+      } else if (response.status === 429) {
+        // The on-demand gap spares the ERP: say when a run is possible again.
+        const wait = parseInt(response.headers.get("Retry-After"), 10);
+        output.className = "run-output busy";
+        if (Number.isFinite(wait) && wait >= 0) {
+          output.dataset.until = String(Date.now() + wait * 1000);
+          output.textContent = nextRunText(wait);
+        } else {
+          delete output.dataset.until;
+          output.textContent = "Too soon after the last run; try again shortly";
+        }
       } else if (response.ok) {
         const result = await response.json();
         output.className = "run-output " + (result.success ? "up" : "down");

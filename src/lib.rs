@@ -157,6 +157,8 @@ pub struct App {
     pub scheduler: Scheduler,
     /// Users allowed on the endpoints.
     pub auth: Arc<Auth>,
+    /// Headers the web config adds to every response.
+    pub response_headers: Arc<server::ResponseHeaders>,
     /// TLS of the endpoints (reloaded in place), `None` for plain HTTP.
     tls: Option<RustlsConfig>,
     /// One reload at a time.
@@ -191,9 +193,11 @@ impl App {
         scheduler.apply(config);
         metrics.config_loaded(true);
         let auth = Arc::new(Auth::default());
+        let response_headers = Arc::new(server::ResponseHeaders::default());
         let mut tls = None;
         if let Some(web) = web {
             auth.set_users(web.users);
+            response_headers.set(web.headers);
             tls = web.tls.map(RustlsConfig::from_config);
         }
         Ok(Arc::new(Self {
@@ -202,6 +206,7 @@ impl App {
             metrics,
             scheduler,
             auth,
+            response_headers,
             tls,
             reload_lock: tokio::sync::Mutex::new(()),
         }))
@@ -238,6 +243,7 @@ impl App {
                     live.reload_from_config(new);
                 }
                 self.auth.set_users(web.users);
+                self.response_headers.set(web.headers);
             }
             Ok(self.scheduler.apply(&config))
         });

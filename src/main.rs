@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use webhook_exporter::config::{self, DEFAULT_CONFIG_PATH};
 use webhook_exporter::logging::{self, LogFormat, LogLevel};
+use webhook_exporter::server::web_config::WebConfig;
 use webhook_exporter::{App, ConfigSource, ProbeRuntimes, demo, probe, report, scheduler};
 
 /// Default `--web.listen-address`: 8916 is outside the 9100-9999 block the Prometheus wiki
@@ -54,6 +55,71 @@ struct Cli {
     command: Option<Command>,
 }
 
+impl Cli {
+    /// Parses the command line like clap's `Parser::parse` (which this shadows), except that
+    /// a usage error of the `probe` subcommand also lists the known probes.
+    fn parse() -> Self {
+        match <Self as Parser>::try_parse() {
+            Ok(cli) => cli,
+            Err(error) => usage_error(&error),
+        }
+    }
+}
+
+/// Prints clap's message (and, for `probe`, the probes of the config) and exits with its
+/// code (2 for a usage error, 0 for `--help`).
+fn usage_error(error: &clap::Error) -> ! {
+    let _ = error.print();
+    if error.use_stderr() {
+        let (subcommand, config_file) = scan_args(std::env::args().skip(1));
+        if subcommand.as_deref() == Some("probe") {
+            let path = config_file.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
+            match config::load(&path) {
+                Ok(config) => {
+                    let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+                    eprintln!("known probes: {}", names.join(", "));
+                }
+                Err(_) => eprintln!(
+                    "(the known probes cannot be listed: {} is invalid; see check-config)",
+                    path.display()
+                ),
+            }
+        }
+    }
+    std::process::exit(error.exit_code())
+}
+
+/// The subcommand and `--config.file` of a command line clap refused, read leniently: a
+/// word is the subcommand unless it is the value of a flag that takes one.
+fn scan_args(args: impl Iterator<Item = String>) -> (Option<String>, Option<PathBuf>) {
+    let command = Cli::command();
+    let takes_value = |flag: &str| {
+        command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some(flag) && arg.get_action().takes_values())
+    };
+    let (mut subcommand, mut config_file) = (None, None);
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        if let Some(flag) = arg.strip_prefix("--") {
+            match flag.split_once('=') {
+                Some(("config.file", value)) => config_file = Some(PathBuf::from(value)),
+                Some(_) => {}
+                None if takes_value(flag) => {
+                    let value = args.next();
+                    if flag == "config.file" {
+                        config_file = value.map(PathBuf::from);
+                    }
+                }
+                None => {}
+            }
+        } else if subcommand.is_none() && !arg.starts_with('-') {
+            subcommand = Some(arg);
+        }
+    }
+    (subcommand, config_file)
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Validate the config, print a summary, exit 0 (valid) or 1 (invalid).
@@ -85,7 +151,9 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Some(Command::CheckConfig) => check_config(&cli.config_file),
+            Some(Command::CheckConfig) => {
+                check_config(&cli.config_file, cli.web_config_file.as_deref())
+            }
             Some(Command::Probe { ref name }) => run_probe(&cli.config_file, name).await,
             Some(Command::Demo) => exit_code(run_demo(&cli).await),
             None => exit_code(run_exporter(&cli).await),
@@ -100,8 +168,9 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     })
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
+/// `check-config`: the config, and the web config when one is given.
+fn check_config(path: &std::path::Path, web_config: Option<&std::path::Path>) -> ExitCode {
+    let mut code = match config::load(path) {
         Ok(config) => {
             print!("{}", report::config_summary(&config, chrono::Utc::now()));
             ExitCode::SUCCESS
@@ -110,7 +179,22 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             eprintln!("{errors}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(web_path) = web_config {
+        match WebConfig::load(web_path) {
+            Ok(web) => println!(
+                "{}: valid, TLS {}, {} basic-auth user(s)",
+                web_path.display(),
+                if web.tls.is_some() { "on" } else { "off" },
+                web.users.len()
+            ),
+            Err(error) => {
+                eprintln!("invalid web config: {error}");
+                code = ExitCode::FAILURE;
+            }
+        }
     }
+    code
 }
 
 async fn run_probe(path: &std::path::Path, name: &str) -> ExitCode {
@@ -138,24 +222,40 @@ async fn run_probe(path: &std::path::Path, name: &str) -> ExitCode {
     }
 }
 
-/// Parses a Prometheus-style listen address (`:8916` means every interface).
-fn listen_address(text: &str) -> anyhow::Result<SocketAddr> {
+/// The addresses of a Prometheus-style listen address: `:8916` means every interface, a
+/// host name (`localhost:8916`) every address it resolves to.
+fn listen_addresses(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
     let full = if text.starts_with(':') {
         format!("0.0.0.0{text}")
     } else {
         text.to_owned()
     };
-    full.parse().with_context(|| {
+    let invalid = || {
         format!(
-            "invalid --web.listen-address \"{text}\": write HOST:PORT, e.g. :8916 or 127.0.0.1:8916"
+            "invalid --web.listen-address \"{text}\": write HOST:PORT, e.g. :8916, localhost:8916 or 127.0.0.1:8916"
         )
-    })
+    };
+    let addresses: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&full)
+        .with_context(invalid)?
+        .collect();
+    anyhow::ensure!(!addresses.is_empty(), "{}: no address", invalid());
+    Ok(addresses)
 }
 
-/// Binds the listen address (before anything else starts, so a busy port fails fast).
+/// Binds the listen address (before anything else starts, so a busy port fails fast): the
+/// first of its addresses that can be bound.
 fn bind(text: &str) -> anyhow::Result<std::net::TcpListener> {
-    let address = listen_address(text)?;
-    std::net::TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))
+    let addresses = listen_addresses(text)?;
+    let mut last_error = None;
+    for address in &addresses {
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some((address, error)),
+        }
+    }
+    // `addresses` is not empty, so a bind was tried and failed.
+    let (address, error) = last_error.context("no address to listen on")?;
+    Err(error).with_context(|| format!("cannot listen on {address} (--web.listen-address {text})"))
 }
 
 async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {

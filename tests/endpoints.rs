@@ -440,3 +440,663 @@ fn the_demo_probes_its_simulated_divalto_server() {
         exporter.logs()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Cross-site requests, basic auth, the web config and the command line.
+
+/// A fake Divalto server on its own runtime (the test thread blocks on HTTP calls).
+struct Fake {
+    _runtime: tokio::runtime::Runtime,
+    server: FakeDivalto,
+}
+
+fn fake() -> Fake {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(FakeDivalto::start());
+    Fake {
+        _runtime: runtime,
+        server,
+    }
+}
+
+/// A config whose probes (named `names`, codes ending `-{name}-ok`) run only when asked:
+/// their cron fires once a year.
+fn on_demand_config(fake: &Fake, names: &[&str]) -> String {
+    let probes: String = names
+        .iter()
+        .map(|name| {
+            format!(
+                "  - {{name: {name}, server: fake, code: \"{SECRET_CODE}-{name}-ok\", schedule: \"0 0 1 1 *\", timeout: 5s}}\n"
+            )
+        })
+        .collect();
+    format!(
+        "servers:\n  fake:\n    base_url: \"{}\"\nprobes:\n{probes}",
+        fake.server.base_url()
+    )
+}
+
+fn post(exporter: &Exporter, path: &str, headers: &[(&str, &str)]) -> common::HttpResponse {
+    common::http_request(exporter.address, "POST", path, headers)
+}
+
+#[test]
+fn cross_site_posts_are_refused_with_403_and_never_call_the_erp() {
+    let fake = fake();
+    let allowed_cases: [(&str, Vec<(&str, String)>); 4] = [
+        ("curl", vec![]),
+        (
+            "same-origin",
+            vec![("Sec-Fetch-Site", "same-origin".to_owned())],
+        ),
+        ("typed", vec![("Sec-Fetch-Site", "none".to_owned())]),
+        ("own-origin", vec![]),
+    ];
+    let mut names: Vec<&str> = allowed_cases.iter().map(|(name, _)| *name).collect();
+    names.push("guarded");
+    let (_dir, path) = common::write_config(&on_demand_config(&fake, &names));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let own_origin = format!("http://{}", exporter.address);
+    let other_port = format!("http://127.0.0.1:{}", common::closed_port());
+
+    let refused: [Vec<(&str, &str)>; 7] = [
+        vec![("Origin", "http://evil.example")],
+        vec![("Origin", "null")],
+        vec![("Origin", &other_port)],
+        vec![("Origin", "https://127.0.0.1")],
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Sec-Fetch-Site", "same-site")],
+        vec![("Origin", &own_origin), ("Sec-Fetch-Site", "cross-site")],
+    ];
+    for headers in &refused {
+        for path in ["/api/v1/probes/guarded/run", "/-/reload"] {
+            let answer = post(&exporter, path, headers);
+            assert_eq!(answer.status, 403, "{path} with {headers:?}: {answer:?}");
+            let body: serde_json::Value = serde_json::from_str(&answer.body)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body));
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("cross-site request refused"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        fake.server.calls("guarded-ok"),
+        0,
+        "a refused run called the ERP"
+    );
+
+    for (name, headers) in &allowed_cases {
+        let mut headers: Vec<(&str, &str)> =
+            headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        if *name == "own-origin" {
+            headers.push(("Origin", &own_origin));
+        }
+        let answer = post(&exporter, &format!("/api/v1/probes/{name}/run"), &headers);
+        assert_eq!(answer.status, 200, "{name} with {headers:?}: {answer:?}");
+        assert_eq!(fake.server.calls(&format!("{name}-ok")), 1, "{name}");
+        assert_eq!(post(&exporter, "/-/reload", &headers).status, 200, "{name}");
+    }
+    // Reads stay open to any page (the policy of the page itself guards them).
+    let list = common::http_request(
+        exporter.address,
+        "GET",
+        "/api/v1/probes",
+        &[("Sec-Fetch-Site", "cross-site")],
+    );
+    assert_eq!(list.status, 200);
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Writes `text` as `web.yml` next to the config and returns its path.
+fn write_web_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("web.yml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Median wall time of `count` calls of `call`.
+fn median_time(count: usize, mut call: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..count)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            call();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[count / 2]
+}
+
+/// Threads of process `pid` right now.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn basic_auth_refuses_passwords_over_72_bytes_and_reads_the_scheme_in_any_case() {
+    let fake = fake();
+    let (dir, path) = common::write_config(&on_demand_config(&fake, &["p"]));
+    // bcrypt reads 72 bytes at most: a longer password must not match its first 72.
+    let password = "s3cret-".repeat(11)[..72].to_owned();
+    let hash = bcrypt::hash(&password, 4).unwrap();
+    let web = write_web_config(
+        dir.path(),
+        &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    );
+    let exporter = Exporter::start(
+        &[
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+        ],
+        &[],
+    );
+    let get = |authorization: &str| {
+        common::http_request(
+            exporter.address,
+            "GET",
+            "/metrics",
+            &[("Authorization", authorization)],
+        )
+        .status
+    };
+    let credentials = base64_encode(&format!("prometheus:{password}"));
+    for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+        assert_eq!(get(&format!("{scheme} {credentials}")), 200, "{scheme}");
+    }
+    let longer = base64_encode(&format!("prometheus:{password}anything"));
+    assert_eq!(get(&format!("Basic {longer}")), 401, "73+ bytes accepted");
+    let wrong = base64_encode(&format!("prometheus:{}", &password[..71]));
+    assert_eq!(get(&format!("Basic {wrong}")), 401);
+    assert_eq!(get(&format!("Bearer {credentials}")), 401);
+}
+
+#[test]
+fn an_unknown_user_takes_as_long_as_a_known_one() {
+    let fake = fake();
+    let (dir, path) = common::write_config(&on_demand_config(&fake, &["p"]));
+    // A cheap cost: an unknown user checked against a dearer dummy hash would stand out.
+    let hash = bcrypt::hash("s3cret-scrape", 4).unwrap();
+    let web = write_web_config(
+        dir.path(),
+        &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    );
+    let exporter = Exporter::start(
+        &[
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+        ],
+        &[],
+    );
+    let try_user = |user: &str| {
+        let authorization = format!("Basic {}", base64_encode(&format!("{user}:wrong")));
+        let status = common::http_request(
+            exporter.address,
+            "GET",
+            "/-/healthy",
+            &[("Authorization", &authorization)],
+        )
+        .status;
+        assert_eq!(status, 401);
+    };
+    try_user("nobody"); // warm up
+    let known = median_time(7, || try_user("prometheus"));
+    let unknown = median_time(7, || try_user("nobody"));
+    assert!(
+        unknown < known * 4 + Duration::from_millis(10),
+        "unknown user: {unknown:?}, known user: {known:?}"
+    );
+}
+
+#[test]
+fn a_flood_of_bad_credentials_runs_bcrypt_on_a_few_threads_only() {
+    let fake = fake();
+    let (dir, path) = common::write_config(&on_demand_config(&fake, &["p"]));
+    let hash = bcrypt::hash("s3cret-scrape", 8).unwrap();
+    let web = write_web_config(
+        dir.path(),
+        &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    );
+    let exporter = Exporter::start(
+        &[
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+        ],
+        &[],
+    );
+    // 32 unauthenticated requests at once: bcrypt runs on a few threads, not 32.
+    let before = thread_count(exporter.pid());
+    let address = exporter.address;
+    let flood: Vec<_> = (0..32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let authorization = format!("Basic {}", base64_encode(&format!("user-{i}:wrong")));
+                common::http_request(
+                    address,
+                    "GET",
+                    "/metrics",
+                    &[("Authorization", &authorization)],
+                )
+                .status
+            })
+        })
+        .collect();
+    let mut most = before;
+    while !flood.iter().all(std::thread::JoinHandle::is_finished) {
+        most = most.max(thread_count(exporter.pid()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for request in flood {
+        assert_eq!(request.join().unwrap(), 401);
+    }
+    most = most.max(thread_count(exporter.pid()));
+    assert!(
+        most <= before + 8,
+        "threads grew from {before} to {most} under an unauthenticated flood"
+    );
+}
+
+/// Writes the PKI's files next to the config; returns nothing (the web config names them).
+fn write_pki(dir: &std::path::Path, pki: &common::Pki) {
+    for (name, content) in [
+        ("ca.pem", &pki.ca),
+        ("server.pem", &pki.server.0),
+        ("server.key", &pki.server.1),
+    ] {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+}
+
+/// The exporter behind the web config `web` (written next to its config).
+fn exporter_with_web_config(
+    fake: &Fake,
+    pki: &common::Pki,
+    web: &str,
+) -> (tempfile::TempDir, Exporter) {
+    let (dir, path) = common::write_config(&on_demand_config(fake, &["p"]));
+    write_pki(dir.path(), pki);
+    let web = write_web_config(dir.path(), web);
+    let exporter = Exporter::start(
+        &[
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+        ],
+        &[],
+    );
+    (dir, exporter)
+}
+
+const TLS_FILES: &str = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
+
+#[test]
+fn an_exporter_toolkit_web_config_with_every_tls_and_http_key_works() {
+    let fake = fake();
+    let pki = common::Pki::generate();
+    let (_dir, exporter) = exporter_with_web_config(
+        &fake,
+        &pki,
+        &format!(
+            "{TLS_FILES}  client_auth_type: NoClientCert
+  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]
+  curve_preferences: [X25519, CurveP256, CurveP384]
+  min_version: TLS12
+  max_version: TLS12
+  prefer_server_cipher_suites: true
+http_server_config:
+  http2: false
+  headers:
+    Strict-Transport-Security: max-age=31536000; includeSubDomains
+    X-Frame-Options: deny
+    X-Content-Type-Options: nosniff
+"
+        ),
+    );
+    let answer =
+        common::https_request(exporter.address, "GET", "/metrics", &[], &pki.ca, None).unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(answer.header("x-frame-options"), Some("deny"));
+    // The page keeps its own, stricter policy.
+    let page = common::https_request(exporter.address, "GET", "/", &[], &pki.ca, None).unwrap();
+    assert_eq!(page.header("x-frame-options"), Some("deny"));
+    assert!(
+        page.header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+}
+
+/// `check-config` with the web config `web` (next to a valid config): exit code and stderr.
+fn check_web_config(web: &str) -> (i32, String, String) {
+    let fake = fake();
+    let pki = common::Pki::generate();
+    let (dir, path) = common::write_config(&on_demand_config(&fake, &["p"]));
+    write_pki(dir.path(), &pki);
+    let web = write_web_config(dir.path(), web);
+    common::run_binary(
+        &[
+            "check-config",
+            &format!("--config.file={}", path.display()),
+            &format!("--web.config.file={}", web.display()),
+        ],
+        &[],
+        None,
+    )
+}
+
+#[test]
+fn check_config_checks_the_web_config_and_names_the_file_and_the_key() {
+    let (code, stdout, stderr) = check_web_config(&format!(
+        "{TLS_FILES}  min_version: TLS13\nbasic_auth_users:\n  prometheus: '{}'\n",
+        bcrypt::hash("x", 4).unwrap()
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("web.yml: valid"), "{stdout}");
+
+    for (web, key) in [
+        (
+            "basic_auth_users:\n  prometheus: not-a-hash\n".to_owned(),
+            "basic_auth_users.prometheus",
+        ),
+        (
+            format!("{TLS_FILES}  max_version: TLS11\n"),
+            "tls_server_config.max_version",
+        ),
+        (
+            format!("{TLS_FILES}  min_version: TLS13\n  max_version: TLS12\n"),
+            "tls_server_config.min_version",
+        ),
+        (
+            format!("{TLS_FILES}  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n"),
+            "tls_server_config.cipher_suites",
+        ),
+        (
+            format!("{TLS_FILES}  cipher_suites: [TLS_MADE_UP]\n"),
+            "tls_server_config.cipher_suites",
+        ),
+        (
+            format!("{TLS_FILES}  curve_preferences: [CurveP521]\n"),
+            "tls_server_config.curve_preferences",
+        ),
+        (
+            format!("{TLS_FILES}  client_allowed_sans: [prometheus]\n"),
+            "tls_server_config.client_allowed_sans",
+        ),
+        (
+            format!(
+                "{TLS_FILES}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [prometheus]\n"
+            ),
+            "tls_server_config.client_allowed_sans",
+        ),
+        (
+            format!("{TLS_FILES}  client_auth_type: Sometimes\n"),
+            "tls_server_config.client_auth_type",
+        ),
+        (
+            "http_server_config:\n  headers:\n    X-Powered-By: me\n".to_owned(),
+            "http_server_config.headers",
+        ),
+        (
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow\n".to_owned(),
+            "http_server_config.headers",
+        ),
+        (
+            "tls_server_config:\n  cert_file: missing.pem\n  key_file: server.key\n".to_owned(),
+            "tls_server_config.cert_file",
+        ),
+        ("rate_limit:\n  burst: 2\n".to_owned(), "rate_limit"),
+    ] {
+        let (code, stdout, stderr) = check_web_config(&web);
+        assert_eq!(code, 1, "accepted:\n{web}\n{stdout}{stderr}");
+        assert!(
+            stderr.contains("web.yml") && stderr.contains(key),
+            "{web}: the error does not name the file and {key}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn tls_10_and_11_as_min_version_are_raised_to_tls_12_with_a_warning() {
+    let (code, _, stderr) = check_web_config(&format!("{TLS_FILES}  min_version: TLS10\n"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("tls_server_config.min_version") && stderr.contains("TLS12"),
+        "{stderr}"
+    );
+}
+
+/// A client certificate no CA signed.
+fn self_signed_client() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["stranger".to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn every_client_auth_type_and_client_allowed_sans_decide_who_gets_in() {
+    let fake = fake();
+    let pki = common::Pki::generate();
+    let stranger = self_signed_client();
+    let get = |exporter: &Exporter, client: Option<&(String, String)>| {
+        common::https_request(
+            exporter.address,
+            "GET",
+            "/-/healthy",
+            &[],
+            &pki.ca,
+            client.map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .map(|answer| answer.status)
+        .unwrap_or(0)
+    };
+    let web = |rest: &str| format!("{TLS_FILES}  client_ca_file: ca.pem\n{rest}");
+    // (client_auth_type and more, status without a certificate, with the stranger's, with
+    // the CA-signed one whose SAN is "prometheus"); 0 = refused at the handshake.
+    for (settings, none, unsigned, signed) in [
+        ("  client_auth_type: RequestClientCert\n", 200, 200, 200),
+        ("  client_auth_type: RequireAnyClientCert\n", 0, 200, 200),
+        ("  client_auth_type: VerifyClientCertIfGiven\n", 200, 0, 200),
+        (
+            "  client_auth_type: RequireAndVerifyClientCert\n",
+            0,
+            0,
+            200,
+        ),
+        (
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans: [someone, prometheus]\n",
+            0,
+            0,
+            200,
+        ),
+        (
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans: [someone-else]\n",
+            0,
+            0,
+            0,
+        ),
+    ] {
+        let (_dir, exporter) = exporter_with_web_config(&fake, &pki, &web(settings));
+        assert_eq!(
+            get(&exporter, None),
+            none,
+            "{settings} without a certificate"
+        );
+        assert_eq!(
+            get(&exporter, Some(&stranger)),
+            unsigned,
+            "{settings} with an unsigned certificate"
+        );
+        assert_eq!(
+            get(&exporter, Some(&pki.client)),
+            signed,
+            "{settings} with a signed certificate"
+        );
+    }
+}
+
+/// Replaces `path` at once (as cert-manager or a Kubernetes secret update does).
+fn replace_file(path: &std::path::Path, content: &str) {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, content).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+#[test]
+fn a_rotated_certificate_is_served_to_new_connections_without_a_reload() {
+    let fake = fake();
+    let old = common::Pki::generate();
+    let new = common::Pki::generate();
+    let (dir, exporter) = exporter_with_web_config(&fake, &old, TLS_FILES);
+    let status = |pki: &common::Pki| {
+        common::https_request(exporter.address, "GET", "/-/healthy", &[], &pki.ca, None)
+            .map(|answer| answer.status)
+    };
+    assert_eq!(status(&old), Ok(200));
+    assert!(
+        status(&new).is_err(),
+        "the new CA already vouches for the old certificate"
+    );
+
+    // The key first: until the certificate follows, the pair does not match and the old
+    // one stays in service.
+    replace_file(&dir.path().join("server.key"), &new.server.1);
+    assert_eq!(
+        status(&old),
+        Ok(200),
+        "a half-rotated pair replaced the certificate"
+    );
+    replace_file(&dir.path().join("server.pem"), &new.server.0);
+
+    assert_eq!(status(&new), Ok(200), "the new certificate is not served");
+    assert!(status(&old).is_err(), "the old certificate is still served");
+    assert!(!exporter.logs().contains("config reloaded"));
+}
+
+#[test]
+fn the_listen_address_takes_a_host_name_or_only_a_port() {
+    let fake = fake();
+    let (_dir, path) = common::write_config(&on_demand_config(&fake, &["p"]));
+    for host in ["localhost", ""] {
+        let port = common::closed_port();
+        let mut child = std::process::Command::new(common::binary())
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!("--web.listen-address={host}:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let served = loop {
+            let candidates: [std::net::SocketAddr; 2] = [
+                ([127, 0, 0, 1], port).into(),
+                (std::net::Ipv6Addr::LOCALHOST, port).into(),
+            ];
+            if let Some(address) = candidates
+                .into_iter()
+                .find(|a| std::net::TcpStream::connect(a).is_ok())
+            {
+                break Some(common::http_get(address, "/-/healthy").0);
+            }
+            if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(
+            served,
+            Some(200),
+            "--web.listen-address={host}:{port}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn probe_without_a_name_or_with_a_bad_flag_exits_2_and_lists_the_probes() {
+    let fake = fake();
+    let (_dir, path) = common::write_config(&on_demand_config(&fake, &["first", "second"]));
+    let flag = format!("--config.file={}", path.display());
+    for args in [
+        vec!["probe", &flag],
+        vec!["probe", "first", "--no-such-flag", &flag],
+        vec!["probe", "--config.file", path.to_str().unwrap()],
+    ] {
+        let (code, stdout, stderr) = common::run_binary(&args, &[], None);
+        assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("known probes: first, second"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(fake.server.calls("ok"), 0);
+}
+
+/// The protocol the exporter picks by ALPN when a client offers HTTP/2 and HTTP/1.1.
+fn negotiated_protocol(address: std::net::SocketAddr, ca_pem: &str) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in common::pem_certs(ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut tcp = std::net::TcpStream::connect(address).unwrap();
+    while connection.is_handshaking() {
+        connection.complete_io(&mut tcp).unwrap();
+    }
+    let protocol = connection.alpn_protocol().map(<[u8]>::to_vec);
+    connection.send_close_notify();
+    let _ = connection.complete_io(&mut tcp);
+    let _ = tcp.flush();
+    protocol
+}
+
+#[test]
+fn http2_is_offered_over_tls_unless_the_web_config_turns_it_off() {
+    let fake = fake();
+    let pki = common::Pki::generate();
+    let (_dir, exporter) = exporter_with_web_config(&fake, &pki, TLS_FILES);
+    assert_eq!(
+        negotiated_protocol(exporter.address, &pki.ca).as_deref(),
+        Some(&b"h2"[..])
+    );
+    let (_dir, exporter) = exporter_with_web_config(
+        &fake,
+        &pki,
+        &format!("{TLS_FILES}http_server_config:\n  http2: false\n"),
+    );
+    assert_eq!(
+        negotiated_protocol(exporter.address, &pki.ca).as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+}

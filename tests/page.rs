@@ -456,7 +456,8 @@ impl Setup {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let fake = runtime.block_on(FakeDivalto::start());
         let base = fake.base_url();
-        // `manual` runs only when asked: its cron fires once a year.
+        // `manual`, `busy` and `xss-now` run only when asked: their cron fires once a year
+        // (so a run now is never refused as too soon after a scheduled run).
         let (dir, path) = common::write_config(&format!(
             r#"
 defaults:
@@ -471,6 +472,8 @@ probes:
   - {{name: status-400, server: fake, code: "{SECRET_CODE}-http400"}}
   - {{name: xss, server: fake, code: "{SECRET_CODE}-xss"}}
   - {{name: manual, server: fake, code: "{SECRET_CODE}-sleep2s", schedule: "0 0 1 1 *", timeout: 5s}}
+  - {{name: busy, server: fake, code: "{SECRET_CODE}-busy-sleep2s", schedule: "0 0 1 1 *", timeout: 5s}}
+  - {{name: xss-now, server: fake, code: "{SECRET_CODE}-now-xss", schedule: "0 0 1 1 *"}}
   - {{name: health, url: "{base}/api/v1/WebHook/health-plain0"}}
 "#
         ));
@@ -645,7 +648,7 @@ fn the_page_shows_every_probe_refreshes_itself_and_runs_a_probe_on_demand() {
     let summary = |id: &str| browser.text(&browser.find(&format!("#{id}")));
     assert_eq!(summary("count-up"), "2");
     assert_eq!(summary("count-down"), "3");
-    assert_eq!(summary("count-never"), "1");
+    assert_eq!(summary("count-never"), "3");
 
     // The XSS payload is text: no element made of it, no dialog.
     let xss = browser.row("xss");
@@ -701,24 +704,28 @@ fn the_page_shows_every_probe_refreshes_itself_and_runs_a_probe_on_demand() {
     assert!(row["duration"].as_str().unwrap().starts_with("2."), "{row}");
     assert_eq!(setup.fake.calls("sleep2s"), calls_before + 1);
 
-    // A run already in flight (started elsewhere) shows as "already running".
+    // A run already in flight (started elsewhere) shows as "already running". (Another
+    // probe: a second run of `manual` this soon would be refused by run_now_min_gap.)
+    let busy = browser.find(&row_selector("busy"));
+    let busy_button = browser.find_within(&busy, "button.run")[0].clone();
+    let busy_output = browser.find_within(&busy, ".run-output")[0].clone();
     let address = setup.exporter.address;
     let elsewhere = std::thread::spawn(move || {
-        common::http_request(address, "POST", "/api/v1/probes/manual/run", &[]).status
+        common::http_request(address, "POST", "/api/v1/probes/busy/run", &[]).status
     });
     browser.wait(Duration::from_secs(5), "the other run to start", || {
-        let (_, body) = setup.exporter.get("/api/v1/probes/manual");
+        let (_, body) = setup.exporter.get("/api/v1/probes/busy");
         body.contains("\"running\":true").then_some(())
     });
-    browser.click(&button);
+    browser.click(&busy_button);
     browser.wait(Duration::from_secs(5), "the conflict", || {
-        (browser.text(&output) == "Already running").then_some(())
+        (browser.text(&busy_output) == "Already running").then_some(())
     });
     assert_eq!(elsewhere.join().unwrap(), 200);
     assert_eq!(setup.fake.calls("sleep2s"), calls_before + 2);
 
     // "Run now" on the XSS probe: its result in the row is still text.
-    let xss_row = browser.find(&row_selector("xss"));
+    let xss_row = browser.find(&row_selector("xss-now"));
     let xss_button = browser.find_within(&xss_row, "button.run")[0].clone();
     let xss_output = browser.find_within(&xss_row, ".run-output")[0].clone();
     browser.click(&xss_button);
@@ -796,4 +803,56 @@ fn with_scripts_off_the_browser_shows_every_status_and_message() {
     let button = browser.find_within(&browser.find(&row_selector("manual")), "button.run");
     assert!(!browser.displayed(&button[0]));
     assert_eq!(browser.open_dialog(), None);
+}
+
+#[test]
+fn run_now_too_soon_after_the_last_run_shows_when_the_next_one_is_possible() {
+    // Needs the scheduler's on-demand gap (run_now_min_gap, default 10 s): a second run
+    // within it answers 429 with Retry-After.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeDivalto::start());
+    let (_dir, path) = common::write_config(&format!(
+        "servers:\n  fake:\n    base_url: \"{}\"\nprobes:\n  - {{name: manual, server: fake, code: \"{SECRET_CODE}-sleep300ms\", schedule: \"0 0 1 1 *\", timeout: 5s}}\n",
+        fake.base_url()
+    ));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let driver = ChromeDriver::start();
+    let browser = Browser::open(&driver, true);
+    browser.go(&format!("http://{}/", exporter.address));
+    browser.wait(Duration::from_secs(10), "the script to start", || {
+        let live = browser.script(
+            "return document.documentElement.dataset.live || null",
+            json!([]),
+        );
+        (live == "on").then_some(())
+    });
+    let row = browser.find(&row_selector("manual"));
+    let button = browser.find_within(&row, "button.run")[0].clone();
+    let output = browser.find_within(&row, ".run-output")[0].clone();
+
+    // The page's own POST passes the cross-site check: the run happens.
+    browser.click(&button);
+    browser.wait(Duration::from_secs(10), "the run result", || {
+        browser.text(&output).starts_with("Succeeded").then_some(())
+    });
+    assert_eq!(fake.calls("sleep300ms"), 1);
+
+    // Again at once: the page says when it may run again, not an error.
+    browser.click(&button);
+    let text = browser.wait(Duration::from_secs(10), "the rate-limit notice", || {
+        let text = browser.text(&output);
+        (!text.starts_with("Running") && !text.starts_with("Succeeded")).then_some(text)
+    });
+    let seconds: u64 = text
+        .strip_prefix("Next on-demand run possible in ")
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a rate-limit notice: {text:?}"));
+    assert!((1..=10).contains(&seconds), "{text}");
+    assert!(browser.enabled(&button));
+    assert_eq!(
+        fake.calls("sleep300ms"),
+        1,
+        "the refused run called the ERP"
+    );
 }

@@ -1,7 +1,8 @@
 //! Basic authentication of every endpoint, exporter-toolkit style: bcrypt hashes, `401` with
-//! `WWW-Authenticate`, unknown users checked against a dummy hash so timing does not tell
-//! which user names exist, and successful checks cached so a scrape every 15 s does not pay
-//! bcrypt each time.
+//! `WWW-Authenticate`, unknown users checked against a dummy hash of the users' own cost so
+//! timing does not tell which user names exist, successful checks cached so a scrape every
+//! 15 s does not pay bcrypt each time, and a cap on the bcrypt checks running at once so a
+//! flood of bad credentials cannot queue unbounded blocking work.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,27 +13,83 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
-/// A bcrypt hash (cost 10) verified for unknown users, so they take as long as known ones.
-fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    // Hashing with a valid cost cannot fail; an empty string would only make unknown users
-    // fail faster.
-    HASH.get_or_init(|| bcrypt::hash("webhook-exporter: no such user", 10).unwrap_or_default())
+/// bcrypt reads at most this many bytes of a password: a longer one would match its first
+/// 72 bytes followed by anything, so it is refused.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
+/// The users allowed in, and the dummy hash unknown users are checked against.
+#[derive(Default)]
+pub struct Users {
+    hashes: HashMap<String, String>,
+    /// A hash at the highest cost of `hashes`, so an unknown user costs what a known one
+    /// does; empty when there are no users.
+    dummy: String,
+}
+
+impl Users {
+    /// The users with their bcrypt hashes (already checked to be bcrypt). Computes the
+    /// dummy hash: blocking (one bcrypt run at the users' cost), so call it where files are
+    /// read (start-up, the blocking pool of a reload), never on a request.
+    pub fn new(hashes: HashMap<String, String>) -> Self {
+        let cost = hashes
+            .values()
+            .filter_map(|hash| hash.parse::<bcrypt::HashParts>().ok())
+            .map(|parts| parts.get_cost())
+            .max();
+        // Hashing with a cost read from a valid hash cannot fail; an empty dummy would only
+        // make unknown users fail faster.
+        let dummy = cost
+            .map(|cost| bcrypt::hash("webhook-exporter: no such user", cost).unwrap_or_default())
+            .unwrap_or_default();
+        Self { hashes, dummy }
+    }
+
+    /// How many users are configured.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Whether no user is configured (no authentication).
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// The bcrypt cost unknown users pay.
+    pub fn dummy_cost(&self) -> Option<u32> {
+        self.dummy
+            .parse::<bcrypt::HashParts>()
+            .ok()
+            .map(|parts| parts.get_cost())
+    }
 }
 
 /// Successful checks remembered at most; the cache is emptied when full.
 const CACHE_LIMIT: usize = 1024;
 
-/// The users and the cache; replaced users (after a reload) clear the cache.
-#[derive(Default)]
+/// The users, the cache and the cap on bcrypt checks; replaced users (after a reload) clear
+/// the cache.
 pub struct Auth {
-    users: RwLock<Arc<HashMap<String, String>>>,
+    users: RwLock<Arc<Users>>,
     verified: Mutex<HashSet<[u8; 32]>>,
+    /// One permit per bcrypt check allowed to run at once (a few CPUs' worth): the
+    /// others wait here, as cheap futures, instead of as blocking-pool threads.
+    checks: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self {
+            users: RwLock::default(),
+            verified: Mutex::default(),
+            checks: Arc::new(tokio::sync::Semaphore::new(cpus.clamp(1, 4))),
+        }
+    }
 }
 
 impl Auth {
     /// Installs a new set of users (empty: no authentication).
-    pub fn set_users(&self, users: HashMap<String, String>) {
+    pub fn set_users(&self, users: Users) {
         *self
             .users
             .write()
@@ -43,7 +100,7 @@ impl Auth {
             .clear();
     }
 
-    fn users(&self) -> Arc<HashMap<String, String>> {
+    fn users(&self) -> Arc<Users> {
         self.users
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -53,8 +110,11 @@ impl Auth {
     /// Whether `user`/`password` are valid. bcrypt runs on the blocking pool.
     async fn check(&self, user: &str, password: &str) -> bool {
         let users = self.users();
-        let known = users.get(user);
-        let hash = known.map_or_else(|| dummy_hash().to_owned(), Clone::clone);
+        let known = users.hashes.get(user);
+        let hash = known.unwrap_or(&users.dummy).clone();
+        if password.len() > MAX_PASSWORD_BYTES {
+            return false;
+        }
         // Keyed on user, password and hash, so a changed hash invalidates the entry.
         let key: [u8; 32] = {
             let mut context = ring::digest::Context::new(&ring::digest::SHA256);
@@ -74,11 +134,20 @@ impl Auth {
         {
             return true;
         }
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(permit) = self.checks.clone().acquire_owned().await else {
+            return false;
+        };
         let password = password.to_owned();
-        let valid =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
+        // The permit goes with the job: a client hanging up does not free its slot while
+        // bcrypt still runs.
+        let valid = tokio::task::spawn_blocking(move || {
+            let valid = bcrypt::verify(password, &hash).unwrap_or(false);
+            drop(permit);
+            valid
+        })
+        .await
+        .unwrap_or(false);
         let valid = valid && known.is_some();
         if valid {
             let mut verified = self
@@ -109,8 +178,9 @@ pub async fn require_basic_auth(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
+            // RFC 9110: the scheme is case-insensitive.
+            let (scheme, credentials) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then_some(credentials)
         })
         .and_then(|encoded| {
             base64::engine::general_purpose::STANDARD

@@ -4,6 +4,8 @@
 
 mod api;
 pub mod auth;
+mod client_auth;
+mod csrf;
 mod status_page;
 pub mod web_config;
 
@@ -36,9 +38,49 @@ pub struct AppState {
     pub app: Arc<App>,
 }
 
-/// The exporter's routes, every one behind basic auth when users are configured.
+/// The extra response headers of the web config (`http_server_config.headers`), replaced
+/// in place by a reload.
+#[derive(Default)]
+pub struct ResponseHeaders(std::sync::RwLock<Arc<axum::http::HeaderMap>>);
+
+impl ResponseHeaders {
+    /// Installs the headers of a (re)loaded web config.
+    pub fn set(&self, headers: axum::http::HeaderMap) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(headers);
+    }
+
+    fn get(&self) -> Arc<axum::http::HeaderMap> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Adds the configured headers to a response that does not set them itself (as the
+/// toolkit does: the status page keeps its own `Content-Security-Policy`).
+async fn add_response_headers(
+    State(headers): State<Arc<ResponseHeaders>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    for (name, value) in headers.get().iter() {
+        if !response.headers().contains_key(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+/// The exporter's routes, every one behind basic auth when users are configured, and
+/// every one that changes something closed to cross-site requests.
 pub fn router(app: Arc<App>) -> Router {
     let auth = app.auth.clone();
+    let response_headers = app.response_headers.clone();
     let quick = Router::new()
         .route(
             "/metrics",
@@ -67,6 +109,12 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::require_basic_auth,
+        ))
+        // Before authentication: a forged request costs no bcrypt check.
+        .layer(axum::middleware::from_fn(csrf::refuse_cross_site))
+        .layer(axum::middleware::from_fn_with_state(
+            response_headers,
+            add_response_headers,
         ))
         .with_state(AppState { app })
 }
