@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1314,24 +1314,10 @@ fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Optio
     }
 }
 
-/// An HTTP/1.0 request (so the answer is never chunked): status and body.
-fn try_http(address: SocketAddr, method: &str, target: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "{method} {target} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
+/// A request without a body ([`common::try_http_request`]): status and body.
+fn try_http(address: SocketAddr, method: &str, target: &str) -> Result<(u16, String), String> {
+    common::try_http_request(address, method, target, &[])
+        .map(|answer| (answer.status, answer.body))
 }
 
 /// [`try_http`], failing the test when the server cannot be reached.
