@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +27,9 @@ use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::{any, post};
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
+use promql_parser::util::{ExprVisitor, walk_expr};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -655,122 +658,83 @@ fn alert_expressions() -> Vec<Expression> {
         .collect()
 }
 
-/// The vector selectors of `promql` (`name{matchers}`, as written): what must exist for the
-/// expression to mean anything. A small PromQL scanner: strings, ranges, function calls and
-/// grouping label lists are skipped.
+/// The vector selectors of `promql` (`name{matchers}`, in the order written, without their
+/// `offset` and `@` modifiers): what must exist for the expression to mean anything. Found
+/// by walking promql-parser's syntax tree, so strings, comments, ranges, subqueries,
+/// modifiers and grouping keywords are told from selectors exactly.
 fn vector_selectors(promql: &str) -> BTreeSet<String> {
-    // Binary operators and modifiers, then aggregations (which may be followed by
-    // `by (...)` instead of their parenthesis).
-    const KEYWORDS: [&str; 20] = [
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "inf",
-        "nan",
-        "atan2",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ];
-    const GROUPINGS: [&str; 6] = [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
-    let chars: Vec<char> = promql.chars().collect();
-    let mut selectors = BTreeSet::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' || c == '`' {
-            i = skip_string(&chars, i);
-        } else if c == '[' {
-            while i < chars.len() && chars[i] != ']' {
-                i += 1;
-            }
-            i += 1;
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let mut next = i;
-            while next < chars.len() && chars[next].is_whitespace() {
-                next += 1;
-            }
-            let followed_by = chars.get(next).copied();
-            if followed_by == Some('(') {
-                if GROUPINGS.contains(&word.as_str()) {
-                    while i < chars.len() && chars[i] != ')' {
-                        i += 1;
-                    }
-                    i += 1;
+    /// Collects every selector, instant or range, of the expressions it visits.
+    struct Selectors(BTreeSet<String>);
+
+    impl ExprVisitor for Selectors {
+        type Error = std::convert::Infallible;
+
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+            match expr {
+                Expr::VectorSelector(selector) => {
+                    self.0.insert(selector_text(selector));
                 }
-                // Otherwise a function or an aggregation: its arguments are scanned next.
-            } else if !KEYWORDS.contains(&word.to_lowercase().as_str()) {
-                let mut selector = word;
-                if followed_by == Some('{') {
-                    let end = skip_braces(&chars, next);
-                    selector.extend(&chars[next..end]);
-                    i = end;
+                Expr::MatrixSelector(MatrixSelector { vs, .. }) => {
+                    self.0.insert(selector_text(vs));
                 }
-                selectors.insert(selector);
+                _ => {}
             }
-        } else if c.is_ascii_digit() || c == '.' {
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-        } else {
-            i += 1;
+            Ok(true)
         }
     }
-    selectors
+
+    let expr = promql_parser::parser::parse(promql)
+        .unwrap_or_else(|error| panic!("promql-parser rejects {promql:?}: {error}"));
+    let mut selectors = Selectors(BTreeSet::new());
+    let Ok(_) = walk_expr(&mut selectors, &expr);
+    selectors.0
 }
 
-/// Index just after the string literal starting at `start`.
-fn skip_string(chars: &[char], start: usize) -> usize {
-    let quote = chars[start];
-    let mut i = start + 1;
-    while i < chars.len() && chars[i] != quote {
-        if chars[i] == '\\' && quote != '`' {
-            i += 1;
-        }
-        i += 1;
+/// `name{matchers}` of a selector, without its modifiers (the matchers keep their order).
+fn selector_text(selector: &VectorSelector) -> String {
+    let matchers = &selector.matchers;
+    let groups = if matchers.or_matchers.is_empty() {
+        std::slice::from_ref(&matchers.matchers)
+    } else {
+        matchers.or_matchers.as_slice()
+    };
+    let matchers = groups
+        .iter()
+        .filter(|group| !group.is_empty())
+        .map(|group| {
+            group
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let name = selector.name.as_deref().unwrap_or_default();
+    if matchers.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{matchers}}}")
     }
-    i + 1
 }
 
-/// Index just after the `{...}` starting at `start`, strings inside included.
-fn skip_braces(chars: &[char], start: usize) -> usize {
-    let mut i = start + 1;
-    while i < chars.len() && chars[i] != '}' {
-        if chars[i] == '"' || chars[i] == '\'' || chars[i] == '`' {
-            i = skip_string(chars, i);
-        } else {
-            i += 1;
-        }
-    }
-    (i + 1).min(chars.len())
-}
-
-/// `name` of `name{...}`.
-fn metric_name(selector: &str) -> &str {
-    selector.split('{').next().unwrap_or_default()
+/// The metric name of a selector from [`vector_selectors`]: `name` of `name{...}`, or the
+/// value of its `__name__="..."` matcher.
+fn metric_name(selector: &str) -> String {
+    let Ok(Expr::VectorSelector(selector)) = promql_parser::parser::parse(selector) else {
+        panic!("not a vector selector: {selector}")
+    };
+    selector
+        .name
+        .clone()
+        .or_else(|| {
+            let names = selector.matchers.find_matchers("__name__");
+            names
+                .into_iter()
+                .find(|matcher| matcher.op == MatchOp::Equal)
+                .map(|matcher| matcher.value)
+        })
+        .unwrap_or_default()
 }
 
 #[test]
@@ -787,6 +751,28 @@ fn the_selector_scanner_finds_metric_names_and_nothing_else() {
             r#"webhook_probe_runs_total{result="failure", reason=~"webhook_error|x{1}"}"#,
         ]
     );
+}
+
+#[test]
+fn the_selector_scanner_is_exact_on_modifiers_subqueries_comments_and_grouping_keywords() {
+    let found = vector_selectors(
+        r#"SUM BY (job) (rate({__name__="webhook_x", job!=""}[5m] @ start())) # webhook_comment
+           * on (job) group_left webhook_y offset 1h
+           + max_over_time(webhook_z{probe=~"a\\.b"}[10m:1m] offset 5m @ 1700000000)"#,
+    );
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        [
+            r#"webhook_y"#,
+            r#"webhook_z{probe=~"a\\.b"}"#,
+            r#"{__name__="webhook_x", job!=""}"#,
+        ]
+    );
+    assert_eq!(
+        metric_name(r#"{__name__="webhook_x", job!=""}"#),
+        "webhook_x"
+    );
+    assert_eq!(metric_name(r#"webhook_z{probe=~"a\\.b"}"#), "webhook_z");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1314,24 +1300,10 @@ fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Optio
     }
 }
 
-/// An HTTP/1.0 request (so the answer is never chunked): status and body.
-fn try_http(address: SocketAddr, method: &str, target: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "{method} {target} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
+/// A request without a body ([`common::try_http_request`]): status and body.
+fn try_http(address: SocketAddr, method: &str, target: &str) -> Result<(u16, String), String> {
+    common::try_http_request(address, method, target, &[])
+        .map(|answer| (answer.status, answer.body))
 }
 
 /// [`try_http`], failing the test when the server cannot be reached.

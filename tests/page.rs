@@ -1,20 +1,22 @@
-//! The status page in a real browser: Debian's `chromium`, driven through `chromedriver` with
-//! a tiny W3C WebDriver client written here (std `TcpStream` + `serde_json`), against the
-//! real binary probing a fake Divalto server.
+//! The status page in a real browser: Debian's `chromium`, driven through `chromedriver` by
+//! the `fantoccini` WebDriver client, against the real binary probing a fake Divalto server.
 //!
 //! CI installs the browser: `apt-get install chromium chromium-driver`. Without it these
 //! tests fail (they never skip), saying what to install.
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::{Exporter, FakeDivalto, SECRET_CODE};
+use fantoccini::elements::{Element, ElementRef};
+use fantoccini::error::CmdError;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -33,12 +35,17 @@ document.addEventListener("securitypolicyviolation", (e) => {
 "#;
 
 // ---------------------------------------------------------------------------------------
-// A minimal W3C WebDriver client.
+// The WebDriver client: fantoccini, driven from these blocking tests on a runtime of its own.
+
+/// How long one WebDriver command may take before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `chromedriver` on a free port; killed when dropped.
 struct ChromeDriver {
     child: Child,
     address: SocketAddr,
+    /// Runs the WebDriver sessions (fantoccini is async; these tests are not).
+    runtime: tokio::runtime::Runtime,
 }
 
 impl ChromeDriver {
@@ -63,11 +70,17 @@ impl ChromeDriver {
         let driver = Self {
             child,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, status)) = driver.try_call("GET", "/status", None)
-                && status["value"]["ready"] == true
+            if let Ok(status) = common::try_http_request(driver.address, "GET", "/status", &[])
+                && status.status == 200
+                && serde_json::from_str::<Value>(&status.body)
+                    .is_ok_and(|status| status["value"]["ready"] == true)
             {
                 return driver;
             }
@@ -79,76 +92,23 @@ impl ChromeDriver {
         }
     }
 
-    /// One WebDriver request: the HTTP status and the JSON answer.
-    fn try_call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> std::io::Result<(u16, Value)> {
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let mut stream = TcpStream::connect(self.address)?;
-        stream.set_read_timeout(Some(Duration::from_secs(90)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
-             Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
-            self.address,
-            body.len()
-        )?;
-        // chromedriver may keep the connection open: read the head, then as many bytes as
-        // it announces (or up to the end of the chunks, or of the stream).
-        let mut raw = Vec::new();
-        let mut buffer = [0u8; 16 * 1024];
-        let (head, mut payload) = loop {
-            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-                break (head, raw[split + 4..].to_vec());
-            }
-            let n = stream.read(&mut buffer)?;
-            if n == 0 {
-                return Err(std::io::Error::other("no HTTP head"));
-            }
-            raw.extend_from_slice(&buffer[..n]);
-        };
-        let length = head.lines().find_map(|line| {
-            line.strip_prefix("content-length:")
-                .and_then(|v| v.trim().parse::<usize>().ok())
-        });
-        let chunked = head.contains("transfer-encoding: chunked");
-        loop {
-            let complete = match length {
-                Some(length) => payload.len() >= length,
-                None => chunked && payload.ends_with(b"0\r\n\r\n"),
-            };
-            if complete {
-                break;
-            }
-            let n = stream.read(&mut buffer)?;
-            if n == 0 {
-                break;
-            }
-            payload.extend_from_slice(&buffer[..n]);
-        }
-        if chunked {
-            payload = dechunk(&payload);
-        }
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
-        Ok((status, value))
+    /// Waits for one WebDriver exchange, failing the test after [`COMMAND_TIMEOUT`].
+    fn block<T>(&self, what: &str, exchange: impl Future<Output = T>) -> T {
+        self.runtime
+            .block_on(async { tokio::time::timeout(COMMAND_TIMEOUT, exchange).await })
+            .unwrap_or_else(|_| {
+                panic!("{what}: no answer from chromedriver in {COMMAND_TIMEOUT:?}")
+            })
     }
 
-    /// A WebDriver request that must succeed; returns its `value`.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let (status, answer) = self
-            .try_call(method, path, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        assert_eq!(status, 200, "{method} {path} {body:?}: {answer}");
-        answer["value"].clone()
+    /// Runs one WebDriver exchange to its end: its answer, or its error.
+    fn run<T>(
+        &self,
+        what: &str,
+        exchange: impl Future<Output = Result<T, CmdError>>,
+    ) -> Result<T, String> {
+        self.block(what, exchange)
+            .map_err(|e| format!("{what}: {e}"))
     }
 }
 
@@ -171,28 +131,34 @@ fn find_chromedriver() -> PathBuf {
     );
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = end + 2;
-        out.extend_from_slice(&data[start..start + size]);
-        data = &data[start + size + 2..];
-    }
-    out
+/// A Chrome DevTools Protocol command, through chromedriver's `goog/cdp/execute` endpoint
+/// (not part of W3C WebDriver, so fantoccini has no method for it).
+#[derive(Debug)]
+struct Cdp {
+    cmd: String,
+    params: Value,
 }
 
-/// The key of an element reference in WebDriver answers.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        let session = session_id.expect("a CDP command needs a session");
+        base_url.join(&format!("session/{session}/goog/cdp/execute"))
+    }
 
-/// One browser.
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// One browser. Elements are passed around by their WebDriver reference (a `String`).
 struct Browser<'a> {
     driver: &'a ChromeDriver,
-    id: String,
+    client: Client,
     _profile: tempfile::TempDir,
 }
 
@@ -211,17 +177,27 @@ impl<'a> Browser<'a> {
         if !javascript {
             options["prefs"] = json!({ "profile.managed_default_content_settings.javascript": 2 });
         }
-        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+        let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": options,
             // Leave any dialog open, so a test can see that one was opened.
             "unhandledPromptBehavior": "ignore",
-        }}});
-        let session = driver.call("POST", "/session", Some(&capabilities));
-        let id = session["sessionId"].as_str().unwrap().to_owned();
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("an object")
+        };
+        let url = format!("http://{}", driver.address);
+        let client = driver
+            .block(
+                "new session",
+                ClientBuilder::new(HttpConnector::new())
+                    .capabilities(capabilities)
+                    .connect(&url),
+            )
+            .unwrap_or_else(|e| panic!("chromedriver did not open a session: {e}"));
         let browser = Self {
             driver,
-            id,
+            client,
             _profile: profile,
         };
         if javascript {
@@ -233,39 +209,34 @@ impl<'a> Browser<'a> {
         browser
     }
 
-    fn path(&self, rest: &str) -> String {
-        format!("/session/{}{rest}", self.id)
+    /// Runs a command that must succeed.
+    fn run<T>(&self, what: &str, command: impl Future<Output = Result<T, CmdError>>) -> T {
+        self.driver
+            .run(what, command)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The element behind a reference.
+    fn element(&self, element: &str) -> Element {
+        Element::from_element_id(self.client.clone(), ElementRef::from(element.to_owned()))
     }
 
     fn cdp(&self, cmd: &str, params: Value) -> Value {
-        self.driver.call(
-            "POST",
-            &self.path("/goog/cdp/execute"),
-            Some(&json!({ "cmd": cmd, "params": params })),
-        )
+        let command = Cdp {
+            cmd: cmd.to_owned(),
+            params,
+        };
+        self.run(cmd, self.client.issue_cmd(command))
     }
 
     fn go(&self, url: &str) {
-        self.driver
-            .call("POST", &self.path("/url"), Some(&json!({ "url": url })));
+        self.run(&format!("go to {url}"), self.client.goto(url));
     }
 
     fn find_all(&self, css: &str) -> Vec<String> {
-        self.driver
-            .call(
-                "POST",
-                &self.path("/elements"),
-                Some(&json!({ "using": "css selector", "value": css })),
-            )
-            .as_array()
-            .unwrap()
+        self.run(css, self.client.find_all(Locator::Css(css)))
             .iter()
-            .map(|e| {
-                e[ELEMENT]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("not an element: {e}"))
-                    .to_owned()
-            })
+            .map(|e| e.element_id().to_string())
             .collect()
     }
 
@@ -276,31 +247,15 @@ impl<'a> Browser<'a> {
     }
 
     fn find_within(&self, element: &str, css: &str) -> Vec<String> {
-        self.driver
-            .call(
-                "POST",
-                &self.path(&format!("/element/{element}/elements")),
-                Some(&json!({ "using": "css selector", "value": css })),
-            )
-            .as_array()
-            .unwrap()
+        self.run(css, self.element(element).find_all(Locator::Css(css)))
             .iter()
-            .map(|e| {
-                e[ELEMENT]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("not an element: {e}"))
-                    .to_owned()
-            })
+            .map(|e| e.element_id().to_string())
             .collect()
     }
 
     /// The rendered text, as a user sees it.
     fn text(&self, element: &str) -> String {
-        self.driver
-            .call("GET", &self.path(&format!("/element/{element}/text")), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.run("text", self.element(element).text())
     }
 
     /// What a probe's row shows, read in one go (a refresh may replace its cells at any
@@ -329,81 +284,48 @@ impl<'a> Browser<'a> {
     }
 
     fn text_content(&self, element: &str) -> String {
-        self.driver
-            .call(
-                "GET",
-                &self.path(&format!("/element/{element}/property/textContent")),
-                None,
-            )
-            .as_str()
+        self.run("textContent", self.element(element).prop("textContent"))
             .unwrap_or_default()
-            .to_owned()
     }
 
     fn enabled(&self, element: &str) -> bool {
-        self.driver
-            .call(
-                "GET",
-                &self.path(&format!("/element/{element}/enabled")),
-                None,
-            )
-            .as_bool()
-            .unwrap()
+        self.run("enabled", self.element(element).is_enabled())
     }
 
     fn displayed(&self, element: &str) -> bool {
-        self.driver
-            .call(
-                "GET",
-                &self.path(&format!("/element/{element}/displayed")),
-                None,
-            )
-            .as_bool()
-            .unwrap()
+        self.run("displayed", self.element(element).is_displayed())
     }
 
     fn click(&self, element: &str) {
-        self.driver.call(
-            "POST",
-            &self.path(&format!("/element/{element}/click")),
-            Some(&json!({})),
-        );
+        self.run("click", self.element(element).click());
     }
 
     fn script(&self, script: &str, args: Value) -> Value {
-        self.driver.call(
-            "POST",
-            &self.path("/execute/sync"),
-            Some(&json!({ "script": script, "args": args })),
-        )
+        let Value::Array(args) = args else {
+            panic!("script arguments are an array: {args}")
+        };
+        self.run(script, self.client.execute(script, args))
     }
 
     fn resize(&self, width: u32, height: u32) {
-        self.driver.call(
-            "POST",
-            &self.path("/window/rect"),
-            Some(&json!({ "width": width, "height": height })),
-        );
+        self.run("resize", self.client.set_window_size(width, height));
     }
 
     /// The text of an open dialog, or `None` when WebDriver says there is none.
     fn open_dialog(&self) -> Option<String> {
-        let (status, answer) = self
+        match self
             .driver
-            .try_call("GET", &self.path("/alert/text"), None)
-            .unwrap();
-        if status == 404 && answer["value"]["error"] == "no such alert" {
-            return None;
+            .block("dialog text", self.client.get_alert_text())
+        {
+            Err(e) if e.is_no_such_alert() => None,
+            Ok(text) => Some(text),
+            Err(e) => Some(format!("no answer about dialogs: {e}")),
         }
-        Some(answer.to_string())
     }
 
     /// Saves a PNG screenshot of the viewport as `target/test-artifacts/{name}`.
     fn screenshot(&self, name: &str) -> PathBuf {
-        let data = self.driver.call("GET", &self.path("/screenshot"), None);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(data.as_str().unwrap())
-            .unwrap();
+        let png = self.run("screenshot", self.client.screenshot());
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
         std::fs::create_dir_all(&dir).unwrap();
@@ -427,7 +349,7 @@ impl<'a> Browser<'a> {
 
 impl Drop for Browser<'_> {
     fn drop(&mut self) {
-        let _ = self.driver.try_call("DELETE", &self.path(""), None);
+        let _ = self.driver.run("close", self.client.clone().close());
     }
 }
 

@@ -1,11 +1,11 @@
 //! Test helpers: a fake Divalto server, raw misbehaving TCP servers, a TLS server with a
-//! generated certificate, the real binary under a guard, and `/metrics` parsed by a real
-//! exposition parser.
+//! generated certificate, an HTTP(S) client (ureq), the real binary under a guard, and
+//! `/metrics` parsed by a real exposition parser.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -441,7 +441,7 @@ impl Drop for Exporter {
     }
 }
 
-/// A minimal blocking HTTP/1.1 GET (the exporter answers with a content length).
+/// A blocking GET: the status and body (the test fails when the server cannot be reached).
 pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     let response = http_request(address, "GET", path, &[]);
     (response.status, response.body)
@@ -450,7 +450,7 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct HttpResponse {
-    /// Status code (0 if unparsable).
+    /// Status code.
     pub status: u16,
     /// Header lines, lower-cased names.
     pub headers: Vec<(String, String)>,
@@ -468,86 +468,102 @@ impl HttpResponse {
     }
 }
 
-fn parse_response(raw: &[u8]) -> HttpResponse {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |p| p + 4);
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
+/// The tests' HTTP client (ureq): a new connection for every request (no pool), redirects
+/// returned rather than followed, every status returned rather than turned into an error, no
+/// proxy from the environment, and no header but the request's own and `Host` (no
+/// `User-Agent`, `Accept` or `Accept-Encoding`: bodies arrive as the server sent them).
+fn agent(tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
+    use ureq::config::AutoHeaderValue;
+    let builder = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .user_agent(AutoHeaderValue::None)
+        .accept(AutoHeaderValue::None)
+        .accept_encoding(AutoHeaderValue::None)
+        .max_idle_connections(0)
+        .allow_non_standard_methods(true)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_recv_response(Some(Duration::from_secs(30)))
+        .timeout_recv_body(Some(Duration::from_secs(30)));
+    match tls {
+        // Over TLS the URL names `localhost` (the certificates' name, sent as SNI); IPv4
+        // only, so it is the 127.0.0.1 the servers under test listen on, never `::1`.
+        Some(tls) => builder
+            .tls_config(tls)
+            .ip_family(ureq::config::IpFamily::Ipv4Only)
+            .build()
+            .into(),
+        None => builder.build().into(),
+    }
+}
+
+/// Sends a request without a body to `url` and reads the whole answer.
+fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse, String> {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Vec::<u8>::new()).map_err(|e| e.to_string())?;
+    let mut response = agent.run(request).map_err(|e| e.to_string())?;
+    let headers = response
+        .headers()
         .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(&raw[split..])
-    } else {
-        raw[split..].to_vec()
-    };
-    HttpResponse {
-        status,
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .map_err(|e| e.to_string())?;
+    Ok(HttpResponse {
+        status: response.status().as_u16(),
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    })
 }
 
-/// Decodes a chunked transfer-encoded body.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size_text = String::from_utf8_lossy(&raw[..end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
-            .unwrap_or(0);
-        raw = &raw[end + 2..];
-        if size == 0 || raw.len() < size {
-            break;
-        }
-        body.extend_from_slice(&raw[..size]);
-        raw = raw.get(size + 2..).unwrap_or_default();
-    }
-    body
+/// A blocking HTTP/1.1 request without a body; `Err` when the server cannot be reached or
+/// does not answer HTTP.
+pub fn try_http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse, String> {
+    send(
+        &agent(None),
+        method,
+        &format!("http://{address}{path}"),
+        headers,
+    )
 }
 
-fn request_text(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut text = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    text
-}
-
-/// A blocking HTTP/1.1 request without a body.
+/// [`try_http_request`], failing the test when the server cannot be reached.
 pub fn http_request(
     address: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> HttpResponse {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
-        .write_all(request_text(address, method, path, headers).as_bytes())
-        .unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    parse_response(&response)
+    try_http_request(address, method, path, headers)
+        .unwrap_or_else(|e| panic!("{method} http://{address}{path}: {e}"))
 }
 
-/// A blocking HTTPS request trusting `ca_pem`, optionally with a client certificate
-/// (`(cert_pem, key_pem)`); `Err` with the TLS or I/O error.
+/// A blocking HTTPS request to `address` for the name `localhost`, trusting `ca_pem`,
+/// optionally with a client certificate (`(cert_pem, key_pem)`); `Err` with the TLS or I/O
+/// error.
 pub fn https_request(
     address: SocketAddr,
     method: &str,
@@ -556,45 +572,29 @@ pub fn https_request(
     ca_pem: &str,
     client: Option<(&str, &str)>,
 ) -> Result<HttpResponse, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let config = match client {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+    let certs = |pem: &str| -> Vec<Certificate<'static>> {
+        pem_certs(pem)
+            .iter()
+            .map(|der| Certificate::from_der(der).to_owned())
+            .collect()
     };
-    let connection =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-            .map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(address).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut tls = rustls::StreamOwned::new(connection, tcp);
-    tls.write_all(request_text(address, method, path, headers).as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    match tls.read_to_end(&mut response) {
-        Ok(_) => {}
-        // Servers may close without close_notify; what was read is the answer.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    Ok(parse_response(&response))
+    let client = client.map(|(cert, key)| {
+        ClientCert::new_with_certs(&certs(cert), PrivateKey::from_pem(key.as_bytes()).unwrap())
+    });
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(RootCerts::new_with_certs(&certs(ca_pem)))
+        .client_cert(client)
+        .build();
+    assert_eq!(address.ip(), std::net::Ipv4Addr::LOCALHOST, "{address}");
+    send(
+        &agent(Some(tls)),
+        method,
+        &format!("https://localhost:{}{path}", address.port()),
+        headers,
+    )
 }
 
 /// A test CA with a server certificate for `localhost` and a client certificate, as PEM.
