@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
+pub use crate::scheduler::ProbeRuntimes;
 use crate::scheduler::{Clock, ReloadSummary, Runner, Scheduler};
 use crate::server::auth::Auth;
 use crate::server::web_config::{WebConfig, WebConfigError};
@@ -87,64 +88,6 @@ pub enum ReloadError {
     /// The web config turned TLS on or off, which needs a restart.
     #[error("the web config turns TLS on or off: restart the exporter for that")]
     TlsToggled,
-}
-
-/// Threads running probes, one single-threaded tokio runtime each. A probe's timer, run and
-/// connection all live on one thread, so no step of a run wakes another thread: at a
-/// thousand fresh connections a second, cross-thread wake-ups would cost more CPU than the
-/// probes themselves.
-pub struct ProbeRuntimes {
-    handles: Vec<tokio::runtime::Handle>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl ProbeRuntimes {
-    /// Starts `count` probe threads.
-    ///
-    /// # Errors
-    /// When a runtime or a thread cannot be created.
-    pub fn start(count: usize) -> std::io::Result<Self> {
-        let mut runtimes = Self {
-            handles: Vec::new(),
-            stops: Vec::new(),
-            threads: Vec::new(),
-        };
-        for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            runtimes.handles.push(runtime.handle().clone());
-            runtimes.stops.push(stop);
-            let thread = std::thread::Builder::new()
-                .name(format!("probes-{index}"))
-                .spawn(move || {
-                    runtime.block_on(async {
-                        let _ = stopped.await;
-                    });
-                })?;
-            runtimes.threads.push(thread);
-        }
-        Ok(runtimes)
-    }
-
-    /// Handles to spawn probe work on.
-    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
-        self.handles.clone()
-    }
-}
-
-impl Drop for ProbeRuntimes {
-    /// Stops the threads (after the scheduler drained its runs) and waits for them.
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// The running exporter: config source, metrics, scheduler, auth and TLS of its endpoints.

@@ -7,14 +7,16 @@
 //! and counted. The probe itself is behind [`Runner`], so tests drive the scheduler with a
 //! stub and paused tokio time.
 
-use std::collections::{BTreeMap, HashMap};
+mod runtimes;
+mod slots;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +25,9 @@ use crate::config::{Config, ProbeSpec};
 use crate::history::History;
 use crate::metrics::{Metrics, ProbeMetrics};
 use crate::probe::Outcome;
+
+pub use runtimes::ProbeRuntimes;
+use slots::{Permits, Slots};
 
 /// Runs one probe once. Production uses [`crate::probe::run`]; tests use stubs.
 pub type Runner =
@@ -141,13 +146,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The concurrency caps of the running config.
-#[derive(Default)]
-struct Slots {
-    global: Option<(usize, Arc<Semaphore>)>,
-    servers: HashMap<String, (usize, Arc<Semaphore>)>,
-}
-
 /// What every timer and run shares.
 struct Shared {
     metrics: Arc<Metrics>,
@@ -170,35 +168,16 @@ impl Shared {
         if self.shards.is_empty() {
             return self.tracker.spawn(work);
         }
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        let index = usize::try_from(hash % self.shards.len() as u64).unwrap_or(0);
+        let index = runtimes::shard_of(name, self.shards.len());
         self.tracker.spawn_on(work, &self.shards[index])
     }
 }
 
 impl Shared {
-    /// Waits for a global slot and, for a capped server, a server slot. The wait belongs to
-    /// the run's lag, not to its timeout.
-    async fn acquire(&self, spec: &ProbeSpec) -> Vec<OwnedSemaphorePermit> {
-        let (global, server) = {
-            let slots = lock(&self.slots);
-            let server = spec
-                .server
-                .as_ref()
-                .and_then(|name| slots.servers.get(name))
-                .map(|(_, s)| s.clone());
-            (slots.global.as_ref().map(|(_, s)| s.clone()), server)
-        };
-        let mut permits = Vec::with_capacity(2);
-        // Our semaphores are never closed, so acquiring cannot fail.
-        for semaphore in [global, server].into_iter().flatten() {
-            if let Ok(permit) = semaphore.acquire_owned().await {
-                permits.push(permit);
-            }
-        }
-        permits
+    /// Waits for a global slot and, for a capped server, a server slot.
+    async fn acquire(&self, spec: &ProbeSpec) -> Permits {
+        let semaphores = lock(&self.slots).for_probe(spec);
+        slots::acquire(semaphores).await
     }
 }
 
@@ -249,7 +228,7 @@ impl Scheduler {
         Self::on_runtimes(metrics, runner, clock, cancel, Vec::new())
     }
 
-    /// A scheduler spreading its probes over `shards` (see [`crate::ProbeRuntimes`]).
+    /// A scheduler spreading its probes over `shards` (see [`ProbeRuntimes`]).
     pub fn on_runtimes(
         metrics: Arc<Metrics>,
         runner: Runner,
@@ -328,26 +307,7 @@ impl Scheduler {
     }
 
     fn update_slots(&self, config: &Config) {
-        let mut slots = lock(&self.shared.slots);
-        // Keep a semaphore whose size did not change: its permits are in use by runs in flight.
-        let keep = |current: Option<&(usize, Arc<Semaphore>)>, size: usize| match current {
-            Some((n, semaphore)) if *n == size => (size, semaphore.clone()),
-            _ => (size, Arc::new(Semaphore::new(size))),
-        };
-        slots.global = Some(keep(slots.global.as_ref(), config.max_concurrent_probes));
-        let servers = config
-            .servers
-            .values()
-            .filter_map(|server| {
-                server.max_concurrent.map(|n| {
-                    (
-                        server.name.clone(),
-                        keep(slots.servers.get(&server.name), n),
-                    )
-                })
-            })
-            .collect();
-        slots.servers = servers;
+        lock(&self.shared.slots).update(config);
     }
 
     fn spawn(&self, spec: Arc<ProbeSpec>, config: &Config) -> Entry {
