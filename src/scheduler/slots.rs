@@ -1,10 +1,11 @@
-//! The concurrency caps of the running config: a global slot for every run, and a server
-//! slot for runs against a capped server.
+//! The concurrency caps of the running config: a server slot for runs against a capped
+//! server, then a global slot for every run; both waits give way to a cancellation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProbeSpec};
 
@@ -41,26 +42,34 @@ impl Slots {
         self.servers = servers;
     }
 
-    /// The semaphores a run of `spec` needs: the global one, then its server's.
+    /// The semaphores a run of `spec` needs, in the order it takes them: its server's first,
+    /// then the global one. A run waiting for a capped server so holds no global slot, and a
+    /// slow server never delays the probes of the others.
     pub(super) fn for_probe(&self, spec: &ProbeSpec) -> [Option<Arc<Semaphore>>; 2] {
         let server = spec
             .server
             .as_ref()
             .and_then(|name| self.servers.get(name))
             .map(|(_, s)| s.clone());
-        [self.global.as_ref().map(|(_, s)| s.clone()), server]
+        [server, self.global.as_ref().map(|(_, s)| s.clone())]
     }
 }
 
-/// Waits for each of `semaphores` in turn. The wait belongs to the run's lag, not to its
-/// timeout.
-pub(super) async fn acquire(semaphores: [Option<Arc<Semaphore>>; 2]) -> Permits {
+/// Waits for each of `semaphores` in turn; `None` (and nothing held) when `cancel` fires
+/// first, so a run still waiting at shutdown never starts. The wait belongs to the run's
+/// lag, not to its timeout.
+pub(super) async fn acquire(
+    semaphores: [Option<Arc<Semaphore>>; 2],
+    cancel: &CancellationToken,
+) -> Option<Permits> {
     let mut permits = Vec::with_capacity(2);
-    // Our semaphores are never closed, so acquiring cannot fail.
     for semaphore in semaphores.into_iter().flatten() {
-        if let Ok(permit) = semaphore.acquire_owned().await {
-            permits.push(permit);
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            // Our semaphores are never closed, so acquiring cannot fail.
+            permit = semaphore.acquire_owned() => permits.extend(permit.ok()),
         }
     }
-    Permits { _held: permits }
+    Some(Permits { _held: permits })
 }
