@@ -12,6 +12,7 @@
 //! - [`demo`]: the embedded simulated Divalto server and its built-in config.
 //! - [`report`]: text for the `check-config` and `probe` subcommands.
 //! - [`logging`]: logfmt/JSON log set-up.
+//! - [`shutdown`]: the SIGHUP stream, registered before anything slow starts.
 //!
 //! # Data flow
 //! config file -> `config::load` -> `Config` -> [`scheduler::Scheduler`] (one timer per probe)
@@ -28,6 +29,7 @@ pub mod report;
 pub mod schedule;
 pub mod scheduler;
 pub mod server;
+pub mod shutdown;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +44,7 @@ pub use crate::scheduler::ProbeRuntimes;
 use crate::scheduler::{Clock, ReloadSummary, Runner, Scheduler};
 use crate::server::auth::Auth;
 use crate::server::web_config::{WebConfig, WebConfigError};
+use crate::shutdown::Hangups;
 
 /// Where the probe config comes from.
 #[derive(Debug, Clone)]
@@ -206,8 +209,9 @@ impl App {
     }
 }
 
-/// Serves the exporter on `listener` until `shutdown` fires (SIGHUP reloads meanwhile), then
-/// lets the runs in flight finish (each bounded by its timeout) and returns.
+/// Serves the exporter on `listener` until `shutdown` fires (each SIGHUP of `hangups`
+/// reloads meanwhile), then lets the runs in flight finish (each bounded by its timeout) and
+/// returns.
 ///
 /// # Errors
 /// When the HTTP server fails.
@@ -215,6 +219,7 @@ pub async fn run(
     app: Arc<App>,
     listener: std::net::TcpListener,
     shutdown: CancellationToken,
+    hangups: Hangups,
 ) -> std::io::Result<()> {
     tracing::info!(
         address = %listener.local_addr()?,
@@ -222,7 +227,7 @@ pub async fn run(
         tls = app.tls.is_some(),
         "webhook-exporter listening"
     );
-    let reloader = tokio::spawn(reload_on_sighup(app.clone(), shutdown.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(app.clone(), hangups, shutdown.clone()));
     let served = server::serve(
         listener,
         server::router(app.clone()),
@@ -237,24 +242,14 @@ pub async fn run(
     served
 }
 
-async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: reload with POST /-/reload");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = hangups.recv() => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    let _ = app.reload().await;
-                }
-                () = shutdown.cancelled() => return,
+async fn reload_on_sighup(app: Arc<App>, mut hangups: Hangups, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = app.reload().await;
             }
+            () = shutdown.cancelled() => return,
         }
     }
-    #[cfg(not(unix))]
-    shutdown.cancelled().await;
 }
