@@ -459,6 +459,7 @@ impl Setup {
         // `manual` runs only when asked: its cron fires once a year.
         let (dir, path) = common::write_config(&format!(
             r#"
+run_now_min_gap: 0s  # "Run now" right after a scheduled run (every 2 s) or another run
 defaults:
   interval: 2s
   timeout: 1s
