@@ -9,11 +9,14 @@ pub struct Hangups {
     stream: Stream,
 }
 
+/// Where the hang-ups come from.
 #[cfg(unix)]
 enum Stream {
+    /// Registered: every SIGHUP lands here.
     Listening(tokio::signal::unix::Signal),
     /// Registration failed (before logging was set up: reported by the first `recv`).
     Failed(std::io::Error),
+    /// Nothing to wait for.
     None,
 }
 
