@@ -12,6 +12,7 @@
 //! - [`demo`]: the embedded simulated Divalto server and its built-in config.
 //! - [`report`]: text for the `check-config` and `probe` subcommands.
 //! - [`logging`]: logfmt/JSON log set-up.
+//! - [`shutdown`]: the SIGHUP stream, registered before anything slow starts.
 //!
 //! # Data flow
 //! config file -> `config::load` -> `Config` -> [`scheduler::Scheduler`] (one timer per probe)
@@ -28,6 +29,7 @@ pub mod report;
 pub mod schedule;
 pub mod scheduler;
 pub mod server;
+pub mod shutdown;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,9 +40,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
+pub use crate::scheduler::ProbeRuntimes;
 use crate::scheduler::{Clock, ReloadSummary, Runner, Scheduler};
 use crate::server::auth::Auth;
 use crate::server::web_config::{WebConfig, WebConfigError};
+use crate::shutdown::Hangups;
 
 /// Where the probe config comes from.
 #[derive(Debug, Clone)]
@@ -87,64 +91,6 @@ pub enum ReloadError {
     /// The web config turned TLS on or off, which needs a restart.
     #[error("the web config turns TLS on or off: restart the exporter for that")]
     TlsToggled,
-}
-
-/// Threads running probes, one single-threaded tokio runtime each. A probe's timer, run and
-/// connection all live on one thread, so no step of a run wakes another thread: at a
-/// thousand fresh connections a second, cross-thread wake-ups would cost more CPU than the
-/// probes themselves.
-pub struct ProbeRuntimes {
-    handles: Vec<tokio::runtime::Handle>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl ProbeRuntimes {
-    /// Starts `count` probe threads.
-    ///
-    /// # Errors
-    /// When a runtime or a thread cannot be created.
-    pub fn start(count: usize) -> std::io::Result<Self> {
-        let mut runtimes = Self {
-            handles: Vec::new(),
-            stops: Vec::new(),
-            threads: Vec::new(),
-        };
-        for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            runtimes.handles.push(runtime.handle().clone());
-            runtimes.stops.push(stop);
-            let thread = std::thread::Builder::new()
-                .name(format!("probes-{index}"))
-                .spawn(move || {
-                    runtime.block_on(async {
-                        let _ = stopped.await;
-                    });
-                })?;
-            runtimes.threads.push(thread);
-        }
-        Ok(runtimes)
-    }
-
-    /// Handles to spawn probe work on.
-    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
-        self.handles.clone()
-    }
-}
-
-impl Drop for ProbeRuntimes {
-    /// Stops the threads (after the scheduler drained its runs) and waits for them.
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// The running exporter: config source, metrics, scheduler, auth and TLS of its endpoints.
@@ -269,8 +215,9 @@ impl App {
     }
 }
 
-/// Serves the exporter on `listener` until `shutdown` fires (SIGHUP reloads meanwhile), then
-/// lets the runs in flight finish (each bounded by its timeout) and returns.
+/// Serves the exporter on `listener` until `shutdown` fires (each SIGHUP of `hangups`
+/// reloads meanwhile), then lets the runs in flight finish (each bounded by its timeout) and
+/// returns.
 ///
 /// # Errors
 /// When the HTTP server fails.
@@ -278,6 +225,7 @@ pub async fn run(
     app: Arc<App>,
     listener: std::net::TcpListener,
     shutdown: CancellationToken,
+    hangups: Hangups,
 ) -> std::io::Result<()> {
     tracing::info!(
         address = %listener.local_addr()?,
@@ -285,7 +233,7 @@ pub async fn run(
         tls = app.tls.is_some(),
         "webhook-exporter listening"
     );
-    let reloader = tokio::spawn(reload_on_sighup(app.clone(), shutdown.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(app.clone(), hangups, shutdown.clone()));
     let served = server::serve(
         listener,
         server::router(app.clone()),
@@ -300,24 +248,14 @@ pub async fn run(
     served
 }
 
-async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: reload with POST /-/reload");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = hangups.recv() => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    let _ = app.reload().await;
-                }
-                () = shutdown.cancelled() => return,
+async fn reload_on_sighup(app: Arc<App>, mut hangups: Hangups, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = app.reload().await;
             }
+            () = shutdown.cancelled() => return,
         }
     }
-    #[cfg(not(unix))]
-    shutdown.cancelled().await;
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use webhook_exporter::config::{self, DEFAULT_CONFIG_PATH};
 use webhook_exporter::logging::{self, LogFormat, LogLevel};
 use webhook_exporter::server::web_config::WebConfig;
+use webhook_exporter::shutdown::Hangups;
 use webhook_exporter::{App, ConfigSource, ProbeRuntimes, demo, probe, report, scheduler};
 
 /// Default `--web.listen-address`: 8916 is outside the 9100-9999 block the Prometheus wiki
@@ -134,11 +135,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    logging::init(cli.log_level, cli.log_format);
     // The HTTP side and reloads run on this thread; probes on their own threads (see
-    // ProbeRuntimes). Blocking work (rendering /metrics, bcrypt, config files) goes to the
-    // blocking pool.
+    // ProbeRuntimes). bcrypt checks and config file reads go to the blocking pool; /metrics
+    // is rendered here, piece by piece as the client reads it.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,14 +148,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP's default action kills the process: take it over first thing, before the flags,
+    // the log set-up and the config (maybe thousands of probes). Subcommands that do not
+    // serve leave it unread.
+    let hangups = {
+        let _in_runtime = runtime.enter();
+        Hangups::register()
+    };
+    let cli = Cli::parse();
+    logging::init(cli.log_level, cli.log_format);
     runtime.block_on(async move {
         match cli.command {
             Some(Command::CheckConfig) => {
                 check_config(&cli.config_file, cli.web_config_file.as_deref())
             }
             Some(Command::Probe { ref name }) => run_probe(&cli.config_file, name).await,
-            Some(Command::Demo) => exit_code(run_demo(&cli).await),
-            None => exit_code(run_exporter(&cli).await),
+            Some(Command::Demo) => exit_code(run_demo(&cli, hangups).await),
+            None => exit_code(run_exporter(&cli, hangups).await),
         }
     })
 }
@@ -258,7 +266,7 @@ fn bind(text: &str) -> anyhow::Result<std::net::TcpListener> {
     Err(error).with_context(|| format!("cannot listen on {address} (--web.listen-address {text})"))
 }
 
-async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {
+async fn run_exporter(cli: &Cli, hangups: Hangups) -> anyhow::Result<ExitCode> {
     let source = ConfigSource::File(cli.config_file.clone());
     let config = match source.load() {
         Ok(config) => config,
@@ -269,10 +277,10 @@ async fn run_exporter(cli: &Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    serve(cli, source, &config, DEFAULT_LISTEN).await
+    serve(cli, source, &config, DEFAULT_LISTEN, hangups).await
 }
 
-async fn run_demo(cli: &Cli) -> anyhow::Result<ExitCode> {
+async fn run_demo(cli: &Cli, hangups: Hangups) -> anyhow::Result<ExitCode> {
     let simulated = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot start the simulated Divalto server")?;
@@ -284,7 +292,7 @@ async fn run_demo(cli: &Cli) -> anyhow::Result<ExitCode> {
         .load()
         .context("the built-in demo config is invalid")?;
     println!("webhook-exporter demo: simulated Divalto server on http://{simulated_address}");
-    let code = serve(cli, source, &config, "127.0.0.1:8916").await;
+    let code = serve(cli, source, &config, "127.0.0.1:8916", hangups).await;
     stop_simulation.cancel();
     let _ = server.await;
     code
@@ -296,6 +304,7 @@ async fn serve(
     source: ConfigSource,
     config: &config::Config,
     default_listen: &str,
+    hangups: Hangups,
 ) -> anyhow::Result<ExitCode> {
     let listener = bind(cli.listen_address.as_deref().unwrap_or(default_listen))?;
     let shutdown = shutdown_on_signal();
@@ -325,7 +334,7 @@ async fn serve(
         println!("  metrics      {scheme}://{local}/metrics");
         println!("Probes run every few seconds; press Ctrl-C to stop.");
     }
-    webhook_exporter::run(app, listener, shutdown).await?;
+    webhook_exporter::run(app, listener, shutdown, hangups).await?;
     drop(probe_runtimes);
     Ok(ExitCode::SUCCESS)
 }

@@ -233,7 +233,13 @@ fn sigterm_waits_for_the_run_in_flight_then_exits_zero() {
         "{{name: slow, server: fake, code: \"{SECRET_CODE}-sleep2s\", interval: 10s, timeout: 5s}}"
     );
     let (_dir, path) = common::write_config(&config(&fake, &[&slow]));
-    let mut exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let mut exporter = Exporter::start(
+        &[
+            &format!("--config.file={}", path.display()),
+            "--log.level=debug",
+        ],
+        &[],
+    );
     exporter.wait_for(Duration::from_secs(15), "the slow run", |s| {
         s.value("webhook_exporter_probes_in_flight", &[]) == Some(1.0)
     });
@@ -246,12 +252,72 @@ fn sigterm_waits_for_the_run_in_flight_then_exits_zero() {
         "{waited:?}"
     );
     assert_eq!(fake.server.calls("sleep2s"), 1);
-    assert!(
-        exporter.logs().contains("probe=slow")
-            || exporter.logs().contains("webhook-exporter stopped"),
-        "{}",
-        exporter.logs()
+    // The run in flight was completed and recorded before the exit: its result is logged
+    // (only a run that ends logs one), before the last line.
+    let logs = exporter.logs();
+    let result = logs
+        .lines()
+        .position(|l| l.contains("probe=slow") && l.contains("probe succeeded"))
+        .unwrap_or_else(|| panic!("no result of the run in flight:\n{logs}"));
+    let stopped = logs
+        .lines()
+        .position(|l| l.contains("webhook-exporter stopped"))
+        .unwrap_or_else(|| panic!("no clean stop:\n{logs}"));
+    assert!(result < stopped, "{logs}");
+}
+
+#[test]
+fn after_sigterm_no_run_waiting_for_a_server_slot_starts() {
+    let fake = fake();
+    // One run at a time against the server; four probes wanting 2 s each every 3 s keep a
+    // queue of runs waiting for the slot.
+    let mut text = format!(
+        "servers:\n  fake: {{base_url: \"{}\", max_concurrent: 1}}\nprobes:\n",
+        fake.server.base_url()
     );
+    for i in 0..4 {
+        text.push_str(&format!(
+            "  - {{name: w{i}, server: fake, code: \"{SECRET_CODE}-w{i}-sleep2s\", interval: 3s, timeout: 2500ms}}\n"
+        ));
+    }
+    let (_dir, path) = common::write_config(&text);
+    let mut exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    wait_for_api(&exporter, "one run going and two waiting", |probes| {
+        probes.iter().filter(|p| p["running"] == true).count() >= 3
+    });
+    // Signal just after a run has reached the fake (it has 2 s to go), so no other run can
+    // legitimately start between the count and the signal.
+    let seen = fake.server.calls("sleep2s");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.server.calls("sleep2s") == seen {
+        assert!(Instant::now() < deadline, "no run started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let at_signal = fake.server.calls("sleep2s");
+    let code = exporter.stop("TERM", Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{}", exporter.logs());
+    assert_eq!(
+        fake.server.calls("sleep2s"),
+        at_signal,
+        "runs waiting for the slot called the ERP after SIGTERM"
+    );
+}
+
+/// Polls `GET /api/v1/probes` until `check` holds for its `probes` (at most 15 s).
+fn wait_for_api(exporter: &Exporter, what: &str, check: impl Fn(&[serde_json::Value]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = exporter.get("/api/v1/probes");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if check(list["probes"].as_array().unwrap()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -269,7 +335,12 @@ fn a_second_signal_exits_at_once() {
         .args(["-TERM", &exporter.pid().to_string()])
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The first signal is handled once the exporter says it is shutting down.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !exporter.logs().contains("shutting down") {
+        assert!(Instant::now() < deadline, "{}", exporter.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let signalled = Instant::now();
     let code = exporter.stop("TERM", Duration::from_secs(5));
     assert_eq!(code, Some(1));
@@ -289,8 +360,9 @@ fn the_api_lists_shows_and_runs_configured_probes_only() {
     let slow = format!(
         "{{name: slow, server: fake, code: \"{SECRET_CODE}-sleep2s\", interval: 1h, timeout: 5s}}"
     );
+    // Four on-demand runs in a row: no minimum gap between them.
     let (_dir, path) = common::write_config(&format!(
-        "history_size: 3\n{}",
+        "history_size: 3\nrun_now_min_gap: 0s\n{}",
         config(&fake, &[&ok, &slow])
     ));
     let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
@@ -357,7 +429,11 @@ fn the_api_lists_shows_and_runs_configured_probes_only() {
     let first = std::thread::spawn(move || {
         common::http_request(address, "POST", "/api/v1/probes/slow/run", &[])
     });
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_api(&exporter, "the on-demand run of slow", |probes| {
+        probes
+            .iter()
+            .any(|p| p["name"] == "slow" && p["running"] == true)
+    });
     let second = post(&exporter, "/api/v1/probes/slow/run");
     assert_eq!(second.status, 409, "{}", second.body);
     assert!(second.body.contains("already running"), "{}", second.body);
@@ -370,6 +446,132 @@ fn the_api_lists_shows_and_runs_configured_probes_only() {
         ),
         Some(4.0)
     );
+}
+
+#[test]
+fn an_on_demand_run_sooner_than_run_now_min_gap_answers_429_with_retry_after() {
+    let fake = fake();
+    // A schedule that does not fire during the test: only on-demand runs.
+    let probe = format!(
+        "{{name: p, server: fake, code: \"{SECRET_CODE}-ok\", schedule: '0 0 1 1 *', timeout: 5s}}"
+    );
+    let (_dir, path) = common::write_config(&config(&fake, &[&probe]));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let first = post(&exporter, "/api/v1/probes/p/run");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = post(&exporter, "/api/v1/probes/p/run");
+    assert_eq!(second.status, 429, "{}", second.body);
+    // The default gap is 10 s: whole seconds left, rounded up.
+    let retry_after: u64 = second
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After: {second:?}"))
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    let error: serde_json::Value = serde_json::from_str(&second.body).unwrap();
+    let message = error["error"].as_str().unwrap();
+    assert!(
+        message.starts_with("probe \"p\" started a run less than 10s ago (run_now_min_gap)"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!("in {retry_after}s")),
+        "{message}"
+    );
+    assert_eq!(fake.server.calls("ok"), 1, "the refused run called the ERP");
+}
+
+#[test]
+fn a_sighup_during_start_up_neither_kills_the_exporter_nor_stops_it_serving() {
+    // 20,000 probes: loading and starting them takes a while.
+    let port = common::closed_port();
+    let mut text = String::from("probes:\n");
+    for i in 0..20_000 {
+        text.push_str(&format!(
+            "  - {{name: p{i}, url: 'http://127.0.0.1:{port}/', interval: 1h}}\n"
+        ));
+    }
+    let (_dir, path) = common::write_config(&text);
+    let mut child = std::process::Command::new(common::binary())
+        .arg(format!("--config.file={}", path.display()))
+        .arg("--web.listen-address=127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().unwrap();
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(address) = line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("address="))
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            {
+                let _ = address_tx.send(address);
+            }
+        }
+    });
+    // Before it listens, the exporter must catch SIGHUP (whose default action kills it).
+    // Waiting for the handler, not for some moment in `main`, keeps this free of races.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !catches_signal(&pid, 1) {
+        assert!(
+            address_rx.try_recv().is_err(),
+            "the exporter listened before catching SIGHUP: a hang-up during start-up kills it"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the exporter exited during start-up: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exporter never caught SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Then hang-ups, again and again, until it listens.
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let address = loop {
+        if let Ok(address) = address_rx.try_recv() {
+            break address;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the exporter died during start-up after {sent} SIGHUP(s): {status}");
+        }
+        assert!(Instant::now() < deadline, "the exporter did not start");
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("{sent} SIGHUP(s) during start-up");
+    assert!(
+        sent >= 3,
+        "start-up too short to test anything: {sent} SIGHUP(s)"
+    );
+    assert_eq!(common::http_get(address, "/-/healthy").0, 200);
+    assert!(child.try_wait().unwrap().is_none(), "the exporter exited");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Whether process `pid` has a handler for signal `number` (its `SigCgt` mask in /proc).
+fn catches_signal(pid: &str, number: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
 }
 
 /// Writes the PKI and a web config into `dir`; returns the web config path.

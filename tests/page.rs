@@ -382,6 +382,7 @@ impl Setup {
         // (so a run now is never refused as too soon after a scheduled run).
         let (dir, path) = common::write_config(&format!(
             r#"
+run_now_min_gap: 0s  # "Run now" right after a scheduled run (every 2 s) or another run
 defaults:
   interval: 2s
   timeout: 1s

@@ -30,6 +30,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/webhook-exporter.yaml";
 pub const DEFAULT_MAX_CONCURRENT_PROBES: usize = 256;
 /// Default of `history_size`.
 pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// Default of `run_now_min_gap`: on-demand runs of one probe at most every 10 s, so no loop
+/// of `POST …/run` can call an ERP action back to back.
+pub const DEFAULT_RUN_NOW_MIN_GAP: Duration = Duration::from_secs(10);
 
 /// A validated configuration, shared read-only by the scheduler and the HTTP side.
 #[derive(Debug)]
@@ -40,6 +43,8 @@ pub struct Config {
     pub max_concurrent_probes: usize,
     /// Results kept per probe.
     pub history_size: usize,
+    /// Least time from the start of a probe's last run to an on-demand run (zero: no limit).
+    pub run_now_min_gap: Duration,
     /// Buckets of `webhook_probe_duration_seconds`, in seconds.
     pub duration_buckets: Vec<f64>,
     /// Servers by name.

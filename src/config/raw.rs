@@ -23,6 +23,9 @@ pub struct RawConfig {
     pub max_concurrent_probes: Option<Spanned<usize>>,
     /// Results kept per probe for the API and the status page.
     pub history_size: Option<Spanned<usize>>,
+    /// Least time between the start of a probe's last run and an on-demand run of it
+    /// (`0s`: no limit); a duration, kept as text because zero is allowed here.
+    pub run_now_min_gap: Option<Spanned<Text>>,
     /// Upper bounds (seconds) of `webhook_probe_duration_seconds`.
     pub duration_buckets: Option<Spanned<Vec<f64>>>,
     /// Settings every probe inherits.

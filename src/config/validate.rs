@@ -122,6 +122,14 @@ fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
         "history_size",
         errors,
     );
+    let run_now_min_gap = raw
+        .run_now_min_gap
+        .map_or(super::DEFAULT_RUN_NOW_MIN_GAP, |gap| {
+            gap_duration(&gap.value.0).unwrap_or_else(|message| {
+                errors.at(gap.referenced, format!("run_now_min_gap: {message}"));
+                super::DEFAULT_RUN_NOW_MIN_GAP
+            })
+        });
     let duration_buckets = match raw.duration_buckets {
         None => DEFAULT_DURATION_BUCKETS.to_vec(),
         Some(buckets) => {
@@ -175,6 +183,7 @@ fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
         source: path.to_owned(),
         max_concurrent_probes,
         history_size,
+        run_now_min_gap,
         duration_buckets,
         servers: servers
             .into_iter()
@@ -190,6 +199,16 @@ fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
             .collect(),
         probes,
     }
+}
+
+/// A duration where zero (`0s`, `0ms`, ...) is allowed: it turns a limit off.
+fn gap_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let unit = text.trim_start_matches('0');
+    if unit.len() < text.len() && matches!(unit, "ms" | "s" | "m" | "h" | "d" | "w") {
+        return Ok(Duration::ZERO);
+    }
+    super::values::parse_duration(text)
 }
 
 fn positive(

@@ -187,5 +187,21 @@ pub async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Res
         Ok(outcome) => Json(ResultView::from(&outcome)).into_response(),
         Err(RunNowError::Unknown(_)) => unknown(&name),
         Err(err @ RunNowError::Running(_)) => error(StatusCode::CONFLICT, err.to_string()),
+        Err(err @ RunNowError::TooSoon { .. }) => {
+            let retry_after = err.retry_after_secs().unwrap_or(1).to_string();
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, err.to_string());
+            if let Ok(value) = axum::http::HeaderValue::from_str(&retry_after) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+            response
+        }
+        Err(err @ RunNowError::Stopped(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+        }
+        Err(err @ RunNowError::Panicked(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+        }
     }
 }

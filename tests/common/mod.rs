@@ -695,6 +695,25 @@ impl Scrape {
         })
     }
 
+    /// The sum and the cumulative buckets `(le, count)` of the histogram `family` matching
+    /// `labels`.
+    pub fn histogram(
+        &self,
+        family: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<(f64, Vec<(f64, f64)>)> {
+        self.samples(family, labels).find_map(|value| match value {
+            PrometheusValue::Histogram(h) => Some((
+                h.sum.as_ref().map_or(0.0, |s| s.as_f64()),
+                h.buckets
+                    .iter()
+                    .map(|b| (b.upper_bound, b.count.as_f64()))
+                    .collect(),
+            )),
+            _ => None,
+        })
+    }
+
     /// Label sets of every sample of `family`.
     pub fn label_sets(&self, family: &str) -> Vec<HashMap<String, String>> {
         self.exposition

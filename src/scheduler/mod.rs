@@ -1,20 +1,27 @@
 //! Time and tasks only: when to run what, never two runs of one probe at once, the global
 //! and per-server caps, how late each run started, and what a new config changes.
 //!
-//! One timer task per probe sleeps until the next planned instant, then hands the run to a
-//! separate task. The timer never waits for the run, so the plan stays exact; a run still
-//! going (or still waiting for a slot) when the next one is due makes that next one skipped
-//! and counted. The probe itself is behind [`Runner`], so tests drive the scheduler with a
-//! stub and paused tokio time.
+//! One timer task per probe sleeps until the next planned instant, then drives the run in
+//! that same task while it keeps watching the plan: a run still going (or still waiting for
+//! a slot) when the next one is due makes that next one skipped and counted, so the plan
+//! stays exact. A run waits for its server slot, then for a global slot, and gives up when
+//! the probe is stopped before it got them; a panic inside it is a failed run, never a dead
+//! timer. The probe itself is behind [`Runner`], so tests drive the scheduler with a stub
+//! and paused tokio time.
 
-use std::collections::{BTreeMap, HashMap};
+mod clock;
+mod run;
+mod runtimes;
+mod slots;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +31,11 @@ use crate::history::History;
 use crate::metrics::{Metrics, ProbeMetrics};
 use crate::probe::Outcome;
 
+pub use clock::Clock;
+use run::{Claim, run};
+pub use runtimes::ProbeRuntimes;
+use slots::{Permits, Slots};
+
 /// Runs one probe once. Production uses [`crate::probe::run`]; tests use stubs.
 pub type Runner =
     Arc<dyn Fn(Arc<ProbeSpec>) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
@@ -31,51 +43,6 @@ pub type Runner =
 /// The runner that really calls the webhook.
 pub fn http_runner() -> Runner {
     Arc::new(|spec: Arc<ProbeSpec>| Box::pin(async move { crate::probe::run(&spec).await }))
-}
-
-/// Wall-clock source. `System` in production; `Simulated` follows tokio's (possibly paused)
-/// clock from a fixed wall-clock origin, so cron and interval plans are testable.
-#[derive(Debug, Clone, Copy)]
-pub enum Clock {
-    /// The real clock.
-    System,
-    /// `origin_wall` at `origin`, advancing with tokio time.
-    Simulated {
-        /// Tokio instant of the origin.
-        origin: Instant,
-        /// Wall-clock time at the origin.
-        origin_wall: DateTime<Utc>,
-    },
-}
-
-impl Clock {
-    /// A simulated clock starting now at `wall`.
-    pub fn simulated(wall: DateTime<Utc>) -> Self {
-        Clock::Simulated {
-            origin: Instant::now(),
-            origin_wall: wall,
-        }
-    }
-
-    /// The current wall-clock time.
-    pub fn now(&self) -> DateTime<Utc> {
-        match self {
-            Clock::System => Utc::now(),
-            Clock::Simulated {
-                origin,
-                origin_wall,
-            } => {
-                let elapsed = Instant::now().saturating_duration_since(*origin);
-                *origin_wall + chrono::TimeDelta::from_std(elapsed).unwrap_or_default()
-            }
-        }
-    }
-
-    /// The tokio instant at which the wall clock reads `wall` (now, if that is past).
-    pub fn instant_at(&self, wall: DateTime<Utc>) -> Instant {
-        let ahead = (wall - self.now()).to_std().unwrap_or_default();
-        Instant::now() + ahead
-    }
 }
 
 /// Live state of one probe, shared by its timer, its runs and the HTTP side.
@@ -93,6 +60,9 @@ pub struct ProbeState {
     running: AtomicBool,
     /// Next planned run, for the API and the status page.
     next_run: Mutex<Option<DateTime<Utc>>>,
+    /// When the last run (scheduled or on-demand) started calling the target: on-demand
+    /// runs keep `run_now_min_gap` from it.
+    last_start: Mutex<Option<Instant>>,
 }
 
 impl ProbeState {
@@ -116,11 +86,19 @@ impl ProbeState {
         lock(&self.last_connection).clone()
     }
 
-    /// Claims the probe for one run; `false` when a run is already going.
-    fn try_claim(&self) -> bool {
+    /// Claims the probe for one run; `None` when a run is already going.
+    fn try_claim(self: &Arc<Self>) -> Option<Claim> {
         self.running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .ok()
+            .map(|_| Claim(self.clone()))
+    }
+
+    /// How long an on-demand run must still wait to be `min_gap` after the last run's start.
+    fn wait_before_run_now(&self, min_gap: Duration) -> Option<Duration> {
+        let last = (*lock(&self.last_start))?;
+        let wait = (last + min_gap).saturating_duration_since(Instant::now());
+        (!wait.is_zero()).then_some(wait)
     }
 }
 
@@ -141,13 +119,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The concurrency caps of the running config.
-#[derive(Default)]
-struct Slots {
-    global: Option<(usize, Arc<Semaphore>)>,
-    servers: HashMap<String, (usize, Arc<Semaphore>)>,
-}
-
 /// What every timer and run shares.
 struct Shared {
     metrics: Arc<Metrics>,
@@ -155,6 +126,8 @@ struct Shared {
     clock: Clock,
     tracker: TaskTracker,
     slots: Mutex<Slots>,
+    /// `run_now_min_gap` of the running config.
+    run_now_min_gap: Mutex<Duration>,
     /// Runtimes the probes are spread over (each probe always on the same one, so its timer,
     /// run and connection never wake another thread); empty: the current runtime.
     shards: Vec<tokio::runtime::Handle>,
@@ -170,35 +143,17 @@ impl Shared {
         if self.shards.is_empty() {
             return self.tracker.spawn(work);
         }
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        let index = usize::try_from(hash % self.shards.len() as u64).unwrap_or(0);
+        let index = runtimes::shard_of(name, self.shards.len());
         self.tracker.spawn_on(work, &self.shards[index])
     }
 }
 
 impl Shared {
-    /// Waits for a global slot and, for a capped server, a server slot. The wait belongs to
-    /// the run's lag, not to its timeout.
-    async fn acquire(&self, spec: &ProbeSpec) -> Vec<OwnedSemaphorePermit> {
-        let (global, server) = {
-            let slots = lock(&self.slots);
-            let server = spec
-                .server
-                .as_ref()
-                .and_then(|name| slots.servers.get(name))
-                .map(|(_, s)| s.clone());
-            (slots.global.as_ref().map(|(_, s)| s.clone()), server)
-        };
-        let mut permits = Vec::with_capacity(2);
-        // Our semaphores are never closed, so acquiring cannot fail.
-        for semaphore in [global, server].into_iter().flatten() {
-            if let Ok(permit) = semaphore.acquire_owned().await {
-                permits.push(permit);
-            }
-        }
-        permits
+    /// Waits for the server slot (capped servers), then a global slot; `None` when `cancel`
+    /// fires first.
+    async fn acquire(&self, spec: &ProbeSpec, cancel: &CancellationToken) -> Option<Permits> {
+        let semaphores = lock(&self.slots).for_probe(spec);
+        slots::acquire(semaphores, cancel).await
     }
 }
 
@@ -224,6 +179,41 @@ pub enum RunNowError {
     /// A run of the probe is waiting or in progress.
     #[error("probe \"{0}\" is already running")]
     Running(String),
+    /// The probe's last run started less than `run_now_min_gap` ago.
+    #[error(
+        "probe \"{name}\" started a run less than {} ago (run_now_min_gap): next on-demand run possible in {}s",
+        humantime::format_duration(*min_gap),
+        whole_seconds(*wait)
+    )]
+    TooSoon {
+        /// The probe.
+        name: String,
+        /// `run_now_min_gap`.
+        min_gap: Duration,
+        /// Time left until an on-demand run is allowed.
+        wait: Duration,
+    },
+    /// The probe was stopped (shutdown, or removed by a reload) before its run could start.
+    #[error("probe \"{0}\" was stopped before its run could start")]
+    Stopped(String),
+    /// The run's task panicked outside the runner (a bug in the exporter).
+    #[error("the run of probe \"{0}\" panicked")]
+    Panicked(String),
+}
+
+impl RunNowError {
+    /// For [`RunNowError::TooSoon`]: the wait in whole seconds, rounded up (`Retry-After`).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            RunNowError::TooSoon { wait, .. } => Some(whole_seconds(*wait)),
+            _ => None,
+        }
+    }
+}
+
+/// `duration` in whole seconds, rounded up, at least 1.
+fn whole_seconds(duration: Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
 }
 
 struct Entry {
@@ -249,7 +239,7 @@ impl Scheduler {
         Self::on_runtimes(metrics, runner, clock, cancel, Vec::new())
     }
 
-    /// A scheduler spreading its probes over `shards` (see [`crate::ProbeRuntimes`]).
+    /// A scheduler spreading its probes over `shards` (see [`ProbeRuntimes`]).
     pub fn on_runtimes(
         metrics: Arc<Metrics>,
         runner: Runner,
@@ -263,6 +253,7 @@ impl Scheduler {
             clock,
             tracker: TaskTracker::new(),
             slots: Mutex::default(),
+            run_now_min_gap: Mutex::new(crate::config::DEFAULT_RUN_NOW_MIN_GAP),
             shards,
         });
         Self {
@@ -328,26 +319,8 @@ impl Scheduler {
     }
 
     fn update_slots(&self, config: &Config) {
-        let mut slots = lock(&self.shared.slots);
-        // Keep a semaphore whose size did not change: its permits are in use by runs in flight.
-        let keep = |current: Option<&(usize, Arc<Semaphore>)>, size: usize| match current {
-            Some((n, semaphore)) if *n == size => (size, semaphore.clone()),
-            _ => (size, Arc::new(Semaphore::new(size))),
-        };
-        slots.global = Some(keep(slots.global.as_ref(), config.max_concurrent_probes));
-        let servers = config
-            .servers
-            .values()
-            .filter_map(|server| {
-                server.max_concurrent.map(|n| {
-                    (
-                        server.name.clone(),
-                        keep(slots.servers.get(&server.name), n),
-                    )
-                })
-            })
-            .collect();
-        slots.servers = servers;
+        lock(&self.shared.slots).update(config);
+        *lock(&self.shared.run_now_min_gap) = config.run_now_min_gap;
     }
 
     fn spawn(&self, spec: Arc<ProbeSpec>, config: &Config) -> Entry {
@@ -360,6 +333,7 @@ impl Scheduler {
             last_connection: Mutex::default(),
             running: AtomicBool::new(false),
             next_run: Mutex::new(None),
+            last_start: Mutex::new(None),
             spec,
         });
         tracing::debug!(probe = %state.spec.name, url = %state.spec.target.redacted(), schedule = %state.spec.schedule, "probe scheduled");
@@ -387,24 +361,42 @@ impl Scheduler {
             .collect()
     }
 
-    /// Runs a probe now (the no-overlap rule holds) and returns the recorded outcome.
+    /// Runs a probe now (the no-overlap rule and `run_now_min_gap` hold) and returns the
+    /// recorded outcome.
     ///
     /// # Errors
-    /// An unknown probe, or one already running.
+    /// An unknown probe, one already running or that started a run too recently, one stopped
+    /// before its run could start, or a run whose task panicked.
     pub async fn run_now(&self, name: &str) -> Result<Outcome, RunNowError> {
-        let state = self
-            .probe(name)
+        let (state, cancel) = lock(&self.probes)
+            .get(name)
+            .map(|e| (e.state.clone(), e.cancel.clone()))
             .ok_or_else(|| RunNowError::Unknown(name.to_owned()))?;
-        if !state.try_claim() {
+        if state.is_running() {
             return Err(RunNowError::Running(name.to_owned()));
         }
+        let min_gap = *lock(&self.shared.run_now_min_gap);
+        if let Some(wait) = state.wait_before_run_now(min_gap) {
+            return Err(RunNowError::TooSoon {
+                name: name.to_owned(),
+                min_gap,
+                wait,
+            });
+        }
+        let claim = state
+            .try_claim()
+            .ok_or_else(|| RunNowError::Running(name.to_owned()))?;
         // Tracked like scheduled runs, so a shutdown waits for it; and run in its own task, so a
         // client hanging up does not cancel a run that is already calling the ERP.
         let task = self
             .shared
-            .spawn(name, run(state, self.shared.clone(), None));
-        task.await
-            .map_err(|_| RunNowError::Unknown(name.to_owned()))
+            .spawn(name, run(claim, self.shared.clone(), None, cancel));
+        match task.await {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => Err(RunNowError::Stopped(name.to_owned())),
+            Err(error) if error.is_panic() => Err(RunNowError::Panicked(name.to_owned())),
+            Err(_) => Err(RunNowError::Stopped(name.to_owned())),
+        }
     }
 
     /// Stops planning new runs and waits for the runs in flight (each bounded by its timeout).
@@ -429,16 +421,17 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
         }
         // The next slot after this one; if the timer woke late, no burst of catch-up runs.
         planned = next_after(wall.max(shared.clock.now()));
-        if !state.try_claim() {
+        let Some(claim) = state.try_claim() else {
             state.metrics.skipped();
             tracing::debug!(probe = %spec.name, "previous run still going: planned run skipped");
             continue;
-        }
+        };
         // The run goes on in this task (no task per run); slots that pass meanwhile are
-        // skipped and counted. A cancelled timer still lets its run finish and be recorded.
-        // Boxed only while it runs: the future of a run is a few kilobytes, and thousands of
-        // idle timers should not each hold one.
-        let mut run = Box::pin(run(state.clone(), shared.clone(), Some(deadline)));
+        // skipped and counted. A cancelled timer lets a run that started finish and be
+        // recorded; one still waiting for a slot gives up. Boxed only while it runs: the
+        // future of a run is a few kilobytes, and thousands of idle timers should not each
+        // hold one.
+        let mut run = Box::pin(run(claim, shared.clone(), Some(deadline), cancel.clone()));
         loop {
             let next = planned.map(|wall| (wall, shared.clock.instant_at(wall)));
             *lock(&state.next_run) = planned;
@@ -467,52 +460,4 @@ async fn sleep_until_some(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// One run of a claimed probe: wait for the slots, call the runner, record the outcome.
-/// `planned` is the scheduled start (lag is measured from it); `None` for on-demand runs.
-async fn run(state: Arc<ProbeState>, shared: Arc<Shared>, planned: Option<Instant>) -> Outcome {
-    let permits = shared.acquire(&state.spec).await;
-    if let Some(planned) = planned {
-        shared
-            .metrics
-            .observe_lag(Instant::now().saturating_duration_since(planned));
-    }
-    shared.metrics.probes_in_flight.inc();
-    let outcome = (shared.runner)(state.spec.clone()).await;
-    shared.metrics.probes_in_flight.dec();
-    drop(permits);
-    let outcome = record(&state, &shared.metrics, outcome);
-    state.running.store(false, Ordering::Release);
-    outcome
-}
-
-/// Records an outcome in the metrics and the history, and logs it (once, here).
-fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Outcome {
-    let spec = &state.spec;
-    metrics.record(&state.metrics, &outcome);
-    match outcome.reason {
-        // The failure text is the event's message, so both formats carry it as `message`/`msg`.
-        Some(reason) => tracing::warn!(
-            probe = %spec.name,
-            reason = reason.as_label(),
-            http_status = outcome.http_status.unwrap_or(0),
-            duration_seconds = outcome.duration.as_secs_f64(),
-            "{}",
-            outcome.message
-        ),
-        None => tracing::debug!(
-            probe = %spec.name,
-            http_status = outcome.http_status.unwrap_or(0),
-            response_code = outcome.response_code.as_deref().unwrap_or(""),
-            duration_seconds = outcome.duration.as_secs_f64(),
-            "probe succeeded"
-        ),
-    }
-    lock(&state.history).push(&outcome);
-    *lock(&state.last_connection) = LastConnection {
-        tls: outcome.tls.clone(),
-        http_version: outcome.http_version,
-    };
-    outcome
 }

@@ -1,0 +1,138 @@
+//! One run of a claimed probe: its slots, the call (a panic inside is a failed run), and
+//! the recording of its outcome; guards keep the probe's claim and the in-flight gauge right
+//! however the run ends.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{LastConnection, ProbeState, Runner, Shared, lock};
+use crate::config::ProbeSpec;
+use crate::metrics::Metrics;
+use crate::probe::{FailureReason, Outcome};
+
+/// A probe claimed for one run (the no-overlap rule). Dropping it frees the probe, however
+/// the run ended: recorded, given up at shutdown, or dropped with its task.
+pub(super) struct Claim(pub(super) Arc<ProbeState>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
+/// A run counted in `webhook_exporter_probes_in_flight` while this lives (so a run that
+/// unwinds or is dropped never leaks the gauge).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.probes_in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.probes_in_flight.dec();
+    }
+}
+
+/// One run of a claimed probe: wait for the slots, call the runner, record the outcome.
+/// `planned` is the scheduled start (lag is measured from it); `None` for on-demand runs.
+/// Returns `None`, having called nothing, when `cancel` fires before the run got its slots.
+pub(super) async fn run(
+    claim: Claim,
+    shared: Arc<Shared>,
+    planned: Option<Instant>,
+    cancel: CancellationToken,
+) -> Option<Outcome> {
+    let state = claim.0.clone();
+    let permits = shared.acquire(&state.spec, &cancel).await?;
+    if cancel.is_cancelled() {
+        // Cancelled just as the last slot came free: still not started.
+        return None;
+    }
+    if let Some(planned) = planned {
+        shared
+            .metrics
+            .observe_lag(Instant::now().saturating_duration_since(planned));
+    }
+    *lock(&state.last_start) = Some(Instant::now());
+    let outcome = {
+        let _in_flight = InFlight::start(&shared.metrics);
+        call(&shared.runner, &state.spec).await
+    };
+    drop(permits);
+    let outcome = record(&state, &shared.metrics, outcome);
+    // The probe is free again only once its result is recorded.
+    drop(claim);
+    Some(outcome)
+}
+
+/// What a run that panicked reports (the panic's own text may quote a URL or a header, so
+/// it stays in the process's stderr, where the panic hook wrote it).
+const PANICKED: &str = "the run panicked (a bug in the exporter or a library it uses): counted as a failure; the probe keeps its schedule";
+
+/// Calls the runner. A panic inside it (hyper, rustls, x509-parser on a hostile answer)
+/// becomes a failed run with reason `other`, so the probe's timer, its claim and the
+/// in-flight gauge live on.
+async fn call(runner: &Runner, spec: &Arc<ProbeSpec>) -> Outcome {
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    // Unwind safety: the run's future is dropped after a panic and nothing it touched is read
+    // again except through `lock`, which recovers from poisoning.
+    let called = AssertUnwindSafe(async { runner(spec.clone()).await })
+        .catch_unwind()
+        .await;
+    called.unwrap_or_else(|_| Outcome {
+        success: false,
+        reason: Some(FailureReason::Other),
+        message: PANICKED.to_owned(),
+        http_status: None,
+        response_code: None,
+        duration: started.elapsed(),
+        phases: crate::probe::Phases::default(),
+        attempts: 1,
+        redirects: 0,
+        tls: None,
+        http_version: None,
+        started_at,
+        finished_at: SystemTime::now(),
+    })
+}
+
+/// Records an outcome in the metrics and the history, and logs it (once, here).
+fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Outcome {
+    let spec = &state.spec;
+    metrics.record(&state.metrics, &outcome);
+    match outcome.reason {
+        // The failure text is the event's message, so both formats carry it as `message`/`msg`.
+        Some(reason) => tracing::warn!(
+            probe = %spec.name,
+            reason = reason.as_label(),
+            http_status = outcome.http_status.unwrap_or(0),
+            duration_seconds = outcome.duration.as_secs_f64(),
+            "{}",
+            outcome.message
+        ),
+        None => tracing::debug!(
+            probe = %spec.name,
+            http_status = outcome.http_status.unwrap_or(0),
+            response_code = outcome.response_code.as_deref().unwrap_or(""),
+            duration_seconds = outcome.duration.as_secs_f64(),
+            "probe succeeded"
+        ),
+    }
+    lock(&state.history).push(&outcome);
+    *lock(&state.last_connection) = LastConnection {
+        tls: outcome.tls.clone(),
+        http_version: outcome.http_version,
+    };
+    outcome
+}
