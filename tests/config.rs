@@ -123,7 +123,7 @@ const INVALID: &[(&str, &str)] = &[
     ),
     (
         "invalid-cron-never.yaml",
-        "4:15: cron expression \"0 0 30 2 *\" never fires: no date matches all its fields; check the day and month",
+        "4:15: invalid cron expression \"0 0 30 2 *\": it never fires (no date from now on matches all its fields); check the day, month and year",
     ),
     (
         "invalid-regex-too-large.yaml",
@@ -421,10 +421,10 @@ fn every_value_echoed_in_an_error_is_cut_short() {
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    timezone: {long}\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    interval: {long}\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    schedule: '{long}'\n"),
-        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    method: {long}\n"),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    method: '{long} x'\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    max_body_bytes: 1{long}\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    labels: {{{key}-: v}}\n"),
-        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    headers: {{'{key} ': v}}\n"),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    headers: {{'{key} x': v}}\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{status: ['{long}']}}\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{divalto: {long}}}\n"),
         format!("probes:\n  - name: a\n    url: 'http://127.0.0.1:1/${{{long}}}'\n"),
