@@ -46,9 +46,8 @@ static PHASE_LABELS: LazyLock<[String; 5]> =
     LazyLock::new(|| PHASE_NAMES.map(|phase| label_pair(names::PHASE, phase)));
 
 /// `reason` labels, in [`FailureReason::ALL`] order.
-static REASON_LABELS: LazyLock<[String; FailureReason::ALL.len()]> = LazyLock::new(|| {
-    FailureReason::ALL.map(|reason| label_pair(names::REASON, reason.as_label()))
-});
+static REASON_LABELS: LazyLock<[String; FailureReason::ALL.len()]> =
+    LazyLock::new(|| FailureReason::ALL.map(|reason| label_pair(names::REASON, reason.as_label())));
 
 /// The exporter's metrics.
 pub struct Metrics {
@@ -153,7 +152,11 @@ impl Metrics {
         let mut info_labels = String::new();
         push_label(&mut info_labels, names::URL, &spec.target.redacted());
         push_label(&mut info_labels, names::METHOD, spec.method.as_str());
-        push_label(&mut info_labels, names::SCHEDULE, &spec.schedule.to_string());
+        push_label(
+            &mut info_labels,
+            names::SCHEDULE,
+            &spec.schedule.to_string(),
+        );
         // Probes share one bucket list (they all use the config's).
         let buckets: Arc<[f64]> = {
             let mut shared = lock(&self.buckets);
@@ -890,7 +893,11 @@ mod tests {
                 .families
                 .get(family.name)
                 .map_or(0, |f| f.iter_samples().count());
-            assert!(samples > 0, "{} has no sample: populate it here", family.name);
+            assert!(
+                samples > 0,
+                "{} has no sample: populate it here",
+                family.name
+            );
         }
 
         // Act: every label name the page carries (the parser folds `le` into histograms).
@@ -917,6 +924,9 @@ mod tests {
                 }
             })
             .collect();
-        assert!(accepted.is_empty(), "accepted as static labels: {accepted:?}");
+        assert!(
+            accepted.is_empty(),
+            "accepted as static labels: {accepted:?}"
+        );
     }
 }

@@ -382,7 +382,9 @@ fn check_config_prints_a_70000_character_probe_name() {
     );
     assert_eq!(code, 0, "{}", &stderr[..stderr.len().min(2000)]);
     assert!(
-        stdout.lines().any(|line| line.starts_with(&format!("{name}  "))),
+        stdout
+            .lines()
+            .any(|line| line.starts_with(&format!("{name}  "))),
         "{}",
         &stdout[..stdout.len().min(2000)]
     );
@@ -405,8 +407,16 @@ fn a_huge_regex_is_refused_with_a_short_message() {
             "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{body_matches: '{pattern}'}}\n"
         ));
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].contains("regex too large"), "{}", &got[0][..got[0].len().min(300)]);
-        assert!(got[0].chars().count() < 250, "{} chars", got[0].chars().count());
+        assert!(
+            got[0].contains("regex too large"),
+            "{}",
+            &got[0][..got[0].len().min(300)]
+        );
+        assert!(
+            got[0].chars().count() < 250,
+            "{} chars",
+            got[0].chars().count()
+        );
     }
 }
 
@@ -417,19 +427,31 @@ fn every_value_echoed_in_an_error_is_cut_short() {
     let key = "k".repeat(1_000);
     let cases = [
         format!("probes:\n  - name: '{long} y'\n    url: http://127.0.0.1:1/\n"),
-        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{body_matches: '({long}'}}\n"),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{body_matches: '({long}'}}\n"
+        ),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    timezone: {long}\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    interval: {long}\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    schedule: '{long}'\n"),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    method: '{long} x'\n"),
-        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    max_body_bytes: 1{long}\n"),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    max_body_bytes: 1{long}\n"
+        ),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    labels: {{{key}-: v}}\n"),
-        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    headers: {{'{key} x': v}}\n"),
-        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{status: ['{long}']}}\n"),
-        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{divalto: {long}}}\n"),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    headers: {{'{key} x': v}}\n"
+        ),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{status: ['{long}']}}\n"
+        ),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{divalto: {long}}}\n"
+        ),
         format!("probes:\n  - name: a\n    url: 'http://127.0.0.1:1/${{{long}}}'\n"),
         format!("probes:\n  - name: a\n    url: 'http://127.0.0.1:1/${{{long}-}}'\n"),
-        format!("servers: {{s: {{base_url: 'http://h/'}}}}\nprobes:\n  - name: a\n    server: {long}\n    code: X\n"),
+        format!(
+            "servers: {{s: {{base_url: 'http://h/'}}}}\nprobes:\n  - name: a\n    server: {long}\n    code: X\n"
+        ),
         format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    {key}: 1\n"),
     ];
     for text in &cases {
@@ -459,8 +481,14 @@ fn prometheus_durations_combine_units_from_the_largest() {
     );
     let errors = config::load(&path).unwrap_err();
     assert_eq!(
-        errors.0.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
-        ["invalid duration \"30s1m\": units must go from the largest to the smallest, each once; write \"1m30s\""]
+        errors
+            .0
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "invalid duration \"30s1m\": units must go from the largest to the smallest, each once; write \"1m30s\""
+        ]
     );
     let (_dir, path) = common::write_config(
         "probes:\n  - {name: a, url: 'http://127.0.0.1:1/', interval: 1w2d3h4m5s6ms, timeout: 1m30s}\n",
@@ -479,7 +507,11 @@ fn prometheus_durations_combine_units_from_the_largest() {
 fn a_file_that_is_not_utf8_is_refused_at_the_first_bad_byte() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("latin1.yaml");
-    std::fs::write(&path, b"probes:\n  - name: caf\xe9\n    url: http://127.0.0.1:1/\n").unwrap();
+    std::fs::write(
+        &path,
+        b"probes:\n  - name: caf\xe9\n    url: http://127.0.0.1:1/\n",
+    )
+    .unwrap();
     let errors = config::load(&path).unwrap_err();
     assert_eq!(
         errors.to_string(),
@@ -496,9 +528,8 @@ fn a_config_of_100000_probes_loads() {
     for i in 0..100_000 {
         text.push_str(&format!("  - {{name: p{i}, url: 'http://10.0.0.1/{i}'}}\n"));
     }
-    let config = config::parse(Path::new("big.yaml"), &text).unwrap_or_else(|e| {
-        panic!("{}", e.to_string().chars().take(500).collect::<String>())
-    });
+    let config = config::parse(Path::new("big.yaml"), &text)
+        .unwrap_or_else(|e| panic!("{}", e.to_string().chars().take(500).collect::<String>()));
     assert_eq!(config.probes.len(), 100_000);
     assert_eq!(config.probes[99_999].name, "p99999");
 }

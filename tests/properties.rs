@@ -43,7 +43,10 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
 #[derive(Debug, Clone)]
 enum Node {
     /// A scalar, written plain (`true`, `30s`) or double-quoted.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(String, Node)>),
 }
@@ -92,10 +95,7 @@ fn plain(text: &str) -> Node {
 }
 
 fn quoted(text: String) -> Node {
-    Node::Scalar {
-        text,
-        plain: false,
-    }
+    Node::Scalar { text, plain: false }
 }
 
 /// Scalars that hit the config's parsers where it hurts: units, limits, regexes, crons,
@@ -295,10 +295,8 @@ fn probe() -> impl Strategy<Value = Node> {
             ("code".to_owned(), quoted(SECRET.into())),
         ]),
     ];
-    let extra = proptest::collection::vec(
-        prop_oneof![4 => typed_entry(), 1 => (key(), tree())],
-        0..5,
-    );
+    let extra =
+        proptest::collection::vec(prop_oneof![4 => typed_entry(), 1 => (key(), tree())], 0..5);
     (name, target, extra).prop_map(|(name, mut entries, extra)| {
         entries.insert(0, ("name".to_owned(), quoted(name.to_owned())));
         for (key, value) in extra {
@@ -378,7 +376,8 @@ fn expect() -> impl Strategy<Value = Expect> {
         (100u16..600).prop_map(StatusMatcher::Code),
         (1u16..6).prop_map(StatusMatcher::Class),
     ];
-    let mode = proptest::sample::select(&[DivaltoMode::Auto, DivaltoMode::On, DivaltoMode::Off][..]);
+    let mode =
+        proptest::sample::select(&[DivaltoMode::Auto, DivaltoMode::On, DivaltoMode::Off][..]);
     let pattern = proptest::option::of(proptest::sample::select(
         &["OK", "(?i)error", "^$", "code\":\"0", ".*", "[é]+"][..],
     ));
@@ -389,13 +388,15 @@ fn expect() -> impl Strategy<Value = Expect> {
         pattern.clone(),
         pattern,
     )
-        .prop_map(|(status, divalto, success_codes, matches, not_matches)| Expect {
-            status,
-            divalto,
-            success_codes,
-            body_matches: matches.map(|p| regex::Regex::new(p).unwrap()),
-            body_not_matches: not_matches.map(|p| regex::Regex::new(p).unwrap()),
-        })
+        .prop_map(
+            |(status, divalto, success_codes, matches, not_matches)| Expect {
+                status,
+                divalto,
+                success_codes,
+                body_matches: matches.map(|p| regex::Regex::new(p).unwrap()),
+                body_not_matches: not_matches.map(|p| regex::Regex::new(p).unwrap()),
+            },
+        )
 }
 
 proptest! {
@@ -434,4 +435,3 @@ proptest! {
         }
     }
 }
-

@@ -75,7 +75,10 @@ pub fn verdict(data: &[u8]) {
         assert!(judged.reason.is_some(), "status {status} accepted");
     }
     if divalto == DivaltoMode::Off {
-        assert!(judged.response_code.is_none(), "a code read with divalto: off");
+        assert!(
+            judged.response_code.is_none(),
+            "a code read with divalto: off"
+        );
     }
 }
 

@@ -12,7 +12,9 @@ use serde_saphyr::{Location, Spanned};
 use url::Url;
 
 use super::raw::{RawConfig, RawExpect, RawProbe, RawServer, RawTls};
-use super::values::{DivaltoMode, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut, shown};
+use super::values::{
+    DivaltoMode, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut, shown,
+};
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES, Expect,
     MAX_HISTORY_SIZE, MAX_PROBES, ProbeSpec, ProxyConfig, ProxyEndpoint, Secret, Server, Target,
@@ -76,15 +78,16 @@ fn yaml_options() -> serde_saphyr::Options {
 
 /// Parses `text` (the content of `path`) and validates it.
 pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-        let location = e.location().unwrap_or(Location::UNKNOWN);
-        ConfigErrors(vec![ConfigError {
-            file: path.to_owned(),
-            line: location.line(),
-            column: location.column(),
-            message: yaml_message(&e),
-        }])
-    })?;
+    let raw: RawConfig =
+        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+            let location = e.location().unwrap_or(Location::UNKNOWN);
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: location.line(),
+                column: location.column(),
+                message: yaml_message(&e),
+            }])
+        })?;
     let mut errors = Errors {
         file: path,
         list: Vec::new(),

@@ -321,7 +321,7 @@ fn whole_milliseconds(value: f64) -> Option<u64> {
     let rounded = value.round();
     // 2^53: every integer below is exact in an f64.
     (rounded.is_finite() && (0.0..9_007_199_254_740_992.0).contains(&rounded))
-        .then(|| rounded as u64)
+        .then_some(rounded as u64)
 }
 
 /// `milliseconds` in Prometheus' grammar: `1h30m`, `1w2d`, `1500ms` as `1s500ms`.
@@ -363,9 +363,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size {}: write e.g. 1MiB, 64KiB or 4096", shown(text)))?;
+    let number: u64 = digits.parse().map_err(|_| {
+        format!(
+            "invalid size {}: write e.g. 1MiB, 64KiB or 4096",
+            shown(text)
+        )
+    })?;
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "kB" | "KB" => 1_000,
