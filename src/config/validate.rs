@@ -922,7 +922,7 @@ fn append_params(url: &mut Url, params: &BTreeMap<String, String>) {
 
 /// Secrets a plain URL may carry: a password, and a Divalto webhook code written by hand
 /// (the path segment after `.../WebHook/`).
-fn secrets_in_url(url: &Url) -> Vec<Secret> {
+pub(super) fn secrets_in_url(url: &Url) -> Vec<Secret> {
     let mut secrets = Vec::new();
     if let Some(password) = url.password() {
         secrets.push(Secret::new(password));

@@ -32,9 +32,22 @@ pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
 }
 
 /// A value the user wrote, as every config message quotes it: in double quotes, cut to
-/// [`MAX_SHOWN_CHARS`].
+/// [`MAX_SHOWN_CHARS`], and a URL among them with its secrets redacted as a probe's URL is
+/// (a webhook URL pasted into the wrong key must not print its code).
 pub fn shown(value: &str) -> String {
-    format!("\"{}\"", cut(value, MAX_SHOWN_CHARS))
+    format!("\"{}\"", cut(&redact_url(value), MAX_SHOWN_CHARS))
+}
+
+/// `value` with the password and webhook code redacted, when it is a URL holding one.
+fn redact_url(value: &str) -> Cow<'_, str> {
+    let Ok(url) = url::Url::parse(value.trim()) else {
+        return Cow::Borrowed(value);
+    };
+    let secrets = super::validate::secrets_in_url(&url);
+    if secrets.is_empty() {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(super::Target::new(url, &secrets).redact(value))
 }
 
 /// Replaces every `${NAME}` in `raw` with the environment variable `NAME`.
@@ -663,6 +676,45 @@ mod tests {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_quoted_value_is_cut_and_a_webhook_url_in_it_redacted() {
+        let long = "x".repeat(1000);
+        assert_eq!(
+            shown(&long),
+            format!("\"{}…\"", "x".repeat(MAX_SHOWN_CHARS))
+        );
+        let pasted = "https://h.example/api/v1/WebHook/MONWEBHOOKACADEMY123456789012363F53";
+        let err = parse_duration(pasted).unwrap_err();
+        assert!(!err.contains("ACADEMY"), "{err}");
+        assert!(err.contains("WebHook/MONW…3F53"), "{err}");
+    }
+
+    #[test]
+    fn prometheus_units_only_and_each_refusal_says_what_to_write() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("1s500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        for (text, fix) in [
+            ("5M", "\"5m\" for minutes"),
+            ("1y", "\"365d\""),
+            ("1.5h", "write \"1h30m\""),
+            ("0.25s", "write \"250ms\""),
+            ("5 m", "write \"5m\""),
+            ("10us", "at least \"1ms\""),
+            ("30s1m", "write \"1m30s\""),
+            ("1m1m", "write \"2m\""),
+            ("1min", "unknown unit \"min\""),
+            ("1m30", "\"30\" at the end has no unit"),
+            ("99999999999999999999s", "too large"),
+            ("0s", "is zero"),
+        ] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(fix), "{text}: {err}");
+        }
     }
 
     #[test]
