@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
@@ -23,7 +23,9 @@ use prometheus::{
 };
 
 use crate::config::ProbeSpec;
-use crate::probe::{FailureReason, Outcome};
+use crate::probe::{FailureReason, Outcome, PHASE_NAMES};
+
+pub mod names;
 
 /// Buckets of `webhook_exporter_schedule_lag_seconds`: from half a millisecond (on time) to
 /// ten seconds (starved by the concurrency caps).
@@ -36,30 +38,16 @@ const REVISION: &str = env!("WEBHOOK_EXPORTER_REVISION");
 const RUSTC_VERSION: &str = env!("WEBHOOK_EXPORTER_RUSTC_VERSION");
 
 /// `result` labels of `webhook_probe_runs_total`, in [`ProbeValues::runs`] order.
-const RESULT_LABELS: [&str; 2] = ["result=\"success\"", "result=\"failure\""];
+static RESULT_LABELS: LazyLock<[String; 2]> =
+    LazyLock::new(|| ["success", "failure"].map(|result| label_pair(names::RESULT, result)));
 
 /// `phase` labels, in [`crate::probe::PHASE_NAMES`] order.
-const PHASE_LABELS: [&str; 5] = [
-    "phase=\"resolve\"",
-    "phase=\"connect\"",
-    "phase=\"tls\"",
-    "phase=\"processing\"",
-    "phase=\"transfer\"",
-];
+static PHASE_LABELS: LazyLock<[String; 5]> =
+    LazyLock::new(|| PHASE_NAMES.map(|phase| label_pair(names::PHASE, phase)));
 
 /// `reason` labels, in [`FailureReason::ALL`] order.
-const REASON_LABELS: [&str; 10] = [
-    "reason=\"dns\"",
-    "reason=\"connect\"",
-    "reason=\"tls\"",
-    "reason=\"timeout\"",
-    "reason=\"http_status\"",
-    "reason=\"webhook_error\"",
-    "reason=\"body_mismatch\"",
-    "reason=\"body_too_large\"",
-    "reason=\"invalid_response\"",
-    "reason=\"other\"",
-];
+static REASON_LABELS: LazyLock<[String; FailureReason::ALL.len()]> =
+    LazyLock::new(|| FailureReason::ALL.map(|reason| label_pair(names::REASON, reason.as_label())));
 
 /// The exporter's metrics.
 pub struct Metrics {
@@ -145,7 +133,7 @@ impl Metrics {
                     "webhook_exporter_build_info",
                     "Version of the exporter; always 1.",
                 ),
-                &["version", "revision", "rustc_version"],
+                &[names::VERSION, names::REVISION, names::RUSTC_VERSION],
             )?,
         )?;
         build_info
@@ -162,9 +150,13 @@ impl Metrics {
     /// are recorded through. A probe of the same name is replaced.
     pub fn register_probe(&self, spec: &Arc<ProbeSpec>, buckets: &[f64]) -> Arc<ProbeMetrics> {
         let mut info_labels = String::new();
-        push_label(&mut info_labels, "url", &spec.target.redacted());
-        push_label(&mut info_labels, "method", spec.method.as_str());
-        push_label(&mut info_labels, "schedule", &spec.schedule.to_string());
+        push_label(&mut info_labels, names::URL, &spec.target.redacted());
+        push_label(&mut info_labels, names::METHOD, spec.method.as_str());
+        push_label(
+            &mut info_labels,
+            names::SCHEDULE,
+            &spec.schedule.to_string(),
+        );
         // Probes share one bucket list (they all use the config's).
         let buckets: Arc<[f64]> = {
             let mut shared = lock(&self.buckets);
@@ -237,11 +229,11 @@ impl Metrics {
             let mut info_labels = String::new();
             push_label(
                 &mut info_labels,
-                "version",
+                names::VERSION,
                 tls.version.as_deref().unwrap_or(""),
             );
-            push_label(&mut info_labels, "subject", &certificate.subject);
-            push_label(&mut info_labels, "issuer", &certificate.issuer);
+            push_label(&mut info_labels, names::SUBJECT, &certificate.subject);
+            push_label(&mut info_labels, names::ISSUER, &certificate.issuer);
             values.tls = Some(TlsSeen {
                 earliest_not_after: certificate.earliest_not_after as f64,
                 info_labels,
@@ -377,6 +369,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `name="value"` alone, with the text format's escaping.
+fn label_pair(name: &str, value: &str) -> String {
+    let mut pair = String::new();
+    push_label(&mut pair, name, value);
+    pair
 }
 
 /// Appends `name="value"` (comma-separated) with the text format's escaping.
@@ -726,7 +725,7 @@ impl Rendering {
             .into_iter()
             .map(|(probe, values)| {
                 let mut labels = String::new();
-                push_label(&mut labels, "probe", &probe.spec.name);
+                push_label(&mut labels, names::PROBE, &probe.spec.name);
                 for name in &label_names {
                     push_label(
                         &mut labels,
@@ -740,7 +739,7 @@ impl Rendering {
                     .unwrap_or_else(|| {
                         let rendered = probe.buckets.iter().map(|bound| {
                             let mut le = String::new();
-                            push_label(&mut le, "le", &bound.to_string());
+                            push_label(&mut le, names::LE, &bound.to_string());
                             le
                         });
                         le_labels.push((probe.buckets.clone(), rendered.collect()));
@@ -798,7 +797,6 @@ impl Iterator for Rendering {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::PHASE_NAMES;
 
     #[test]
     fn a_page_larger_than_a_piece_keeps_every_family_whole_and_in_order() {
@@ -844,13 +842,91 @@ mod tests {
         }
     }
 
+    /// A run that fills every per-probe family (TLS, Divalto code, redirects, retries).
+    fn full_outcome(success: bool) -> Outcome {
+        let now = SystemTime::now();
+        Outcome {
+            success,
+            reason: (!success).then_some(FailureReason::WebhookError),
+            message: "Divalto code 400".into(),
+            http_status: Some(200),
+            response_code: Some("400".into()),
+            duration: Duration::from_millis(5),
+            phases: crate::probe::Phases::default(),
+            attempts: 2,
+            redirects: 1,
+            tls: Some(crate::probe::TlsDetails {
+                version: Some("TLSv1.3".into()),
+                certificate: Some(crate::probe::tls::CertificateInfo {
+                    earliest_not_after: 2_000_000_000,
+                    subject: "erp.example.com".into(),
+                    issuer: "Example CA".into(),
+                    names: vec!["erp.example.com".into()],
+                }),
+            }),
+            http_version: Some("1.1"),
+            started_at: now,
+            finished_at: now,
+        }
+    }
+
     #[test]
-    fn constant_labels_follow_the_reason_and_phase_orders() {
-        for (reason, label) in FailureReason::ALL.iter().zip(REASON_LABELS) {
-            assert_eq!(label, format!("reason=\"{}\"", reason.as_label()));
+    fn every_label_name_on_a_full_page_is_refused_as_a_static_label() {
+        // Arrange: a page where every family has samples.
+        let config = crate::config::parse(
+            std::path::Path::new("t.yaml"),
+            "probes:\n  - {name: a, url: 'https://127.0.0.1:1/', labels: {team: erp}}\n",
+        )
+        .unwrap();
+        let metrics = Metrics::new().unwrap();
+        metrics.observe_lag(Duration::from_millis(1));
+        metrics.config_loaded(true);
+        let probe = metrics.register_probe(&config.probes[0], &[0.1, 1.0]);
+        metrics.record(&probe, &full_outcome(true));
+        metrics.record(&probe, &full_outcome(false));
+        probe.skipped();
+        let page = metrics.encode();
+        let exposition = openmetrics_parser::prometheus::parse_prometheus(&page)
+            .unwrap_or_else(|e| panic!("{e:?}\n{page}"));
+        for family in FAMILIES {
+            let samples = exposition
+                .families
+                .get(family.name)
+                .map_or(0, |f| f.iter_samples().count());
+            assert!(
+                samples > 0,
+                "{} has no sample: populate it here",
+                family.name
+            );
         }
-        for (phase, label) in PHASE_NAMES.iter().zip(PHASE_LABELS) {
-            assert_eq!(label, format!("phase=\"{phase}\""));
+
+        // Act: every label name the page carries (the parser folds `le` into histograms).
+        let mut on_page = BTreeSet::new();
+        for family in exposition.families.values() {
+            if family.family_type == openmetrics_parser::PrometheusType::Histogram {
+                on_page.insert("le".to_owned());
+            }
+            on_page.extend(family.get_label_names().iter().cloned());
         }
+        on_page.remove("team");
+
+        // Assert: none of them can be a static label.
+        assert!(on_page.len() > 10, "{on_page:?}");
+        let accepted: Vec<&String> = on_page
+            .iter()
+            .filter(|name| {
+                let text = format!(
+                    "probes:\n  - {{name: a, url: 'http://127.0.0.1:1/', labels: {{{name}: x}}}}\n"
+                );
+                match crate::config::parse(std::path::Path::new("t.yaml"), &text) {
+                    Ok(_) => true,
+                    Err(errors) => !errors.to_string().contains("is set by the exporter itself"),
+                }
+            })
+            .collect();
+        assert!(
+            accepted.is_empty(),
+            "accepted as static labels: {accepted:?}"
+        );
     }
 }

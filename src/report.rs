@@ -50,10 +50,12 @@ pub fn config_summary(config: &Config, now: DateTime<Utc>) -> String {
     for row in std::iter::once(&header).chain(&rows) {
         let mut line = String::new();
         for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<width$}  ");
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                // Padded by hand: `{:<width$}` panics on widths over 65,535, and a probe name
+                // may be longer than that.
+                let padding = width - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', padding));
             }
         }
         let _ = writeln!(out, "{}", line.trim_end());

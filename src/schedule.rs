@@ -26,20 +26,28 @@ pub enum Schedule {
 }
 
 /// Parses a cron expression with crontab semantics (5 fields, optional seconds and year,
-/// 0 or 7 = Sunday, names, `@hourly`-style shorthands).
+/// 0 or 7 = Sunday, names, `@hourly`-style shorthands), refusing one that never fires (from
+/// now on: `0 0 30 2 *`, or a year already past), since its probe would silently never run.
 ///
 /// # Errors
-/// The message says what is wrong and how many fields are expected.
+/// What is wrong, without the expression (the caller quotes it, cut to a sane length): how
+/// many fields are expected, the parser's complaint, or that it never fires.
 pub fn parse_cron(text: &str) -> Result<Cron, String> {
     let fields = text.split_whitespace().count();
     if !text.starts_with('@') && !(5..=7).contains(&fields) {
         return Err(format!(
-            "invalid cron expression \"{text}\": expected 5 fields (minute hour day month weekday), \
-             or 6-7 with seconds and year; found {fields}"
+            "expected 5 fields (minute hour day month weekday), or 6-7 with seconds and year; \
+             found {fields}"
         ));
     }
-    text.parse::<Cron>()
-        .map_err(|e| format!("invalid cron expression \"{text}\": {e}"))
+    let cron = text.parse::<Cron>().map_err(|e| e.to_string())?;
+    if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+        return Err(
+            "it never fires (no date from now on matches all its fields); check the day, month and year"
+                .to_owned(),
+        );
+    }
+    Ok(cron)
 }
 
 /// A stable offset of `name` inside `period`, so a probe keeps its phase across restarts and
@@ -214,6 +222,15 @@ mod tests {
         let schedule = paris_cron("*/5 7-19 * * Mon-Fri");
         let from = Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap();
         assert_eq!(schedule.shortest_gap(from), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn an_expression_that_never_fires_is_refused() {
+        for text in ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 1 1 * 2020"] {
+            let err = parse_cron(text).unwrap_err();
+            assert!(err.starts_with("it never fires"), "{text}: {err}");
+        }
+        assert!(parse_cron("0 0 29 2 *").is_ok(), "leap days exist");
     }
 
     #[test]

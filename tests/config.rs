@@ -93,6 +93,42 @@ const INVALID: &[(&str, &str)] = &[
         "invalid-divalto-mode.yaml",
         "4:23: invalid divalto mode \"maybe\": use auto, on or off",
     ),
+    (
+        "invalid-label-version.yaml",
+        "4:14: label name \"version\" is set by the exporter itself: choose another name",
+    ),
+    (
+        "invalid-history-size.yaml",
+        "1:15: history_size: 1000000000000 is more than 10000; every probe keeps that many results in memory, so lower it",
+    ),
+    (
+        "invalid-duration-month.yaml",
+        "4:15: invalid duration \"5M\": \"M\" is not a unit (months vary in length); use ms, s, m, h, d or w, e.g. \"5m\" for minutes or \"30d\"",
+    ),
+    (
+        "invalid-duration-year.yaml",
+        "4:15: invalid duration \"1y\": \"y\" is not a unit (years vary in length); write \"365d\" or \"52w\"",
+    ),
+    (
+        "invalid-duration-fraction.yaml",
+        "4:15: invalid duration \"1.5h\": fractions are not allowed; write \"1h30m\"",
+    ),
+    (
+        "invalid-duration-space.yaml",
+        "4:15: invalid duration \"5 m\": spaces are not allowed; write \"5m\"",
+    ),
+    (
+        "invalid-duration-micro.yaml",
+        "4:15: invalid duration \"10us\": \"us\" is below the smallest unit; use ms, s, m, h, d or w (at least \"1ms\")",
+    ),
+    (
+        "invalid-cron-never.yaml",
+        "4:15: invalid cron expression \"0 0 30 2 *\": it never fires (no date from now on matches all its fields); check the day, month and year",
+    ),
+    (
+        "invalid-regex-too-large.yaml",
+        "3:19: invalid regular expression \"(a{1000}){1000}\": regex too large (it would compile to more than 1 MiB); simplify it",
+    ),
 ];
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -331,4 +367,169 @@ fn check_config_exits_1_with_the_errors_on_stderr() {
 fn a_bad_flag_is_a_usage_error_with_exit_code_2() {
     let (code, _, stderr) = common::run_binary(&["--no-such-flag"], &[], None);
     assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn check_config_prints_a_70000_character_probe_name() {
+    let name = "p".repeat(70_000);
+    let (_dir, path) = common::write_config(&format!(
+        "probes:\n  - name: {name}\n    url: http://127.0.0.1:1/\n"
+    ));
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{}", &stderr[..stderr.len().min(2000)]);
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with(&format!("{name}  "))),
+        "{}",
+        &stdout[..stdout.len().min(2000)]
+    );
+}
+
+/// The messages of loading `text`, or a panic if it loads.
+fn messages(text: &str) -> Vec<String> {
+    let (_dir, path) = common::write_config(text);
+    let errors = config::load(&path).expect_err("the config should be refused");
+    errors.0.into_iter().map(|e| e.message).collect()
+}
+
+#[test]
+fn a_huge_regex_is_refused_with_a_short_message() {
+    for pattern in [
+        format!("({})", "a".repeat(100_000)),
+        "(a{1000}){1000}".to_owned(),
+    ] {
+        let got = messages(&format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{body_matches: '{pattern}'}}\n"
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("regex too large"),
+            "{}",
+            &got[0][..got[0].len().min(300)]
+        );
+        assert!(
+            got[0].chars().count() < 250,
+            "{} chars",
+            got[0].chars().count()
+        );
+    }
+}
+
+#[test]
+fn every_value_echoed_in_an_error_is_cut_short() {
+    let long = "x".repeat(100_000);
+    // YAML keys (simple keys) are at most 1,024 characters long.
+    let key = "k".repeat(1_000);
+    let cases = [
+        format!("probes:\n  - name: '{long} y'\n    url: http://127.0.0.1:1/\n"),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{body_matches: '({long}'}}\n"
+        ),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    timezone: {long}\n"),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    interval: {long}\n"),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    schedule: '{long}'\n"),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    method: '{long} x'\n"),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    max_body_bytes: 1{long}\n"
+        ),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    labels: {{{key}-: v}}\n"),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    headers: {{'{key} x': v}}\n"
+        ),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{status: ['{long}']}}\n"
+        ),
+        format!(
+            "probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    expect: {{divalto: {long}}}\n"
+        ),
+        format!("probes:\n  - name: a\n    url: 'http://127.0.0.1:1/${{{long}}}'\n"),
+        format!("probes:\n  - name: a\n    url: 'http://127.0.0.1:1/${{{long}-}}'\n"),
+        format!(
+            "servers: {{s: {{base_url: 'http://h/'}}}}\nprobes:\n  - name: a\n    server: {long}\n    code: X\n"
+        ),
+        format!("probes:\n  - name: a\n    url: http://127.0.0.1:1/\n    {key}: 1\n"),
+    ];
+    for text in &cases {
+        for message in messages(text) {
+            assert!(
+                message.chars().count() < 600,
+                "{} chars: {}",
+                message.chars().count(),
+                message.chars().take(300).collect::<String>()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_history_of_10000_is_accepted() {
+    let (_dir, path) = common::write_config(
+        "history_size: 10000\nprobes:\n  - name: a\n    url: http://127.0.0.1:1/\n",
+    );
+    assert_eq!(config::load(&path).unwrap().history_size, 10_000);
+}
+
+#[test]
+fn prometheus_durations_combine_units_from_the_largest() {
+    let (_dir, path) = common::write_config(
+        "probes:\n  - {name: a, url: 'http://127.0.0.1:1/', interval: 1w2d3h4m5s6ms, timeout: 1m30s}\n  - {name: b, url: 'http://127.0.0.1:1/', interval: 30s1m}\n",
+    );
+    let errors = config::load(&path).unwrap_err();
+    assert_eq!(
+        errors
+            .0
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "invalid duration \"30s1m\": units must go from the largest to the smallest, each once; write \"1m30s\""
+        ]
+    );
+    let (_dir, path) = common::write_config(
+        "probes:\n  - {name: a, url: 'http://127.0.0.1:1/', interval: 1w2d3h4m5s6ms, timeout: 1m30s}\n",
+    );
+    let config = config::load(&path).unwrap();
+    assert_eq!(
+        config.probes[0].schedule,
+        webhook_exporter::schedule::Schedule::Interval(std::time::Duration::from_millis(
+            ((((7 + 2) * 24 + 3) * 60 + 4) * 60 + 5) * 1000 + 6
+        ))
+    );
+    assert_eq!(config.probes[0].timeout, std::time::Duration::from_secs(90));
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_refused_at_the_first_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.yaml");
+    std::fs::write(
+        &path,
+        b"probes:\n  - name: caf\xe9\n    url: http://127.0.0.1:1/\n",
+    )
+    .unwrap();
+    let errors = config::load(&path).unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "{}:2:14: the file is not valid UTF-8 (byte 0xE9): save it as UTF-8",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn a_config_of_100000_probes_loads() {
+    let mut text = String::from("probes:\n");
+    for i in 0..100_000 {
+        text.push_str(&format!("  - {{name: p{i}, url: 'http://10.0.0.1/{i}'}}\n"));
+    }
+    let config = config::parse(Path::new("big.yaml"), &text)
+        .unwrap_or_else(|e| panic!("{}", e.to_string().chars().take(500).collect::<String>()));
+    assert_eq!(config.probes.len(), 100_000);
+    assert_eq!(config.probes[99_999].name, "p99999");
 }

@@ -33,6 +33,11 @@ pub const DEFAULT_HISTORY_SIZE: usize = 100;
 /// Default of `run_now_min_gap`: on-demand runs of one probe at most every 10 s, so no loop
 /// of `POST …/run` can call an ERP action back to back.
 pub const DEFAULT_RUN_NOW_MIN_GAP: Duration = Duration::from_secs(10);
+/// Largest `history_size`: each probe reserves its whole history (48 bytes a result) at its
+/// first run, so a typo of a few zeros must not ask for terabytes.
+pub const MAX_HISTORY_SIZE: usize = 10_000;
+/// Probes one config file is sized for (the YAML parser's budget follows from it).
+pub const MAX_PROBES: usize = 100_000;
 
 /// A validated configuration, shared read-only by the scheduler and the HTTP side.
 #[derive(Debug)]
@@ -340,7 +345,7 @@ impl std::error::Error for ConfigErrors {}
 /// # Errors
 /// Every problem found, each with the file, line and column and the fix.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
             line: 0,
@@ -348,7 +353,30 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
-    parse(path, &text)
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let (line, column) = position_of(&bytes, e.valid_up_to());
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line,
+            column,
+            // An error means a byte at valid_up_to() starts an invalid or cut sequence.
+            message: format!(
+                "the file is not valid UTF-8 (byte 0x{:02X}): save it as UTF-8",
+                bytes[e.valid_up_to()]
+            ),
+        }])
+    })?;
+    parse(path, text)
+}
+
+/// 1-based line and column (in characters) of byte `offset`, all bytes before it being valid
+/// UTF-8.
+fn position_of(bytes: &[u8], offset: usize) -> (u64, u64) {
+    let before = String::from_utf8_lossy(&bytes[..offset]);
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line as u64, column as u64)
 }
 
 /// Parses and validates config text; `path` is used in messages and to resolve nothing else.

@@ -12,10 +12,14 @@ use serde_saphyr::{Location, Spanned};
 use url::Url;
 
 use super::raw::{RawConfig, RawExpect, RawProbe, RawServer, RawTls};
-use super::values::{DivaltoMode, FailureReason, StatusMatcher, Text};
+use super::values::{
+    DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut,
+    shown,
+};
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES, Expect,
-    ProbeSpec, ProxyConfig, ProxyEndpoint, Secret, Server, Target, TlsClient, TlsSettings,
+    MAX_HISTORY_SIZE, MAX_PROBES, ProbeSpec, ProxyConfig, ProxyEndpoint, Secret, Server, Target,
+    TlsClient, TlsSettings,
 };
 use crate::schedule::Schedule;
 
@@ -47,28 +51,51 @@ struct Errors<'a> {
     list: Vec<ConfigError>,
 }
 
+/// Longest message kept: a net under [`shown`] for anything quoted by other means.
+const MAX_MESSAGE_CHARS: usize = 1_000;
+
 impl Errors<'_> {
     fn at(&mut self, location: Location, message: impl Into<String>) {
+        let message = message.into();
         self.list.push(ConfigError {
             file: self.file.to_owned(),
             line: location.line(),
             column: location.column(),
-            message: message.into(),
+            message: cut(&message, MAX_MESSAGE_CHARS).into_owned(),
         });
+    }
+}
+
+/// YAML nodes (mappings, sequences, scalars) one probe may take on average within the
+/// budget: a Divalto probe with params, labels, headers and expectations takes 20 to 30.
+const NODES_PER_PROBE: usize = 40;
+
+/// What serde-saphyr may spend on one file: enough for [`MAX_PROBES`] probes (its default of
+/// 250,000 nodes stops near 50,000), still a bound against a file built to exhaust memory.
+fn yaml_options() -> serde_saphyr::Options {
+    let nodes = MAX_PROBES * NODES_PER_PROBE;
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: nodes,
+            // Each node is one event, plus one closing event per mapping or sequence.
+            max_events: 2 * nodes,
+            max_total_scalar_bytes: 256 << 20,
+        },
     }
 }
 
 /// Parses `text` (the content of `path`) and validates it.
 pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
-        let location = e.location().unwrap_or(Location::UNKNOWN);
-        ConfigErrors(vec![ConfigError {
-            file: path.to_owned(),
-            line: location.line(),
-            column: location.column(),
-            message: yaml_message(&e),
-        }])
-    })?;
+    let raw: RawConfig =
+        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+            let location = e.location().unwrap_or(Location::UNKNOWN);
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: location.line(),
+                column: location.column(),
+                message: yaml_message(&e),
+            }])
+        })?;
     let mut errors = Errors {
         file: path,
         list: Vec::new(),
@@ -89,14 +116,44 @@ fn yaml_message(error: &serde_saphyr::Error) -> String {
         snippets: serde_saphyr::SnippetMode::Off,
     };
     let rendered = error.without_snippet().render_with_options(options);
-    let message = strip_position_suffix(rendered.trim());
-    if message.contains("unknown field") {
+    let message = cut_quoted(strip_position_suffix(rendered.trim()));
+    let message = cut(&message, MAX_MESSAGE_CHARS);
+    if message.contains("limits breached") {
+        format!(
+            "{message}; a config holds at most {MAX_PROBES} probes (about {NODES_PER_PROBE} YAML values each)"
+        )
+    } else if message.contains("unknown field") {
         format!("{message}; check the spelling or remove the key")
     } else if message.contains("duplicate") {
         format!("{message}; each key may appear once")
     } else {
-        message.to_owned()
+        message.into_owned()
     }
+}
+
+/// `message` with each span between backticks or double quotes (the library quoting a key
+/// or a value) cut to [`MAX_SHOWN_CHARS`].
+fn cut_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(4 * MAX_MESSAGE_CHARS));
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..=open];
+        out.push_str(&rest[..=open]);
+        let inside = &rest[open + 1..];
+        match inside.find(quote) {
+            Some(close) => {
+                out.push_str(&cut(&inside[..close], MAX_SHOWN_CHARS));
+                out.push_str(quote);
+                rest = &inside[close + 1..];
+            }
+            None => {
+                out.push_str(&cut(inside, MAX_SHOWN_CHARS));
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Drops a trailing ` at line N column M` that the YAML library appends.
@@ -116,12 +173,20 @@ fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
         "max_concurrent_probes",
         errors,
     );
-    let history_size = positive(
-        raw.history_size,
-        DEFAULT_HISTORY_SIZE,
-        "history_size",
-        errors,
-    );
+    let history_size = match raw.history_size {
+        // Every probe reserves its whole history at its first result.
+        Some(size) if size.value > MAX_HISTORY_SIZE => {
+            errors.at(
+                size.referenced,
+                format!(
+                    "history_size: {} is more than {MAX_HISTORY_SIZE}; every probe keeps that many results in memory, so lower it",
+                    size.value
+                ),
+            );
+            DEFAULT_HISTORY_SIZE
+        }
+        size => positive(size, DEFAULT_HISTORY_SIZE, "history_size", errors),
+    };
     let run_now_min_gap = raw
         .run_now_min_gap
         .map_or(super::DEFAULT_RUN_NOW_MIN_GAP, |gap| {
@@ -280,12 +345,15 @@ fn resolve_server(
         Ok(_) => {
             errors.at(
                 raw.base_url.referenced,
-                format!("servers.{name}.base_url: must be an http:// or https:// URL with a host"),
+                format!(
+                    "servers.{}.base_url: must be an http:// or https:// URL with a host",
+                    cut(name, MAX_SHOWN_CHARS)
+                ),
             );
             return None;
         }
         Err(e) => {
-            errors.at(raw.base_url.referenced, format!("servers.{name}.base_url: invalid URL ({e}); write e.g. https://api.divaltocloud.com/123456/TEST1"));
+            errors.at(raw.base_url.referenced, format!("servers.{}.base_url: invalid URL ({e}); write e.g. https://api.divaltocloud.com/123456/TEST1", cut(name, MAX_SHOWN_CHARS)));
             return None;
         }
     };
@@ -294,7 +362,10 @@ fn resolve_server(
     {
         errors.at(
             max.referenced,
-            format!("servers.{name}.max_concurrent: must be at least 1"),
+            format!(
+                "servers.{}.max_concurrent: must be at least 1",
+                cut(name, MAX_SHOWN_CHARS)
+            ),
         );
     }
     Some(ResolvedServer {
@@ -351,8 +422,8 @@ fn probe_name(
         errors.at(
             name.referenced,
             format!(
-                "probes[{index}].name: \"{}\" is not a valid name; use letters, digits, _, . and -",
-                name.value
+                "probes[{index}].name: {} is not a valid name; use letters, digits, _, . and -",
+                shown(&name.value)
             ),
         );
         return None;
@@ -361,8 +432,8 @@ fn probe_name(
         errors.at(
             name.referenced,
             format!(
-                "probes[{index}].name: duplicate probe name \"{}\"; names must be unique",
-                name.value
+                "probes[{index}].name: duplicate probe name {}; names must be unique",
+                shown(&name.value)
             ),
         );
         return None;
@@ -382,7 +453,7 @@ struct ProbeContext<'a> {
 impl ProbeContext<'_> {
     /// `probes[2] "refresh-customer"`: how messages name the probe.
     fn label(&self) -> String {
-        format!("probes[{}] \"{}\"", self.index, self.name)
+        format!("probes[{}] {}", self.index, shown(self.name))
     }
 
     fn resolve_path(&self, file: &str) -> PathBuf {
@@ -411,7 +482,7 @@ impl ProbeContext<'_> {
                 Some(server) => Some((server_ref.value.clone(), server)),
                 None => {
                     let known: Vec<&str> = self.servers.keys().map(String::as_str).collect();
-                    errors.at(server_ref.referenced, format!("{label}.server: unknown server \"{}\"; define it under servers (known: {})", server_ref.value, list_or_none(&known)));
+                    errors.at(server_ref.referenced, format!("{label}.server: unknown server {}; define it under servers (known: {})", shown(&server_ref.value), list_or_none(&known)));
                     return None;
                 }
             },
@@ -574,13 +645,13 @@ impl ProbeContext<'_> {
                             file.referenced,
                             format!(
                                 "{label}.code_file: {} is empty; write the webhook code in it",
-                                path.display()
+                                cut(&path.display().to_string(), MAX_DETAIL_CHARS)
                             ),
                         );
                         None
                     }
                     Err(e) => {
-                        errors.at(file.referenced, format!("{label}.code_file: cannot read {}: {e}; check the path and its permissions", path.display()));
+                        errors.at(file.referenced, format!("{label}.code_file: cannot read {}: {e}; check the path and its permissions", cut(&path.display().to_string(), MAX_DETAIL_CHARS)));
                         None
                     }
                 }
@@ -656,7 +727,7 @@ impl ProbeContext<'_> {
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(&value),
             ) else {
-                errors.at(at, format!("{}.headers.{name}: the value holds characters not allowed in an HTTP header (control characters or newlines)", self.label()));
+                errors.at(at, format!("{}.headers.{}: the value holds characters not allowed in an HTTP header (control characters or newlines)", self.label(), cut(&name, MAX_SHOWN_CHARS)));
                 continue;
             };
             headers.push((name, value));
@@ -805,7 +876,7 @@ impl ProbeContext<'_> {
                         "{}.tls.{}: {}",
                         self.label(),
                         failure.field,
-                        failure.message
+                        cut(&failure.message, 2 * MAX_DETAIL_CHARS)
                     ),
                 );
                 None
@@ -831,7 +902,7 @@ fn list_or_none(items: &[&str]) -> String {
     if items.is_empty() {
         "none".to_owned()
     } else {
-        items.join(", ")
+        cut(&items.join(", "), MAX_DETAIL_CHARS).into_owned()
     }
 }
 
@@ -898,7 +969,7 @@ fn append_params(url: &mut Url, params: &BTreeMap<String, String>) {
 
 /// Secrets a plain URL may carry: a password, and a Divalto webhook code written by hand
 /// (the path segment after `.../WebHook/`).
-fn secrets_in_url(url: &Url) -> Vec<Secret> {
+pub(super) fn secrets_in_url(url: &Url) -> Vec<Secret> {
     let mut secrets = Vec::new();
     if let Some(password) = url.password() {
         secrets.push(Secret::new(password));

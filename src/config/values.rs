@@ -5,6 +5,7 @@
 //! zone...). Failing here means serde-saphyr attaches the line and column of the bad value to
 //! the error for free, so the operator is pointed at the exact spot.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,6 +14,41 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
+use crate::metrics::names;
+
+/// Longest part of a value a message quotes: enough to recognise it, short enough that a
+/// 100 KB value cannot flood a terminal or a log line.
+pub const MAX_SHOWN_CHARS: usize = 80;
+
+/// Longest detail a library adds to a message (a regex or cron parser's explanation).
+pub const MAX_DETAIL_CHARS: usize = 200;
+
+/// `text` cut to `max` characters, with an ellipsis when something was cut.
+pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
+/// A value the user wrote, as every config message quotes it: in double quotes, cut to
+/// [`MAX_SHOWN_CHARS`], and a URL among them with its secrets redacted as a probe's URL is
+/// (a webhook URL pasted into the wrong key must not print its code).
+pub fn shown(value: &str) -> String {
+    format!("\"{}\"", cut(&redact_url(value), MAX_SHOWN_CHARS))
+}
+
+/// `value` with the password and webhook code redacted, when it is a URL holding one.
+fn redact_url(value: &str) -> Cow<'_, str> {
+    let Ok(url) = url::Url::parse(value.trim()) else {
+        return Cow::Borrowed(value);
+    };
+    let secrets = super::validate::secrets_in_url(&url);
+    if secrets.is_empty() {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(super::Target::new(url, &secrets).redact(value))
+}
 
 /// Replaces every `${NAME}` in `raw` with the environment variable `NAME`.
 ///
@@ -46,12 +82,14 @@ fn expand_with(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid {
                 return Err(format!(
-                    "\"${{{name}}}\" is not a valid environment variable reference: use letters, digits and _"
+                    "{} is not a valid environment variable reference: use letters, digits and _",
+                    shown(&format!("${{{name}}}"))
                 ));
             }
             let value = lookup(name).ok_or_else(|| {
                 format!(
-                    "environment variable {name} is not set: export it before starting the exporter"
+                    "environment variable {} is not set: export it before starting the exporter",
+                    cut(name, MAX_SHOWN_CHARS)
                 )
             })?;
             out.push_str(&value);
@@ -143,19 +181,177 @@ impl<'de> Deserialize<'de> for SecretText {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DurationValue(pub Duration);
 
-/// Parses a duration, refusing bare numbers whose unit would be a guess.
+/// Units of a duration, largest first, with their length in milliseconds: Prometheus'
+/// grammar without `y` (a year has no fixed length either).
+const DURATION_UNITS: [(&str, u64); 6] = [
+    ("w", 7 * 24 * 3_600_000),
+    ("d", 24 * 3_600_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// Parses a duration in Prometheus' grammar: numbers each followed by a unit of `ms s m h d
+/// w`, units from the largest to the smallest, each at most once (`1m30s`). Every refusal says
+/// how to write the value instead.
+///
+/// # Errors
+/// A bare number, an unknown unit (`5M`, `1y`, `10us`), a fraction, a space, units out of
+/// order, a zero or an overflowing duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+    let quoted = shown(text);
+    let invalid = |why: String| format!("invalid duration {quoted}: {why}");
+    if text.is_empty() {
+        return Err(invalid("it is empty; write e.g. \"30s\"".to_owned()));
+    }
+    if text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let short = cut(text, MAX_SHOWN_CHARS);
         return Err(format!(
-            "duration \"{text}\" has no unit: write it with one, e.g. \"{text}s\" or \"{text}ms\""
+            "duration {quoted} has no unit: write it with one, e.g. \"{short}s\" or \"{short}ms\""
         ));
     }
-    let duration = humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration \"{text}\": {e}; write e.g. 30s, 1m30s or 500ms"))?;
-    if duration.is_zero() {
-        return Err(format!("duration \"{text}\" is zero: it must be positive"));
+    if text.contains(char::is_whitespace) {
+        let joined: String = text.split_whitespace().collect();
+        return match parse_duration(&joined) {
+            Ok(_) => Err(invalid(format!(
+                "spaces are not allowed; write {}",
+                shown(&joined)
+            ))),
+            Err(e) => Err(e),
+        };
     }
-    Ok(duration)
+    // Split into (number, unit) pairs.
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        if number.is_empty() {
+            return Err(invalid(format!(
+                "{} has no number before it; write e.g. \"500ms\" or \"1m30s\"",
+                shown(unit)
+            )));
+        }
+        if unit.is_empty() {
+            return Err(invalid(format!(
+                "{} at the end has no unit; write e.g. \"1m30s\"",
+                shown(number)
+            )));
+        }
+        parts.push((number, unit));
+        rest = after;
+    }
+    let mut milliseconds: Vec<(f64, usize)> = Vec::with_capacity(parts.len());
+    for (number, unit) in &parts {
+        let Some(rank) = DURATION_UNITS.iter().position(|(name, _)| name == unit) else {
+            return Err(invalid(unknown_unit(unit, number)));
+        };
+        let value: f64 = number.parse().map_err(|_| {
+            invalid(format!(
+                "{} is not a number; write e.g. \"30s\"",
+                shown(number)
+            ))
+        })?;
+        milliseconds.push((value, rank));
+    }
+    if parts.iter().any(|(number, _)| number.contains('.')) {
+        let total: f64 = milliseconds
+            .iter()
+            .map(|(value, rank)| value * DURATION_UNITS[*rank].1 as f64)
+            .sum();
+        return Err(invalid(match whole_milliseconds(total) {
+            Some(ms) if ms > 0 => format!(
+                "fractions are not allowed; write {}",
+                shown(&format_prometheus_duration(ms))
+            ),
+            _ => "fractions are not allowed; write whole numbers, e.g. \"1m30s\"".to_owned(),
+        }));
+    }
+    let mut total: u64 = 0;
+    let mut in_order = true;
+    for (i, (number, unit)) in parts.iter().enumerate() {
+        let rank = milliseconds[i].1;
+        if i > 0 && rank <= milliseconds[i - 1].1 {
+            in_order = false;
+        }
+        let count: u64 = number
+            .parse()
+            .map_err(|_| invalid("it is too large".to_owned()))?;
+        let length = DURATION_UNITS
+            .iter()
+            .find(|(name, _)| name == unit)
+            .map_or(1, |(_, ms)| *ms);
+        total = count
+            .checked_mul(length)
+            .and_then(|ms| ms.checked_add(total))
+            .ok_or_else(|| invalid("it is too large".to_owned()))?;
+    }
+    if !in_order {
+        return Err(invalid(format!(
+            "units must go from the largest to the smallest, each once; write {}",
+            shown(&format_prometheus_duration(total))
+        )));
+    }
+    if total == 0 {
+        return Err(format!("duration {quoted} is zero: it must be positive"));
+    }
+    Ok(Duration::from_millis(total))
+}
+
+/// Why `unit` is refused, and what to write instead.
+fn unknown_unit(unit: &str, number: &str) -> String {
+    let allowed = "use ms, s, m, h, d or w";
+    match unit {
+        "M" | "mo" | "month" | "months" => format!(
+            "{} is not a unit (months vary in length); {allowed}, e.g. \"{}m\" for minutes or \"30d\"",
+            shown(unit),
+            cut(number, MAX_SHOWN_CHARS)
+        ),
+        "y" | "Y" | "year" | "years" => format!(
+            "{} is not a unit (years vary in length); write \"365d\" or \"52w\"",
+            shown(unit)
+        ),
+        "us" | "µs" | "μs" | "ns" => format!(
+            "{} is below the smallest unit; {allowed} (at least \"1ms\")",
+            shown(unit)
+        ),
+        _ => format!(
+            "unknown unit {}; {allowed}, combinable as in \"1m30s\"",
+            shown(unit)
+        ),
+    }
+}
+
+/// `value` rounded to whole milliseconds, when it is a sane duration.
+fn whole_milliseconds(value: f64) -> Option<u64> {
+    let rounded = value.round();
+    // 2^53: every integer below is exact in an f64.
+    (rounded.is_finite() && (0.0..9_007_199_254_740_992.0).contains(&rounded))
+        .then_some(rounded as u64)
+}
+
+/// `milliseconds` in Prometheus' grammar: `1h30m`, `1w2d`, `1500ms` as `1s500ms`.
+pub fn format_prometheus_duration(milliseconds: u64) -> String {
+    let mut out = String::new();
+    let mut rest = milliseconds;
+    for (unit, length) in DURATION_UNITS {
+        let count = rest / length;
+        if count > 0 {
+            out.push_str(&format!("{count}{unit}"));
+            rest -= count * length;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }
 
 impl<'de> Deserialize<'de> for DurationValue {
@@ -180,9 +376,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size \"{text}\": write e.g. 1MiB, 64KiB or 4096"))?;
+    let number: u64 = digits.parse().map_err(|_| {
+        format!(
+            "invalid size {}: write e.g. 1MiB, 64KiB or 4096",
+            shown(text)
+        )
+    })?;
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "kB" | "KB" => 1_000,
@@ -193,15 +392,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "GiB" => 1 << 30,
         other => {
             return Err(format!(
-                "unknown size unit \"{other}\" in \"{text}\": use B, kB, KiB, MB, MiB, GB or GiB"
+                "unknown size unit {} in {}: use B, kB, KiB, MB, MiB, GB or GiB",
+                shown(other),
+                shown(text)
             ));
         }
     };
     let bytes = number
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("size \"{text}\" is too large"))?;
+        .ok_or_else(|| format!("size {} is too large", shown(text)))?;
     if bytes == 0 {
-        return Err(format!("size \"{text}\" is zero: it must be positive"));
+        return Err(format!("size {} is zero: it must be positive", shown(text)));
     }
     Ok(bytes)
 }
@@ -244,7 +445,8 @@ impl FromStr for StatusMatcher {
             return Ok(StatusMatcher::Code(code));
         }
         Err(format!(
-            "invalid HTTP status \"{text}\": write a code from 100 to 599 or a class such as \"2xx\""
+            "invalid HTTP status {}: write a code from 100 to 599 or a class such as \"2xx\"",
+            shown(text)
         ))
     }
 }
@@ -284,7 +486,8 @@ impl<'de> Deserialize<'de> for DivaltoMode {
             "on" | "true" => Ok(DivaltoMode::On),
             "off" | "false" => Ok(DivaltoMode::Off),
             _ => Err(format!(
-                "invalid divalto mode \"{text}\": use auto, on or off"
+                "invalid divalto mode {}: use auto, on or off",
+                shown(text)
             )),
         })
     }
@@ -384,29 +587,59 @@ impl<'de> Deserialize<'de> for MethodValue {
             let upper = text.to_ascii_uppercase();
             http::Method::from_bytes(upper.as_bytes())
                 .map(MethodValue)
-                .map_err(|_| format!("invalid HTTP method \"{text}\": use GET, POST, PUT, HEAD..."))
+                .map_err(|_| {
+                    format!(
+                        "invalid HTTP method {}: use GET, POST, PUT, HEAD...",
+                        shown(text)
+                    )
+                })
         })
     }
 }
+
+/// Largest compiled size of a body regex: far above any sensible pattern, far below the
+/// gigabytes a pattern such as `(a{1000}){1000}` asks for.
+pub const MAX_REGEX_BYTES: usize = 1 << 20;
 
 /// A regular expression, compiled once at load time.
 #[derive(Debug, Clone)]
 pub struct RegexValue(pub regex::Regex);
 
+/// Compiles `text` within [`MAX_REGEX_BYTES`].
+///
+/// # Errors
+/// A syntax error, or a pattern too large to compile, with the pattern cut short.
+pub fn compile_regex(text: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(text)
+        .size_limit(MAX_REGEX_BYTES)
+        .dfa_size_limit(MAX_REGEX_BYTES)
+        .build()
+        .map_err(|e| {
+            let reason = match &e {
+                regex::Error::CompiledTooBig(_) => {
+                    "regex too large (it would compile to more than 1 MiB); simplify it".to_owned()
+                }
+                // regex errors are multi-line drawings; their last line says what is wrong.
+                other => {
+                    let detail = other.to_string();
+                    let last = detail
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ");
+                    cut(last, MAX_DETAIL_CHARS).into_owned()
+                }
+            };
+            format!("invalid regular expression {}: {reason}", shown(text))
+        })
+}
+
 impl<'de> Deserialize<'de> for RegexValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = expanded(d)?;
-        regex::Regex::new(&text).map(RegexValue).map_err(|e| {
-            // regex errors are multi-line drawings; their last line says what is wrong.
-            let detail = e.to_string();
-            let reason = detail
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_owned();
-            de::Error::custom(format!("invalid regular expression \"{text}\": {reason}"))
-        })
+        compile_regex(&text)
+            .map(RegexValue)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -421,7 +654,8 @@ impl<'de> Deserialize<'de> for TimeZoneValue {
                 .map(TimeZoneValue)
                 .map_err(|_| {
                     format!(
-                        "unknown time zone \"{text}\": use an IANA name such as Europe/Paris or UTC"
+                        "unknown time zone {}: use an IANA name such as Europe/Paris or UTC",
+                        shown(text)
                     )
                 })
         })
@@ -440,10 +674,18 @@ pub struct CronValue {
 impl<'de> Deserialize<'de> for CronValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parsed(d, |text| {
-            crate::schedule::parse_cron(text).map(|cron| CronValue {
-                source: text.to_owned(),
-                cron,
-            })
+            crate::schedule::parse_cron(text)
+                .map(|cron| CronValue {
+                    source: text.to_owned(),
+                    cron,
+                })
+                .map_err(|why| {
+                    format!(
+                        "invalid cron expression {}: {}",
+                        shown(text),
+                        cut(&why, MAX_DETAIL_CHARS)
+                    )
+                })
         })
     }
 }
@@ -457,16 +699,10 @@ impl<'de> Deserialize<'de> for HeaderKey {
         parsed(d, |text| {
             http::HeaderName::from_bytes(text.as_bytes())
                 .map(|name| HeaderKey(name.as_str().to_owned()))
-                .map_err(|_| format!("invalid header name \"{text}\""))
+                .map_err(|_| format!("invalid header name {}", shown(text)))
         })
     }
 }
-
-/// Label names the exporter sets itself; a static label must not collide with them.
-const RESERVED_LABELS: &[&str] = &[
-    "probe", "reason", "result", "phase", "url", "method", "schedule", "le", "quantile", "job",
-    "instance",
-];
 
 /// A Prometheus label name for a probe's static labels.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -482,12 +718,16 @@ impl<'de> Deserialize<'de> for LabelKey {
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid || text.starts_with("__") {
                 return Err(format!(
-                    "invalid label name \"{text}\": use letters, digits and _, not starting with a digit or __"
+                    "invalid label name {}: use letters, digits and _, not starting with a digit or __",
+                    shown(text)
                 ));
             }
-            if RESERVED_LABELS.contains(&text) {
+            // The families' own label names: a static label of the same name would give
+            // their series a duplicate label, and Prometheus would refuse the whole page.
+            if names::RESERVED.contains(&text) {
                 return Err(format!(
-                    "label name \"{text}\" is set by the exporter itself: choose another name"
+                    "label name {} is set by the exporter itself: choose another name",
+                    shown(text)
                 ));
             }
             Ok(LabelKey(text.to_owned()))
@@ -520,6 +760,45 @@ mod tests {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_quoted_value_is_cut_and_a_webhook_url_in_it_redacted() {
+        let long = "x".repeat(1000);
+        assert_eq!(
+            shown(&long),
+            format!("\"{}…\"", "x".repeat(MAX_SHOWN_CHARS))
+        );
+        let pasted = "https://h.example/api/v1/WebHook/MONWEBHOOKACADEMY123456789012363F53";
+        let err = parse_duration(pasted).unwrap_err();
+        assert!(!err.contains("ACADEMY"), "{err}");
+        assert!(err.contains("WebHook/MONW…3F53"), "{err}");
+    }
+
+    #[test]
+    fn prometheus_units_only_and_each_refusal_says_what_to_write() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("1s500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        for (text, fix) in [
+            ("5M", "\"5m\" for minutes"),
+            ("1y", "\"365d\""),
+            ("1.5h", "write \"1h30m\""),
+            ("0.25s", "write \"250ms\""),
+            ("5 m", "write \"5m\""),
+            ("10us", "at least \"1ms\""),
+            ("30s1m", "write \"1m30s\""),
+            ("1m1m", "write \"2m\""),
+            ("1min", "unknown unit \"min\""),
+            ("1m30", "\"30\" at the end has no unit"),
+            ("99999999999999999999s", "too large"),
+            ("0s", "is zero"),
+        ] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(fix), "{text}: {err}");
+        }
     }
 
     #[test]
