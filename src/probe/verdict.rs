@@ -11,6 +11,9 @@ use super::FailureReason;
 
 /// Longest message kept from a body: enough for any Divalto message, bounded for memory.
 pub const MAX_MESSAGE_CHARS: usize = 300;
+/// Longest Divalto code kept: real codes are a few digits (`0`, `200`, `400`); anything
+/// longer is cut, as it goes to logs, pages and the API.
+pub const MAX_CODE_CHARS: usize = 32;
 
 /// What a webhook said in its body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,8 +94,8 @@ fn from_json(value: &serde_json::Value) -> DivaltoAnswer {
 
 fn scalar_code(value: &serde_json::Value) -> Option<String> {
     match value {
-        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(short_code(s)),
+        serde_json::Value::Number(n) => Some(short_code(&n.to_string())),
         _ => None,
     }
 }
@@ -117,9 +120,24 @@ fn from_text(text: &str) -> DivaltoAnswer {
         c.is_whitespace() || matches!(c, ';' | ',' | ':' | '|' | '-')
     });
     DivaltoAnswer {
-        code: Some(first.to_owned()),
+        code: Some(short_code(first)),
         message: (!rest.trim().is_empty()).then(|| clean(rest)),
     }
+}
+
+/// A code as the answer sent it, made one short line: it goes to logs, pages and the API,
+/// and a hostile answer may send megabytes or line breaks where a code belongs.
+fn short_code(text: &str) -> String {
+    let text = text.trim();
+    let mut code: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CODE_CHARS)
+        .collect();
+    if text.chars().nth(MAX_CODE_CHARS).is_some() {
+        code.push('…');
+    }
+    code
 }
 
 /// One line, no control characters, bounded length: messages go to logs and pages.
@@ -284,6 +302,24 @@ mod tests {
             Some("Client C0000001 introuvable")
         );
         assert_eq!(read_answer(b"OK").code, None);
+    }
+
+    #[test]
+    fn a_body_code_is_one_short_line_whatever_the_answer_sends() {
+        let huge = format!(r#"{{"code":"4\n00{}","message":"x"}}"#, "9".repeat(100_000));
+        let verdict = judge(200, "OK", huge.as_bytes(), &expect(DivaltoMode::Auto));
+        let code = verdict.response_code.expect("a code");
+        assert!(
+            !code.chars().any(char::is_control),
+            "a control character in the code"
+        );
+        assert!(
+            code.chars().count() <= MAX_CODE_CHARS + 1,
+            "{} chars",
+            code.len()
+        );
+        assert!(!verdict.message.chars().any(char::is_control));
+        assert!(verdict.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
     }
 
     #[test]
