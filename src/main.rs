@@ -157,6 +157,7 @@ fn main() -> ExitCode {
     };
     let cli = Cli::parse();
     logging::init(cli.log_level, cli.log_format);
+    logging::log_panics();
     runtime.block_on(async move {
         match cli.command {
             Some(Command::CheckConfig) => {
