@@ -203,3 +203,20 @@ pub async fn require_basic_auth(
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::Users;
+
+    #[test]
+    fn unknown_users_pay_the_highest_cost_of_the_configured_users() {
+        let users = Users::new(HashMap::from([
+            ("cheap".to_owned(), bcrypt::hash("a", 4).unwrap()),
+            ("dear".to_owned(), bcrypt::hash("b", 6).unwrap()),
+        ]));
+        assert_eq!(users.dummy_cost(), Some(6));
+        assert_eq!(Users::new(HashMap::new()).dummy_cost(), None);
+    }
+}
