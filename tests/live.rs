@@ -50,12 +50,6 @@ fn post(exporter: &Exporter, path: &str) -> common::HttpResponse {
     common::http_request(exporter.address, "POST", path, &[])
 }
 
-fn series_count(text: &str) -> usize {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count()
-}
-
 #[test]
 fn reloads_apply_good_configs_refuse_bad_ones_and_keep_unchanged_probes() {
     let fake = fake();
@@ -749,13 +743,13 @@ fn two_hundred_reloads_leave_series_and_memory_at_their_starting_level() {
         reload(&large);
         reload(&small);
     }
-    let series_start = series_count(&exporter.scrape().text);
+    let series_start = exporter.scrape().sample_count();
     let rss_start = rss();
     for _ in 0..100 {
         reload(&large);
         reload(&small);
     }
-    let series_end = series_count(&exporter.scrape().text);
+    let series_end = exporter.scrape().sample_count();
     let rss_end = rss();
     println!(
         "200 reloads: series {series_start} -> {series_end}, RSS {rss_start} kB -> {rss_end} kB"

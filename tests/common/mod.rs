@@ -714,6 +714,15 @@ impl Scrape {
         })
     }
 
+    /// Samples on the page, all families together (a histogram or summary counts once).
+    pub fn sample_count(&self) -> usize {
+        self.exposition
+            .families
+            .values()
+            .map(|f| f.iter_samples().count())
+            .sum()
+    }
+
     /// Label sets of every sample of `family`.
     pub fn label_sets(&self, family: &str) -> Vec<HashMap<String, String>> {
         self.exposition
