@@ -870,9 +870,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_label_name_on_a_full_page_is_refused_as_a_static_label() {
-        // Arrange: a page where every family has samples.
+    /// A page where every family has samples: one probe labelled `team=erp`, two full runs.
+    fn full_page() -> String {
         let config = crate::config::parse(
             std::path::Path::new("t.yaml"),
             "probes:\n  - {name: a, url: 'https://127.0.0.1:1/', labels: {team: erp}}\n",
@@ -885,7 +884,40 @@ mod tests {
         metrics.record(&probe, &full_outcome(true));
         metrics.record(&probe, &full_outcome(false));
         probe.skipped();
-        let page = metrics.encode();
+        metrics.encode()
+    }
+
+    #[test]
+    fn every_sample_carries_the_name_of_the_family_whose_header_it_follows() {
+        let page = full_page();
+        let mut family: Option<(&str, &str)> = None;
+        let mut samples = 0;
+        for line in page.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                family = Some((name, kind));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            let (family, kind) = family.unwrap_or_else(|| panic!("{name} before any header"));
+            let own = name == family
+                || (kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(family)));
+            assert!(own, "{name} is written under the header of {family}");
+            samples += 1;
+        }
+        assert!(samples > 40, "{samples} samples");
+    }
+
+    #[test]
+    fn every_label_name_on_a_full_page_is_refused_as_a_static_label() {
+        // Arrange: a page where every family has samples.
+        let page = full_page();
         let exposition = openmetrics_parser::prometheus::parse_prometheus(&page)
             .unwrap_or_else(|e| panic!("{e:?}\n{page}"));
         for family in FAMILIES {
