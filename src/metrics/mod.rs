@@ -1,8 +1,8 @@
 //! The only code that spells a metric name, help text or bucket: every family defined once.
 //!
 //! [`Metrics`] holds the exporter-wide families (reload status, lag, in-flight runs, build
-//! info, `process_*`) in a `prometheus` registry; the per-probe series live in [`store`] and
-//! are written by [`text`], which takes each family's name from its [`FamilyDef`] here.
+//! info, `process_*`) in a `prometheus` registry; the per-probe series live in `store.rs` and
+//! are written by `text.rs`, which takes each family's name from its `FamilyDef` here.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,10 +1,15 @@
-//! The per-probe families in the Prometheus text format (version 0.0.4), written by hand,
-//! because:
-//! - each probe carries its own static labels; every series of a family must carry the same
-//!   label names (the union over the probes, empty where a probe has none), and that union
-//!   changes when a reload adds or removes probes, which `prometheus` vectors (label names
-//!   fixed at creation) cannot follow without resetting every counter;
-//! - rendering thousands of probes needs no intermediate protobuf objects.
+//! The per-probe families in the Prometheus text format (version 0.0.4), written by hand.
+//!
+//! Why by hand rather than through the `prometheus` crate's encoder: speed and memory at
+//! 10,000 probes. That encoder only takes `MetricFamily` protobuf objects, so a custom
+//! collector would build, on every scrape, one `Metric` with owned label-pair strings per
+//! series (420,029 series at 10,000 probes), then encode them all into one buffer. This
+//! writer copies each probe's values under its lock, then writes the page from that snapshot
+//! in [`CHUNK_BYTES`] pieces, each probe's label string rendered once per scrape. Measured by
+//! `bench/run.py` (last figures in the issue notes): at 10,000 probes the page is 29,646 KiB,
+//! written in 93 ms (1,874 KiB gzipped in 135 ms); writing it whole into one buffer, as the
+//! crate's encoder does, left a 30 MB allocation that the allocator kept between scrapes.
+//! The crate's encoder, fed the same series, has not been measured side by side.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -219,6 +224,10 @@ pub struct Rendering {
 
 impl Rendering {
     pub(super) fn new(head: String, snapshot: Vec<(Arc<ProbeMetrics>, ProbeValues)>) -> Self {
+        // Every row carries the union of the probes' static label names, empty where a probe
+        // has none. The format does not require it (series of one family may carry different
+        // label names, and an empty label equals an absent one): it costs bytes only, and
+        // keeps the page as it has always been.
         let label_names: BTreeSet<String> = snapshot
             .iter()
             .flat_map(|(probe, _)| probe.spec.labels.keys().cloned())
@@ -268,7 +277,7 @@ impl Rendering {
 impl Iterator for Rendering {
     type Item = String;
 
-    /// The next piece of the page (about [`CHUNK_BYTES`]), `None` at the end.
+    /// The next piece of the page (about 64 KiB), `None` at the end.
     fn next(&mut self) -> Option<String> {
         if let Some(head) = self.head.take() {
             return Some(head);
