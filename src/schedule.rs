@@ -50,17 +50,20 @@ pub fn parse_cron(text: &str) -> Result<Cron, String> {
     Ok(cron)
 }
 
+/// A hash of `name` that never changes: FNV-1a (64-bit), because std's hasher is not
+/// guaranteed stable across Rust releases. It places a probe in its period
+/// ([`phase_offset`]) and on its probe thread, so both survive restarts and rebuilds.
+pub fn stable_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A stable offset of `name` inside `period`, so a probe keeps its phase across restarts and
-/// probes with the same period do not fire at the same instant. FNV-1a, because std's hasher
-/// is not guaranteed stable across Rust releases.
+/// probes with the same period do not fire at the same instant.
 pub fn phase_offset(name: &str, period: Duration) -> Duration {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
     let period_nanos = period.as_nanos().max(1);
-    let offset = u128::from(hash) % period_nanos;
+    let offset = u128::from(stable_hash(name)) % period_nanos;
     // The remainder is below the period, which came from a Duration, so it fits.
     Duration::from_nanos(u64::try_from(offset).unwrap_or(0))
 }
@@ -145,6 +148,19 @@ mod tests {
         assert_eq!(a, phase_offset("refresh-customer", period));
         assert!(a < period);
         assert_ne!(a, phase_offset("refresh-order", period));
+    }
+
+    #[test]
+    fn the_stable_hash_is_fnv_1a_so_phases_and_probe_threads_survive_a_rebuild() {
+        // Published FNV-1a 64-bit values.
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stable_hash("foobar"), 0x8594_4171_f739_67e8);
+        // The phase a probe had before this hash was shared keeps its value.
+        assert_eq!(
+            phase_offset("refresh-customer", Duration::from_secs(60)),
+            Duration::from_nanos(37_094_377_887)
+        );
     }
 
     #[test]

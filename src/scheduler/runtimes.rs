@@ -62,8 +62,5 @@ impl Drop for ProbeRuntimes {
 /// The runtime of probe `name` among `count`: a stable hash of the name, so a probe's timer,
 /// runs and connections always share one thread.
 pub(super) fn shard_of(name: &str, count: usize) -> usize {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    usize::try_from(hash % count as u64).unwrap_or(0)
+    usize::try_from(crate::schedule::stable_hash(name) % count as u64).unwrap_or(0)
 }

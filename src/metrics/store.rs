@@ -1,0 +1,233 @@
+//! The values of each probe's series, recorded run by run.
+//!
+//! Kept here rather than in `prometheus` vectors so that a reload drops the series of removed
+//! probes and leaves those of unchanged probes untouched, and so that recording a run touches
+//! one small mutex-guarded struct.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::ProbeSpec;
+use crate::probe::{FailureReason, Outcome};
+
+use super::names;
+use super::text::push_label;
+
+/// Every probe's series, by probe name.
+#[derive(Default)]
+pub(super) struct Store {
+    /// The bucket list of the last probe registered, shared by the probes using the same.
+    buckets: Mutex<Option<Arc<[f64]>>>,
+    probes: RwLock<BTreeMap<String, Arc<ProbeMetrics>>>,
+}
+
+impl Store {
+    /// Creates the series of a probe, replacing one of the same name.
+    pub(super) fn register(&self, spec: &Arc<ProbeSpec>, buckets: &[f64]) -> Arc<ProbeMetrics> {
+        let mut info_labels = String::new();
+        push_label(&mut info_labels, names::URL, &spec.target.redacted());
+        push_label(&mut info_labels, names::METHOD, spec.method.as_str());
+        push_label(
+            &mut info_labels,
+            names::SCHEDULE,
+            &spec.schedule.to_string(),
+        );
+        // Probes share one bucket list (they all use the config's).
+        let buckets: Arc<[f64]> = {
+            let mut shared = lock(&self.buckets);
+            match shared.as_ref() {
+                Some(list) if **list == *buckets => list.clone(),
+                _ => shared.insert(buckets.into()).clone(),
+            }
+        };
+        let probe = Arc::new(ProbeMetrics {
+            spec: spec.clone(),
+            info_labels,
+            values: Mutex::new(ProbeValues {
+                buckets: vec![0; buckets.len()],
+                ..ProbeValues::default()
+            }),
+            buckets,
+        });
+        write(&self.probes).insert(spec.name.clone(), probe.clone());
+        probe
+    }
+
+    /// Removes a probe's series, unless the name now belongs to a newer registration.
+    pub(super) fn remove(&self, name: &str, probe: &Arc<ProbeMetrics>) {
+        let mut probes = write(&self.probes);
+        if probes
+            .get(name)
+            .is_some_and(|current| Arc::ptr_eq(current, probe))
+        {
+            probes.remove(name);
+        }
+    }
+
+    /// Number of probes with series.
+    pub(super) fn count(&self) -> usize {
+        read(&self.probes).len()
+    }
+
+    /// Every probe with a copy of its values, in name order.
+    pub(super) fn snapshot(&self) -> Vec<(Arc<ProbeMetrics>, ProbeValues)> {
+        read(&self.probes)
+            .values()
+            .map(|probe| (probe.clone(), lock(&probe.values).clone()))
+            .collect()
+    }
+}
+
+/// The series of one probe.
+pub struct ProbeMetrics {
+    /// The probe: its name is the `probe` label, its labels the static labels.
+    pub(super) spec: Arc<ProbeSpec>,
+    /// `url=...,method=...,schedule=...`: the extra labels of `webhook_probe_info`.
+    pub(super) info_labels: String,
+    /// Upper bounds of the duration histogram.
+    pub(super) buckets: Arc<[f64]>,
+    values: Mutex<ProbeValues>,
+}
+
+impl ProbeMetrics {
+    /// Whether the duration histogram has these buckets (a reload changing them starts the
+    /// probe's series afresh).
+    pub fn has_buckets(&self, buckets: &[f64]) -> bool {
+        *self.buckets == *buckets
+    }
+
+    /// Counts a planned run skipped because the previous one was still going.
+    pub fn skipped(&self) {
+        lock(&self.values).skipped += 1;
+    }
+
+    /// Records a finished run.
+    pub(super) fn record(&self, outcome: &Outcome) {
+        let finished = unix_seconds(outcome.finished_at);
+        let seconds = outcome.duration.as_secs_f64();
+        let mut values = lock(&self.values);
+        if let Some(bucket) = self.buckets.iter().position(|bound| seconds <= *bound) {
+            values.buckets[bucket] += 1;
+        }
+        values.sum += seconds;
+        values.count += 1;
+        values.last = Some(LastRun {
+            success: outcome.success,
+            duration: seconds,
+            phases: outcome.phases.as_array().map(|d| d.as_secs_f64()),
+            http_status: outcome.http_status.unwrap_or(0),
+            response_code: outcome
+                .response_code
+                .as_deref()
+                .and_then(|code| code.parse::<f64>().ok()),
+            finished,
+            redirects: outcome.redirects,
+            http_version: outcome.http_version.and_then(|v| v.parse().ok()),
+        });
+        values.retries += u64::from(outcome.attempts.saturating_sub(1));
+        // Kept from the last run that saw a certificate, so a server that is down for a while
+        // does not make its expiry vanish from the expiry alerts.
+        if let Some(tls) = &outcome.tls
+            && let Some(certificate) = &tls.certificate
+        {
+            let mut info_labels = String::new();
+            push_label(
+                &mut info_labels,
+                names::VERSION,
+                tls.version.as_deref().unwrap_or(""),
+            );
+            push_label(&mut info_labels, names::SUBJECT, &certificate.subject);
+            push_label(&mut info_labels, names::ISSUER, &certificate.issuer);
+            values.tls = Some(TlsSeen {
+                earliest_not_after: certificate.earliest_not_after as f64,
+                info_labels,
+            });
+        }
+        match outcome.reason {
+            None => {
+                values.runs[0] += 1;
+                values.consecutive_failures = 0;
+                values.last_success = Some(finished);
+            }
+            Some(reason) => {
+                values.runs[1] += 1;
+                values.consecutive_failures += 1;
+                values.failures[reason_index(reason)] += 1;
+            }
+        }
+    }
+}
+
+/// Everything recorded for one probe.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ProbeValues {
+    /// The last run, `None` before the first.
+    pub(super) last: Option<LastRun>,
+    pub(super) last_success: Option<f64>,
+    /// Successful, then failed runs.
+    pub(super) runs: [u64; 2],
+    /// Failed runs, in [`FailureReason::ALL`] order.
+    pub(super) failures: [u64; FailureReason::ALL.len()],
+    pub(super) skipped: u64,
+    /// Extra attempts used by retries.
+    pub(super) retries: u64,
+    pub(super) tls: Option<TlsSeen>,
+    pub(super) consecutive_failures: u64,
+    /// Observations per bucket (not cumulative); the `+Inf` bucket is `count`.
+    pub(super) buckets: Vec<u64>,
+    pub(super) sum: f64,
+    pub(super) count: u64,
+}
+
+/// What the last run showed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LastRun {
+    pub(super) success: bool,
+    pub(super) duration: f64,
+    /// In [`crate::probe::PHASE_NAMES`] order.
+    pub(super) phases: [f64; 5],
+    pub(super) http_status: u16,
+    pub(super) response_code: Option<f64>,
+    pub(super) finished: f64,
+    pub(super) redirects: u32,
+    /// 1.1, 1.0 or 2, when an answer came.
+    pub(super) http_version: Option<f64>,
+}
+
+/// The last certificate chain a probe was shown.
+#[derive(Debug, Clone)]
+pub(super) struct TlsSeen {
+    pub(super) earliest_not_after: f64,
+    /// `version=...,subject=...,issuer=...`: the extra labels of `webhook_probe_tls_info`.
+    pub(super) info_labels: String,
+}
+
+fn reason_index(reason: FailureReason) -> usize {
+    FailureReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(FailureReason::ALL.len() - 1)
+}
+
+/// Seconds since the Unix epoch (0 before it).
+pub(super) fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+// Why these helpers: a lock poisoned by a panic while it was held guards, at worst, one run
+// counted in part (holders only add to numbers or swap whole entries); take the values over
+// rather than lose every metric, and every later scrape, to the poison.
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}

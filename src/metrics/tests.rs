@@ -1,0 +1,225 @@
+//! Tests of the `/metrics` page as a whole: every family, its name on each sample, its
+//! label names, and the pieces it is written in.
+
+use std::collections::BTreeSet;
+
+use crate::probe::FailureReason;
+
+use super::*;
+
+/// The per-probe family that sets label `label` (`url`: the info family, `result`: runs).
+fn family_setting(label: &str) -> &'static FamilyDef {
+    PROBE_FAMILIES
+        .iter()
+        .map(|family| &family.def)
+        .find(|family| family.labels.contains(&label))
+        .unwrap()
+}
+
+#[test]
+fn a_page_larger_than_a_piece_keeps_every_family_whole_and_in_order() {
+    let mut text = String::from("probes:\n");
+    for i in 0..2000 {
+        text.push_str(&format!(
+            "  - {{name: p{i:04}, url: 'http://127.0.0.1:1/', labels: {{n: '{i}'}}}}\n"
+        ));
+    }
+    let config = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+    let metrics = Metrics::new().unwrap();
+    for spec in &config.probes {
+        metrics.register_probe(spec, &[0.1, 1.0]);
+    }
+    let pieces: Vec<String> = metrics.render().collect();
+    assert!(pieces.len() > 5, "{} pieces", pieces.len());
+    let page = pieces.concat();
+    for family in PROBE_FAMILIES {
+        let family = &family.def;
+        assert_eq!(
+            page.matches(&format!("# TYPE {} ", family.name)).count(),
+            1,
+            "{}",
+            family.name
+        );
+    }
+    // Each family's samples follow its own header, never another's.
+    let info = family_setting(names::URL).name;
+    let header = page.find(&format!("# TYPE {info} ")).unwrap();
+    assert!(page[header..].contains(&format!("{info}{{probe=\"p1999\",n=\"1999\",url=")));
+    let runs = family_setting(names::RESULT).name;
+    assert_eq!(page.matches(&format!("{runs}{{")).count(), 4000);
+    assert!(page.ends_with('\n'));
+}
+
+#[test]
+fn an_empty_config_still_lists_every_family_once() {
+    let page = Metrics::new().unwrap().encode();
+    for family in PROBE_FAMILIES {
+        let family = &family.def;
+        assert_eq!(
+            page.matches(&format!("# TYPE {} ", family.name)).count(),
+            1,
+            "{}",
+            family.name
+        );
+    }
+}
+
+/// A run that fills every per-probe family (TLS, Divalto code, redirects, retries).
+fn full_outcome(success: bool) -> Outcome {
+    let now = SystemTime::now();
+    Outcome {
+        success,
+        reason: (!success).then_some(FailureReason::WebhookError),
+        message: "Divalto code 400".into(),
+        http_status: Some(200),
+        response_code: Some("400".into()),
+        duration: Duration::from_millis(5),
+        phases: crate::probe::Phases::default(),
+        attempts: 2,
+        redirects: 1,
+        tls: Some(crate::probe::TlsDetails {
+            version: Some("TLSv1.3".into()),
+            certificate: Some(crate::probe::tls::CertificateInfo {
+                earliest_not_after: 2_000_000_000,
+                subject: "erp.example.com".into(),
+                issuer: "Example CA".into(),
+                names: vec!["erp.example.com".into()],
+            }),
+        }),
+        http_version: Some("1.1"),
+        started_at: now,
+        finished_at: now,
+    }
+}
+
+/// A page where every family has samples: one probe labelled `team=erp`, two full runs.
+fn full_page() -> String {
+    let config = crate::config::parse(
+        std::path::Path::new("t.yaml"),
+        "probes:\n  - {name: a, url: 'https://127.0.0.1:1/', labels: {team: erp}}\n",
+    )
+    .unwrap();
+    let metrics = Metrics::new().unwrap();
+    metrics.observe_lag(Duration::from_millis(1));
+    metrics.config_loaded(true);
+    let probe = metrics.register_probe(&config.probes[0], &[0.1, 1.0]);
+    metrics.record(&probe, &full_outcome(true));
+    metrics.record(&probe, &full_outcome(false));
+    probe.skipped();
+    metrics.encode()
+}
+
+#[test]
+fn every_sample_carries_the_name_of_the_family_whose_header_it_follows() {
+    let page = full_page();
+    let mut family: Option<(&str, &str)> = None;
+    let mut samples = 0;
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            family = Some((name, kind));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let name = line.split(['{', ' ']).next().unwrap();
+        let (family, kind) = family.unwrap_or_else(|| panic!("{name} before any header"));
+        let own = name == family
+            || (kind == "histogram"
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix) == Some(family)));
+        assert!(own, "{name} is written under the header of {family}");
+        samples += 1;
+    }
+    assert!(samples > 40, "{samples} samples");
+}
+
+#[test]
+fn every_label_name_on_a_full_page_is_refused_as_a_static_label() {
+    // Arrange: a page where every family has samples.
+    let page = full_page();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&page)
+        .unwrap_or_else(|e| panic!("{e:?}\n{page}"));
+    for family in PROBE_FAMILIES {
+        let family = &family.def;
+        let samples = exposition
+            .families
+            .get(family.name)
+            .map_or(0, |f| f.iter_samples().count());
+        assert!(
+            samples > 0,
+            "{} has no sample: populate it here",
+            family.name
+        );
+    }
+
+    // Act: every label name the page carries (the parser folds `le` into histograms).
+    let mut on_page = BTreeSet::new();
+    for family in exposition.families.values() {
+        if family.family_type == openmetrics_parser::PrometheusType::Histogram {
+            on_page.insert("le".to_owned());
+        }
+        on_page.extend(family.get_label_names().iter().cloned());
+    }
+    on_page.remove("team");
+
+    // Assert: none of them can be a static label.
+    assert!(on_page.len() > 10, "{on_page:?}");
+    let accepted: Vec<&String> = on_page
+        .iter()
+        .filter(|name| {
+            let text = format!(
+                "probes:\n  - {{name: a, url: 'http://127.0.0.1:1/', labels: {{{name}: x}}}}\n"
+            );
+            match crate::config::parse(std::path::Path::new("t.yaml"), &text) {
+                Ok(_) => true,
+                Err(errors) => !errors.to_string().contains("is set by the exporter itself"),
+            }
+        })
+        .collect();
+    assert!(
+        accepted.is_empty(),
+        "accepted as static labels: {accepted:?}"
+    );
+}
+
+#[test]
+fn each_family_sets_the_label_names_its_definition_lists() {
+    let page = full_page();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&page)
+        .unwrap_or_else(|e| panic!("{e:?}\n{page}"));
+    let exporter_wide = [
+        &CONFIG_LAST_RELOAD_SUCCESSFUL,
+        &CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
+        &PROBES_CONFIGURED,
+        &PROBES_IN_FLIGHT,
+        &SCHEDULE_LAG,
+        &BUILD_INFO,
+    ];
+    let per_probe = PROBE_FAMILIES.iter().map(|family| &family.def);
+    for (family, per_probe) in exporter_wide
+        .into_iter()
+        .map(|f| (f, false))
+        .chain(per_probe.map(|f| (f, true)))
+    {
+        let mut expected: BTreeSet<&str> = family.labels.iter().copied().collect();
+        if per_probe {
+            expected.extend([names::PROBE, "team"]);
+        }
+        // The parser folds `le` into its histogram samples.
+        if family.kind == Kind::Histogram {
+            assert!(expected.remove(names::LE), "{} lists no le", family.name);
+        }
+        let on_page: BTreeSet<&str> = exposition
+            .families
+            .get(family.name)
+            .unwrap_or_else(|| panic!("{} is not on the page", family.name))
+            .get_label_names()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(on_page, expected, "{}", family.name);
+    }
+}
