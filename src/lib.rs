@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,30 +1,20 @@
 //! One run of a claimed probe: its slots, the call (a panic inside is a failed run), and
-//! the recording of its outcome; guards keep the probe's claim and the in-flight gauge right
-//! however the run ends.
+//! the hand-over of its outcome to the read model; guards keep the probe's claim and the
+//! in-flight gauge right however the run ends.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{LastConnection, ProbeState, Runner, Shared, lock};
+use super::{Runner, Shared};
 use crate::config::ProbeSpec;
 use crate::metrics::Metrics;
 use crate::probe::{FailureReason, Outcome};
-
-/// A probe claimed for one run (the no-overlap rule). Dropping it frees the probe, however
-/// the run ended: recorded, given up at shutdown, or dropped with its task.
-pub(super) struct Claim(pub(super) Arc<ProbeState>);
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.0.running.store(false, Ordering::Release);
-    }
-}
+use crate::state::Claim;
 
 /// A run counted in `webhook_exporter_probes_in_flight` while this lives (so a run that
 /// unwinds or is dropped never leaks the gauge).
@@ -52,7 +42,7 @@ pub(super) async fn run(
     planned: Option<Instant>,
     cancel: CancellationToken,
 ) -> Option<Outcome> {
-    let state = claim.0.clone();
+    let state = claim.probe().clone();
     let permits = shared.acquire(&state.spec, &cancel).await?;
     if cancel.is_cancelled() {
         // Cancelled just as the last slot came free: still not started.
@@ -63,13 +53,13 @@ pub(super) async fn run(
             .metrics
             .observe_lag(Instant::now().saturating_duration_since(planned));
     }
-    *lock(&state.last_start) = Some(Instant::now());
+    state.mark_started();
     let outcome = {
         let _in_flight = InFlight::start(&shared.metrics);
         call(&shared.runner, &state.spec).await
     };
     drop(permits);
-    let outcome = record(&state, &shared.metrics, outcome);
+    state.record(&outcome);
     // The probe is free again only once its result is recorded.
     drop(claim);
     Some(outcome)
@@ -105,34 +95,4 @@ async fn call(runner: &Runner, spec: &Arc<ProbeSpec>) -> Outcome {
         started_at,
         finished_at: SystemTime::now(),
     })
-}
-
-/// Records an outcome in the metrics and the history, and logs it (once, here).
-fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Outcome {
-    let spec = &state.spec;
-    metrics.record(&state.metrics, &outcome);
-    match outcome.reason {
-        // The failure text is the event's message, so both formats carry it as `message`/`msg`.
-        Some(reason) => tracing::warn!(
-            probe = %spec.name,
-            reason = reason.as_label(),
-            http_status = outcome.http_status.unwrap_or(0),
-            duration_seconds = outcome.duration.as_secs_f64(),
-            "{}",
-            outcome.message
-        ),
-        None => tracing::debug!(
-            probe = %spec.name,
-            http_status = outcome.http_status.unwrap_or(0),
-            response_code = outcome.response_code.as_deref().unwrap_or(""),
-            duration_seconds = outcome.duration.as_secs_f64(),
-            "probe succeeded"
-        ),
-    }
-    lock(&state.history).push(&outcome);
-    *lock(&state.last_connection) = LastConnection {
-        tls: outcome.tls.clone(),
-        http_version: outcome.http_version,
-    };
-    outcome
 }

@@ -15,8 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::AppState;
 use crate::App;
-use crate::history::Record;
-use crate::scheduler::ProbeState;
+use crate::state::{ProbeView, ResultView};
 
 /// Runs drawn in each probe's history chart; `assets/status.js` reads it from the page.
 pub const HISTORY_BARS: usize = 30;
@@ -116,8 +115,9 @@ pub fn render(app: &App, now: DateTime<Utc>) -> askama::Result<String> {
         .map(|t| Stamp::new(t, now));
     let rows: Vec<Row> = app
         .scheduler
-        .probes()
-        .iter()
+        .state()
+        .list(HISTORY_BARS)
+        .into_iter()
         .map(|p| Row::new(p, now))
         .collect();
     let count = |status: Status| rows.iter().filter(|r| r.status == status).count();
@@ -312,64 +312,54 @@ struct Failure {
 }
 
 impl Row {
-    fn new(state: &ProbeState, now: DateTime<Utc>) -> Self {
-        let spec = &state.spec;
-        let (recent, consecutive_failures, earlier_failure) = {
-            let history = state.history();
-            let recent: Vec<Record> = history.recent(HISTORY_BARS).cloned().collect();
-            let consecutive = history.consecutive_failures();
-            let earlier = match history.last() {
-                Some(last) if last.success() => {
-                    history.iter().rev().find(|o| !o.success()).cloned()
-                }
-                _ => None,
-            };
-            (recent, consecutive, earlier)
-        };
-        let last = recent.last();
-        let status = match last {
+    fn new(probe: ProbeView, now: DateTime<Utc>) -> Self {
+        let status = match &probe.last_result {
             None => Status::Never,
-            Some(o) if o.success() => Status::Up,
+            Some(o) if o.success => Status::Up,
             Some(_) => Status::Down,
         };
+        let earlier_failure = match &probe.last_result {
+            Some(last) if last.success => probe.last_failure.as_ref(),
+            _ => None,
+        };
         Self {
-            name: spec.name.clone(),
-            server: spec.server.clone(),
-            url: spec.target.redacted(),
-            method: spec.method.to_string(),
-            schedule: spec.schedule.to_string(),
             status,
-            running: state.is_running(),
-            last: last.map(|o| LastRun {
-                at: Stamp::new(o.finished_at().into(), now),
-                duration: duration(o.duration().as_secs_f64()),
-                reason: o.reason().map(|r| r.as_label()),
+            running: probe.running,
+            last: probe.last_result.as_ref().map(|o| LastRun {
+                at: Stamp::new(o.finished_at, now),
+                duration: duration(o.duration_seconds),
+                reason: o.reason,
                 detail: detail(o),
-                message: o.message().to_owned(),
+                message: o.message.clone(),
             }),
             earlier_failure: earlier_failure.map(|o| Failure {
-                at: Stamp::new(o.finished_at().into(), now),
-                reason: o.reason().map_or("other", |r| r.as_label()),
-                message: o.message().to_owned(),
+                at: Stamp::new(o.finished_at, now),
+                reason: o.reason.unwrap_or("other"),
+                message: o.message.clone(),
             }),
-            consecutive_failures,
-            next_run: state.next_run().map(|t| Stamp::new(t, now)),
-            chart: Chart::new(&recent),
+            consecutive_failures: probe.consecutive_failures,
+            next_run: probe.next_run.map(|t| Stamp::new(t, now)),
+            chart: Chart::new(&probe.history),
+            name: probe.name,
+            server: probe.server,
+            url: probe.url,
+            method: probe.method,
+            schedule: probe.schedule,
         }
     }
 }
 
 /// `HTTP 400 · code 400`, from what the answer carried.
-fn detail(record: &Record) -> String {
+fn detail(result: &ResultView) -> String {
     let mut parts = Vec::new();
-    if let Some(status) = record.http_status() {
+    if let Some(status) = result.http_status {
         parts.push(format!("HTTP {status}"));
     }
-    if let Some(code) = record.response_code() {
+    if let Some(code) = &result.response_code {
         parts.push(format!("code {code}"));
     }
-    if record.attempts() > 1 {
-        parts.push(format!("{} attempts", record.attempts()));
+    if result.attempts > 1 {
+        parts.push(format!("{} attempts", result.attempts));
     }
     parts.join(" · ")
 }
@@ -405,11 +395,11 @@ struct Bar {
 }
 
 impl Chart {
-    fn new(runs: &[Record]) -> Self {
+    fn new(runs: &[ResultView]) -> Self {
         let slowest = runs
             .iter()
-            .filter(|o| o.success())
-            .map(|o| o.duration().as_secs_f64())
+            .filter(|o| o.success)
+            .map(|o| o.duration_seconds)
             .fold(0.0_f64, f64::max);
         let first_slot = HISTORY_BARS.saturating_sub(runs.len());
         let bars = runs
@@ -417,11 +407,11 @@ impl Chart {
             .enumerate()
             .map(|(i, o)| {
                 let x = ((first_slot + i) as u32) * (BAR_WIDTH + BAR_GAP);
-                let at = DateTime::<Utc>::from(o.finished_at()).format("%Y-%m-%d %H:%M:%S UTC");
-                let took = duration(o.duration().as_secs_f64());
-                if o.success() {
+                let at = o.finished_at.format("%Y-%m-%d %H:%M:%S UTC");
+                let took = duration(o.duration_seconds);
+                if o.success {
                     let share = if slowest > 0.0 {
-                        o.duration().as_secs_f64() / slowest
+                        o.duration_seconds / slowest
                     } else {
                         0.0
                     };
@@ -435,7 +425,7 @@ impl Chart {
                         title: format!("{at}: success, {took}"),
                     }
                 } else {
-                    let reason = o.reason().map_or("other", |r| r.as_label());
+                    let reason = o.reason.unwrap_or("other");
                     Bar {
                         x,
                         y: BASELINE + 1,
@@ -447,7 +437,7 @@ impl Chart {
                 }
             })
             .collect();
-        let failed = runs.iter().filter(|o| !o.success()).count();
+        let failed = runs.iter().filter(|o| !o.success).count();
         let label = if runs.is_empty() {
             "No runs yet".to_owned()
         } else {
@@ -506,13 +496,11 @@ fn relative(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::History;
     use crate::probe::{FailureReason, Outcome};
     use std::time::{Duration, SystemTime};
 
-    fn record(success: bool, millis: u64) -> Record {
-        let mut history = History::new(1);
-        history.push(&Outcome {
+    fn record(success: bool, millis: u64) -> ResultView {
+        ResultView::from(&Outcome {
             success,
             reason: (!success).then_some(FailureReason::WebhookError),
             message: String::new(),
@@ -526,8 +514,7 @@ mod tests {
             http_version: None,
             started_at: SystemTime::UNIX_EPOCH,
             finished_at: SystemTime::UNIX_EPOCH,
-        });
-        history.last().cloned().expect("one record was pushed")
+        })
     }
 
     #[test]
