@@ -159,6 +159,36 @@ impl App {
         }))
     }
 
+    /// The narrow handles the HTTP side gets: it never sees the App itself.
+    pub fn handles(self: &Arc<Self>) -> server::Handles {
+        let reloader = self.clone();
+        let runner = self.clone();
+        server::Handles {
+            metrics: self.metrics.clone(),
+            probes: self.scheduler.state(),
+            reload: Arc::new(move || {
+                let app = reloader.clone();
+                Box::pin(async move {
+                    app.reload()
+                        .await
+                        .map(|summary| summary.to_string())
+                        .map_err(|error| error.to_string())
+                })
+            }),
+            run_now: Arc::new(move |name| {
+                let app = runner.clone();
+                Box::pin(async move {
+                    app.scheduler
+                        .run_now(&name)
+                        .await
+                        .map(|outcome| state::ResultView::from(&outcome))
+                })
+            }),
+            auth: self.auth.clone(),
+            response_headers: self.response_headers.clone(),
+        }
+    }
+
     /// Whether the endpoints are served over TLS.
     pub fn serves_tls(&self) -> bool {
         self.tls.is_some()
@@ -237,7 +267,7 @@ pub async fn run(
     let reloader = tokio::spawn(reload_on_sighup(app.clone(), hangups, shutdown.clone()));
     let served = server::serve(
         listener,
-        server::router(app.clone()),
+        server::router(app.handles()),
         app.tls.clone(),
         shutdown.clone(),
     )

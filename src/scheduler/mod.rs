@@ -28,8 +28,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ProbeSpec};
 use crate::metrics::Metrics;
 use crate::probe::Outcome;
-pub use crate::state::ProbeState;
 use crate::state::Probes;
+pub use crate::state::{ProbeState, RunNowError};
 
 pub use clock::Clock;
 use run::run;
@@ -104,50 +104,15 @@ pub struct ReloadSummary {
     pub unchanged: usize,
 }
 
-/// Why an on-demand run did not happen.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RunNowError {
-    /// No probe has that name.
-    #[error("unknown probe \"{0}\"")]
-    Unknown(String),
-    /// A run of the probe is waiting or in progress.
-    #[error("probe \"{0}\" is already running")]
-    Running(String),
-    /// The probe's last run started less than `run_now_min_gap` ago.
-    #[error(
-        "probe \"{name}\" started a run less than {} ago (run_now_min_gap): next on-demand run possible in {}s",
-        humantime::format_duration(*min_gap),
-        whole_seconds(*wait)
-    )]
-    TooSoon {
-        /// The probe.
-        name: String,
-        /// `run_now_min_gap`.
-        min_gap: Duration,
-        /// Time left until an on-demand run is allowed.
-        wait: Duration,
-    },
-    /// The probe was stopped (shutdown, or removed by a reload) before its run could start.
-    #[error("probe \"{0}\" was stopped before its run could start")]
-    Stopped(String),
-    /// The run's task panicked outside the runner (a bug in the exporter).
-    #[error("the run of probe \"{0}\" panicked")]
-    Panicked(String),
-}
-
-impl RunNowError {
-    /// For [`RunNowError::TooSoon`]: the wait in whole seconds, rounded up (`Retry-After`).
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        match self {
-            RunNowError::TooSoon { wait, .. } => Some(whole_seconds(*wait)),
-            _ => None,
-        }
+impl std::fmt::Display for ReloadSummary {
+    /// `1 added, 0 removed, 2 changed, 5 unchanged`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} added, {} removed, {} changed, {} unchanged",
+            self.added, self.removed, self.changed, self.unchanged
+        )
     }
-}
-
-/// `duration` in whole seconds, rounded up, at least 1.
-fn whole_seconds(duration: Duration) -> u64 {
-    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
 }
 
 struct Entry {

@@ -7,9 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::AppState;
-use crate::scheduler::RunNowError;
-use crate::state::{ProbeView, ResultView};
+use super::Handles;
+use crate::state::{ProbeView, RunNowError};
 
 /// `?history=N`: how many past results to include (default: all kept).
 #[derive(Deserialize)]
@@ -27,31 +26,31 @@ fn unknown(name: &str) -> Response {
 
 /// `GET /api/v1/probes`.
 pub async fn list(
-    State(state): State<AppState>,
+    State(handles): State<Handles>,
     Query(query): Query<HistoryQuery>,
 ) -> Json<serde_json::Value> {
     let limit = query.history.unwrap_or(usize::MAX);
-    let probes: Vec<ProbeView> = state.app.scheduler.state().list(limit);
+    let probes: Vec<ProbeView> = handles.probes.list(limit);
     Json(serde_json::json!({ "probes": probes }))
 }
 
 /// `GET /api/v1/probes/{name}`.
 pub async fn show(
-    State(state): State<AppState>,
+    State(handles): State<Handles>,
     Path(name): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
     let limit = query.history.unwrap_or(usize::MAX);
-    match state.app.scheduler.state().view(&name, limit) {
+    match handles.probes.view(&name, limit) {
         Some(probe) => Json(probe).into_response(),
         None => unknown(&name),
     }
 }
 
 /// `POST /api/v1/probes/{name}/run`: runs it now and answers the result.
-pub async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    match state.app.scheduler.run_now(&name).await {
-        Ok(outcome) => Json(ResultView::from(&outcome)).into_response(),
+pub async fn run(State(handles): State<Handles>, Path(name): Path<String>) -> Response {
+    match (handles.run_now)(name.clone()).await {
+        Ok(result) => Json(result).into_response(),
         Err(RunNowError::Unknown(_)) => unknown(&name),
         Err(err @ RunNowError::Running(_)) => error(StatusCode::CONFLICT, err.to_string()),
         Err(err @ RunNowError::TooSoon { .. }) => {

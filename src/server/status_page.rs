@@ -13,8 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::AppState;
-use crate::App;
+use super::Handles;
 use crate::state::{ProbeView, ResultView};
 
 /// Runs drawn in each probe's history chart; `assets/status.js` reads it from the page.
@@ -46,8 +45,8 @@ const MAX_BAR: u32 = 24;
 const FAILURE_MARK: u32 = 9;
 
 /// `GET /`: the status page.
-pub async fn page(State(state): State<AppState>) -> Response {
-    match render(&state.app, Utc::now()) {
+pub async fn page(State(handles): State<Handles>) -> Response {
+    match render(&handles, Utc::now()) {
         Ok(html) => respond("text/html; charset=utf-8", "no-store", html),
         Err(error) => {
             tracing::error!(%error, "cannot render the status page");
@@ -107,15 +106,14 @@ fn respond(content_type: &'static str, cache: &'static str, body: String) -> Res
 ///
 /// # Errors
 /// When the template cannot be rendered (a formatting error).
-pub fn render(app: &App, now: DateTime<Utc>) -> askama::Result<String> {
-    let reload_time = app.metrics.reload_success_timestamp.get();
+pub fn render(handles: &Handles, now: DateTime<Utc>) -> askama::Result<String> {
+    let reload_time = handles.metrics.reload_success_timestamp.get();
     let reload_time = (reload_time > 0.0)
         .then(|| DateTime::<Utc>::from_timestamp_millis((reload_time * 1000.0) as i64))
         .flatten()
         .map(|t| Stamp::new(t, now));
-    let rows: Vec<Row> = app
-        .scheduler
-        .state()
+    let rows: Vec<Row> = handles
+        .probes
         .list(HISTORY_BARS)
         .into_iter()
         .map(|p| Row::new(p, now))
@@ -130,7 +128,7 @@ pub fn render(app: &App, now: DateTime<Utc>) -> askama::Result<String> {
     StatusPage {
         version: env!("CARGO_PKG_VERSION"),
         generated: Stamp::new(now, now),
-        reload_successful: app.metrics.reload_successful.get() == 1,
+        reload_successful: handles.metrics.reload_successful.get() == 1,
         reload_time,
         history_bars: HISTORY_BARS,
         summary,
@@ -496,25 +494,23 @@ fn relative(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::{FailureReason, Outcome};
-    use std::time::{Duration, SystemTime};
 
     fn record(success: bool, millis: u64) -> ResultView {
-        ResultView::from(&Outcome {
+        ResultView {
             success,
-            reason: (!success).then_some(FailureReason::WebhookError),
+            reason: (!success).then_some("webhook_error"),
             message: String::new(),
             http_status: Some(200),
             response_code: None,
-            duration: Duration::from_millis(millis),
+            duration_seconds: millis as f64 / 1000.0,
             phases: Default::default(),
             attempts: 1,
             redirects: 0,
             tls: None,
             http_version: None,
-            started_at: SystemTime::UNIX_EPOCH,
-            finished_at: SystemTime::UNIX_EPOCH,
-        })
+            started_at: DateTime::UNIX_EPOCH,
+            finished_at: DateTime::UNIX_EPOCH,
+        }
     }
 
     #[test]
