@@ -284,6 +284,8 @@ fn no_output_surface_shows_a_webhook_code() {
     let scrape = exporter.wait_for(Duration::from_secs(15), "every probe to run", all_ran);
     let (status, page) = exporter.get("/");
     assert_eq!(status, 200);
+    let (status, page_json) = exporter.get("/status.json");
+    assert_eq!(status, 200);
     let (_, check) = (
         0,
         common::run_binary(&["check-config", &config_flag], &[], None),
@@ -295,6 +297,7 @@ fn no_output_surface_shows_a_webhook_code() {
         ("metrics", scrape.text.clone()),
         ("logs", exporter.logs()),
         ("status page", page.clone()),
+        ("status page JSON", page_json),
         ("check-config", format!("{}{}", check.1, check.2)),
         ("probe ok", format!("{}{}", probe_ok.1, probe_ok.2)),
         (
@@ -1211,6 +1214,19 @@ async fn the_router_serves_from_its_handles_without_the_app() {
     let page = request("GET", "/").await.unwrap();
     assert_eq!(page.status, 200);
     assert!(page.body.contains("stub OK"), "{}", page.body);
+    // The script's JSON is the page's own view model: the same strings, formatted once.
+    let json = request("GET", "/status.json").await.unwrap();
+    assert_eq!(json.status, 200, "{}", json.body);
+    let view: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    let row = &view["groups"][0]["probes"][0];
+    assert_eq!(
+        row["status"],
+        serde_json::json!({"key": "up", "text": "up"})
+    );
+    assert_eq!(row["last"]["duration"], "3 ms");
+    let duration_cell = "<td class=\"c-duration\" data-label=\"Duration\">3 ms</td>";
+    assert!(page.body.contains(duration_cell), "{}", page.body);
+    assert_eq!(row["chart"]["bars"].as_array().unwrap().len(), 1);
 
     let unknown = request("POST", "/api/v1/probes/nope/run").await.unwrap();
     assert_eq!(unknown.status, 404, "{}", unknown.body);

@@ -118,6 +118,7 @@ pub fn router(handles: Handles) -> Router {
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload))
         .route("/", get(status_page::page))
+        .route("/status.json", get(status_page::json))
         .route("/assets/{file}", get(status_page::asset))
         .route("/api/v1/probes", get(api::list))
         .route("/api/v1/probes/{name}", get(api::show))
