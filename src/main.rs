@@ -137,8 +137,9 @@ enum Command {
 
 fn main() -> ExitCode {
     // The HTTP side and reloads run on this thread; probes on their own threads (see
-    // ProbeRuntimes). bcrypt checks and config file reads go to the blocking pool; /metrics
-    // is rendered here, piece by piece as the client reads it.
+    // ProbeRuntimes). bcrypt checks and a reload's file reads go to the blocking pool (the
+    // config at start is read here, before anything serves); /metrics is rendered here,
+    // piece by piece as the client reads it.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

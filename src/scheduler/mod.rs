@@ -6,8 +6,11 @@
 //! a slot) when the next one is due makes that next one skipped and counted, so the plan
 //! stays exact. A run waits for its server slot, then for a global slot, and gives up when
 //! the probe is stopped before it got them; a panic inside it is a failed run, never a dead
-//! timer. The probe itself is behind [`Runner`], so tests drive the scheduler with a stub
-//! and paused tokio time.
+//! timer. An on-demand run ([`Scheduler::run_now`]) gets a task of its own, tracked like
+//! the timers for shutdown. Every outcome is recorded through the read model
+//! ([`crate::state::ProbeState::record`]): the scheduler keeps no results itself. The probe
+//! itself is behind [`Runner`], so tests drive the scheduler with a stub and paused tokio
+//! time.
 
 mod clock;
 mod run;

@@ -33,7 +33,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// One run of a claimed probe: wait for the slots, call the runner, record the outcome.
+/// One run of a claimed probe: wait for the slots, call the runner, record the outcome in
+/// the read model.
 /// `planned` is the scheduled start (lag is measured from it); `None` for on-demand runs.
 /// Returns `None`, having called nothing, when `cancel` fires before the run got its slots.
 pub(super) async fn run(
@@ -75,8 +76,8 @@ const PANICKED: &str = "the run panicked (a bug in the exporter or a library it 
 async fn call(runner: &Runner, spec: &Arc<ProbeSpec>) -> Outcome {
     let started_at = SystemTime::now();
     let started = Instant::now();
-    // Unwind safety: the run's future is dropped after a panic and nothing it touched is read
-    // again except through `lock`, which recovers from poisoning.
+    // Unwind safety: the runner is handed only the probe's immutable spec, and its future is
+    // dropped after a panic, so nothing half-updated is read again.
     let called = AssertUnwindSafe(async { runner(spec.clone()).await })
         .catch_unwind()
         .await;
