@@ -230,7 +230,7 @@ impl App {
         let app = self;
         tracing::info!(
             address = %listener.local_addr()?,
-            probes = app.scheduler.probes().len(),
+            probes = app.scheduler.state().len(),
             tls = app.tls.is_some(),
             "webhook-exporter listening"
         );

@@ -18,7 +18,7 @@
 //!
 //! # Data flow
 //! config file -> `config::load` -> `Config` -> [`scheduler::Scheduler`] (one timer per probe)
-//! -> `probe::run` -> `Outcome` -> [`state::ProbeState::record`] (`Metrics::record` +
+//! -> `probe::run` -> `Outcome` -> `state::ProbeState::record` (`Metrics::record` +
 //! `History::push` + the log line) -> `/metrics` (`Metrics::render`), and
 //! [`state::Probes::list`]/[`state::Probes::view`] -> `ProbeView` -> `/api/v1/probes`, `/`.
 //! [`app::App`] ties them together, hands the router its [`server::Handles`] and owns

@@ -2,9 +2,10 @@
 //!
 //! Shaped like mini-redis's `db.rs`: [`Probes`] is a cheap handle (an `Arc` inside) on the
 //! set of running probes, and each [`ProbeState`] keeps its own small locks private. The
-//! scheduler writes through them ([`ProbeState::record`], [`ProbeState::set_next_run`],
-//! [`ProbeState::try_claim`]...); the server reads owned, serializable views
-//! ([`ProbeView`], [`ResultView`]) and never sees a lock, a [`History`] or an [`Outcome`].
+//! scheduler writes through them (`record`, `set_next_run`, `try_claim`...: crate-only); the
+//! server reads owned, serializable views ([`ProbeView`], [`ResultView`]) and never sees a
+//! lock, a [`History`] or an [`Outcome`]. The scheduler keeps its own map of the same probes
+//! beside their timers' cancel tokens and publishes the set here after each config.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,7 +119,7 @@ struct LastConnection {
 impl ProbeState {
     /// A probe that has not run yet, keeping `history_size` results, recording into its
     /// series `metrics` of `registry`.
-    pub fn new(
+    pub(crate) fn new(
         spec: Arc<ProbeSpec>,
         metrics: Arc<ProbeMetrics>,
         registry: Arc<Metrics>,
@@ -147,17 +148,17 @@ impl ProbeState {
     }
 
     /// Sets the next planned run (`None`: none planned).
-    pub fn set_next_run(&self, next: Option<DateTime<Utc>>) {
+    pub(crate) fn set_next_run(&self, next: Option<DateTime<Utc>>) {
         *lock(&self.next_run) = next;
     }
 
     /// Changes how many results are kept (a reload), dropping the oldest beyond it.
-    pub fn set_history_capacity(&self, capacity: usize) {
+    pub(crate) fn set_history_capacity(&self, capacity: usize) {
         lock(&self.history).set_capacity(capacity);
     }
 
     /// Claims the probe for one run; `None` when a run is already going.
-    pub fn try_claim(self: &Arc<Self>) -> Option<Claim> {
+    pub(crate) fn try_claim(self: &Arc<Self>) -> Option<Claim> {
         self.running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
@@ -165,19 +166,19 @@ impl ProbeState {
     }
 
     /// Notes that a run starts calling the target now (for `run_now_min_gap`).
-    pub fn mark_started(&self) {
+    pub(crate) fn mark_started(&self) {
         *lock(&self.last_start) = Some(Instant::now());
     }
 
     /// How long an on-demand run must still wait to be `min_gap` after the last run's start.
-    pub fn wait_before_run_now(&self, min_gap: Duration) -> Option<Duration> {
+    pub(crate) fn wait_before_run_now(&self, min_gap: Duration) -> Option<Duration> {
         let last = (*lock(&self.last_start))?;
         let wait = (last + min_gap).saturating_duration_since(Instant::now());
         (!wait.is_zero()).then_some(wait)
     }
 
     /// Records an outcome in the metrics and the history, and logs it (once, here).
-    pub fn record(&self, outcome: &Outcome) {
+    pub(crate) fn record(&self, outcome: &Outcome) {
         let spec = &self.spec;
         self.registry.record(&self.metrics, outcome);
         match outcome.reason {

@@ -8,7 +8,7 @@
 //! the probe is stopped before it got them; a panic inside it is a failed run, never a dead
 //! timer. An on-demand run ([`Scheduler::run_now`]) gets a task of its own, tracked like
 //! the timers for shutdown. Every outcome is recorded through the read model
-//! ([`crate::state::ProbeState::record`]): the scheduler keeps no results itself. The probe
+//! (`crate::state::ProbeState::record`): the scheduler keeps no results itself. The probe
 //! itself is behind [`Runner`], so tests drive the scheduler with a stub and paused tokio
 //! time.
 
