@@ -1,26 +1,21 @@
-// webhook-exporter status page: refreshes the rows from /api/v1/probes every few seconds
-// and runs a probe on demand. The page is complete without this script; it only keeps it
+// webhook-exporter status page: refreshes the rows from /status.json (the page's own view
+// model, every string already formatted by the server) every few seconds and runs a probe on
+// demand. The page is complete without this script; it only keeps it
 // current. Every value from the API is written with textContent or setAttribute (never
 // innerHTML): the Divalto message comes from the ERP and may contain markup.
 (function () {
   "use strict";
 
   const POLL_MS = 5000;
-  const BARS = parseInt(document.body.dataset.historyBars, 10) || 30;
-  // Chart geometry: keep in step with src/server/status_page.rs.
-  const BAR_WIDTH = 5;
-  const BAR_GAP = 1;
-  const CHART_HEIGHT = 36;
-  const BASELINE = 26;
-  const MAX_BAR = 24;
-  const FAILURE_MARK = 9;
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const STATUS_TEXT = { up: "up", down: "down", never: "never run" };
 
   let timer = null;
   let inFlight = false;
   // A refresh asked for while one is in flight (after "Run now") runs right after it.
   let again = false;
+  // When the data shown was generated (as the server wrote it), for the refresh line.
+  const rendered = document.querySelector("#refresh-state time");
+  let generated = rendered ? rendered.textContent : "the page load";
 
   // Builds an element; strings become text nodes, never markup.
   function h(tag, attrs, ...children) {
@@ -43,90 +38,25 @@
     return el;
   }
 
-  function duration(seconds) {
-    if (seconds < 1) return Math.round(seconds * 1000) + " ms";
-    if (seconds < 10) return seconds.toFixed(2) + " s";
-    return seconds.toFixed(1) + " s";
-  }
-
-  function clock(iso) {
-    const date = new Date(iso);
-    if (isNaN(date)) return iso;
-    return date.toISOString().replace("T", " ").slice(0, 19) + " UTC";
-  }
-
-  function relative(iso) {
-    const seconds = Math.trunc((new Date(iso) - Date.now()) / 1000);
-    const span = Math.abs(seconds);
-    if (span < 1) return "just now";
-    let amount;
-    if (span < 60) amount = span + " s";
-    else if (span < 3600) amount = Math.floor(span / 60) + " min";
-    else if (span < 86400) amount = Math.floor(span / 3600) + " h";
-    else amount = Math.floor(span / 86400) + " d";
-    return seconds < 0 ? amount + " ago" : "in " + amount;
-  }
-
-  function statusOf(probe) {
-    if (!probe.last_result) return "never";
-    return probe.last_result.success ? "up" : "down";
-  }
-
-  function detail(result) {
-    const parts = [];
-    if (result.http_status !== null && result.http_status !== undefined) {
-      parts.push("HTTP " + result.http_status);
-    }
-    if (result.response_code !== null && result.response_code !== undefined) {
-      parts.push("code " + result.response_code);
-    }
-    if (result.attempts > 1) parts.push(result.attempts + " attempts");
-    return parts.join(" · ");
-  }
-
-  function stamp(iso) {
+  // Every string shown comes formatted from the server's view model (GET /status.json,
+  // the same one the page was rendered from): this script formats no time or duration.
+  function stamp(at) {
     return [
-      h("time", { datetime: iso, title: clock(iso) }, clock(iso)),
+      h("time", { datetime: at.iso, title: at.text }, at.text),
       " ",
-      h("span", { class: "age", "data-at": iso }, relative(iso)),
+      h("span", { class: "age", "data-at": at.iso }, at.relative),
     ];
   }
 
-  function chart(history) {
-    const runs = history.slice(-BARS);
-    const width = BARS * (BAR_WIDTH + BAR_GAP);
-    const slowest = runs
-      .filter((r) => r.success)
-      .reduce((max, r) => Math.max(max, r.duration_seconds), 0);
-    const failed = runs.filter((r) => !r.success).length;
-    let label = "No runs yet";
-    if (runs.length > 0) {
-      label =
-        "Last " + runs.length + (runs.length === 1 ? " run" : " runs") + ", oldest first: " +
-        (runs.length - failed) +
-        " succeeded, " + failed + " failed";
-      if (slowest > 0) label += "; slowest success " + duration(slowest);
-    }
-    const first = BARS - runs.length;
-    const bars = runs.map((r, i) => {
-      const x = (first + i) * (BAR_WIDTH + BAR_GAP);
-      const took = duration(r.duration_seconds);
-      if (r.success) {
-        const share = slowest > 0 ? r.duration_seconds / slowest : 0;
-        const height = 2 + Math.round(share * (MAX_BAR - 2));
-        return svg("rect", { class: "ok", x: x, y: BASELINE - height, width: BAR_WIDTH, height: height },
-          svg("title", null, clock(r.finished_at) + ": success, " + took));
-      }
-      return svg("rect", { class: "failed", x: x, y: BASELINE + 1, width: BAR_WIDTH, height: FAILURE_MARK },
-        svg("title", null, clock(r.finished_at) + ": failed (" + (r.reason || "other") + "), " + took));
-    });
+  function chart(c) {
     return svg("svg", {
-      class: "chart", role: "img", "aria-label": label, width: width, height: CHART_HEIGHT,
-      viewBox: "0 0 " + width + " " + CHART_HEIGHT,
+      class: "chart", role: "img", "aria-label": c.label, width: c.width, height: c.height,
+      viewBox: "0 0 " + c.width + " " + c.height,
     },
-    svg("title", null, label),
-    svg("line", { class: "axis", x1: 0, x2: width, y1: BASELINE + 0.5, y2: BASELINE + 0.5 }),
-    bars);
+    svg("title", null, c.label),
+    svg("line", { class: "axis", x1: 0, x2: c.width, y1: c.baseline + 0.5, y2: c.baseline + 0.5 }),
+    c.bars.map((b) => svg("rect", { class: b.class, x: b.x, y: b.y, width: b.width, height: b.height },
+      svg("title", null, b.title))));
   }
 
   function cell(row, name) {
@@ -134,43 +64,39 @@
   }
 
   function updateRow(row, probe) {
-    const status = statusOf(probe);
-    const last = probe.last_result;
+    const status = probe.status.key;
+    const last = probe.last;
     row.classList.remove("status-up", "status-down", "status-never");
     row.classList.add("status-" + status);
 
     cell(row, "c-status").replaceChildren(
-      h("span", { class: "badge " + status }, STATUS_TEXT[status]),
+      h("span", { class: "badge " + status }, probe.status.text),
       " ",
       h("span", { class: "running", hidden: !probe.running }, "running…"));
 
     cell(row, "c-last").replaceChildren(
-      ...(last ? stamp(last.finished_at) : [h("span", { class: "none" }, "not yet")]));
+      ...(last ? stamp(last.at) : [h("span", { class: "none" }, "not yet")]));
 
     cell(row, "c-duration").replaceChildren(
-      last ? duration(last.duration_seconds) : h("span", { class: "none" }, "–"));
+      last ? last.duration : h("span", { class: "none" }, "–"));
 
     const result = [];
     if (last) {
       if (last.reason) result.push(h("strong", { class: "reason" }, last.reason), " ");
-      const more = detail(last);
-      if (more) result.push(h("span", { class: "detail" }, more), " ");
+      if (last.detail) result.push(h("span", { class: "detail" }, last.detail), " ");
       result.push(h("span", { class: "message" }, last.message));
-      if (last.success) {
-        const earlier = probe.history.slice().reverse().find((r) => !r.success);
-        if (earlier) {
-          result.push(" ", h("span", { class: "earlier" },
-            "Last failure ",
-            h("span", { class: "age", "data-at": earlier.finished_at, title: clock(earlier.finished_at) },
-              relative(earlier.finished_at)),
-            ": ",
-            h("strong", { class: "reason" }, earlier.reason || "other"),
-            " ",
-            h("span", { class: "message" }, earlier.message)));
-        }
-      }
     } else {
       result.push(h("span", { class: "none" }, "no result yet"));
+    }
+    const earlier = probe.earlier_failure;
+    if (earlier) {
+      result.push(" ", h("span", { class: "earlier" },
+        "Last failure ",
+        h("span", { class: "age", "data-at": earlier.at.iso, title: earlier.at.text }, earlier.at.relative),
+        ": ",
+        h("strong", { class: "reason" }, earlier.reason),
+        " ",
+        h("span", { class: "message" }, earlier.message)));
     }
     cell(row, "c-result").replaceChildren(...result);
 
@@ -179,7 +105,7 @@
     cell(row, "c-next").replaceChildren(
       ...(probe.next_run ? stamp(probe.next_run) : [h("span", { class: "none" }, "none planned")]));
 
-    cell(row, "c-history").replaceChildren(chart(probe.history));
+    cell(row, "c-history").replaceChildren(chart(probe.chart));
   }
 
   function rowsByName() {
@@ -195,8 +121,12 @@
     if (el) el.textContent = text;
   }
 
+  function probesOf(data) {
+    return (data.groups || []).flatMap((g) => g.probes);
+  }
+
   function apply(data) {
-    const probes = data.probes || [];
+    const probes = probesOf(data);
     const rows = rowsByName();
     const names = new Set(probes.map((p) => p.name));
     // A reload added or removed probes: the server knows how to group them.
@@ -204,16 +134,23 @@
       window.location.reload();
       return;
     }
-    const counts = { up: 0, down: 0, never: 0 };
-    for (const probe of probes) {
-      counts[statusOf(probe)] += 1;
-      updateRow(rows.get(probe.name), probe);
-    }
-    setText("count-up", String(counts.up));
-    setText("count-down", String(counts.down));
-    setText("count-never", String(counts.never));
-    setText("count-total", String(probes.length));
-    document.title = "webhook-exporter: " + counts.down + " down, " + counts.up + " up";
+    for (const probe of probes) updateRow(rows.get(probe.name), probe);
+    const s = data.summary;
+    setText("count-up", String(s.up));
+    setText("count-down", String(s.down));
+    setText("count-never", String(s.never));
+    setText("count-total", String(s.total));
+    document.title = "webhook-exporter: " + s.down + " down, " + s.up + " up";
+    generated = data.generated.text;
+  }
+
+  async function load() {
+    const response = await fetch("/status.json", {
+      headers: { Accept: "application/json" },
+      cache: "no-store",
+    });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    return response.json();
   }
 
   async function refresh() {
@@ -223,19 +160,12 @@
     }
     inFlight = true;
     try {
-      const response = await fetch("/api/v1/probes?history=" + BARS, {
-        headers: { Accept: "application/json" },
-        cache: "no-store",
-      });
-      if (!response.ok) throw new Error("HTTP " + response.status);
-      apply(await response.json());
-      setText("refresh-state",
-        "Updated " + clock(new Date().toISOString()) + "; refreshes every " + POLL_MS / 1000 + " s.");
+      apply(await load());
+      setText("refresh-state", "Updated " + generated + "; refreshes every " + POLL_MS / 1000 + " s.");
       document.documentElement.dataset.refreshed = String(Date.now());
     } catch (error) {
       setText("refresh-state",
-        "Refresh failed (" + error.message + "); showing data from " + clock(new Date().toISOString()) +
-        " or earlier. Retrying.");
+        "Refresh failed (" + error.message + "); showing data from " + generated + " or earlier. Retrying.");
     } finally {
       inFlight = false;
     }
@@ -257,10 +187,8 @@
     return seconds > 0 ? "Next on-demand run possible in " + seconds + " s" : "On-demand run possible now";
   }
 
-  function tickAges() {
-    for (const el of document.querySelectorAll(".age[data-at]")) {
-      el.textContent = relative(el.dataset.at);
-    }
+  // The on-demand countdown (from Retry-After) is the one text the page itself counts down.
+  function tickCountdowns() {
     for (const el of document.querySelectorAll(".run-output[data-until]")) {
       const left = Math.max(0, Math.ceil((Number(el.dataset.until) - Date.now()) / 1000));
       el.textContent = nextRunText(left);
@@ -297,10 +225,22 @@
         }
       } else if (response.ok) {
         const result = await response.json();
+        // The run's duration as the page shows it: from the view model, once it holds the run.
+        let took = "";
+        try {
+          const data = await load();
+          apply(data);
+          const probe = probesOf(data).find((p) => p.name === name);
+          if (probe && probe.last && probe.last.at.iso === result.finished_at) {
+            took = " in " + probe.last.duration;
+          }
+        } catch (_) {
+          // The refresh below says what went wrong.
+        }
         output.className = "run-output " + (result.success ? "up" : "down");
         output.textContent = result.success
-          ? "Succeeded in " + duration(result.duration_seconds) + ": " + result.message
-          : "Failed (" + result.reason + ") in " + duration(result.duration_seconds) + ": " + result.message;
+          ? "Succeeded" + took + ": " + result.message
+          : "Failed (" + result.reason + ")" + took + ": " + result.message;
       } else {
         let message = "HTTP " + response.status;
         try {
@@ -329,7 +269,7 @@
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) refresh();
   });
-  setInterval(tickAges, 1000);
+  setInterval(tickCountdowns, 1000);
   document.documentElement.dataset.live = "on";
   refresh();
   schedule();

@@ -9,11 +9,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use webhook_exporter::app::{App, ConfigSource};
 use webhook_exporter::config::{self, DEFAULT_CONFIG_PATH};
 use webhook_exporter::logging::{self, LogFormat, LogLevel};
 use webhook_exporter::server::web_config::WebConfig;
 use webhook_exporter::shutdown::Hangups;
-use webhook_exporter::{App, ConfigSource, ProbeRuntimes, demo, probe, report, scheduler};
+use webhook_exporter::{ProbeRuntimes, demo, probe, report, scheduler};
 
 /// Default `--web.listen-address`: 8916 is outside the 9100-9999 block the Prometheus wiki
 /// allocates to exporters, so it collides with none of them.
@@ -136,8 +137,9 @@ enum Command {
 
 fn main() -> ExitCode {
     // The HTTP side and reloads run on this thread; probes on their own threads (see
-    // ProbeRuntimes). bcrypt checks and config file reads go to the blocking pool; /metrics
-    // is rendered here, piece by piece as the client reads it.
+    // ProbeRuntimes). bcrypt checks and a reload's file reads go to the blocking pool (the
+    // config at start is read here, before anything serves); /metrics is rendered here,
+    // piece by piece as the client reads it.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -335,7 +337,7 @@ async fn serve(
         println!("  metrics      {scheme}://{local}/metrics");
         println!("Probes run every few seconds; press Ctrl-C to stop.");
     }
-    webhook_exporter::run(app, listener, shutdown, hangups).await?;
+    app.run(listener, shutdown, hangups).await?;
     drop(probe_runtimes);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,6 @@
 //! The real binary against a fake Divalto server: `/metrics` values and labels read through a
 //! real exposition parser, promtool's lint, the subcommands, the logs, and no secret on any
-//! output surface.
+//! output surface; and the router alone on its narrow handles.
 
 mod common;
 
@@ -284,6 +284,8 @@ fn no_output_surface_shows_a_webhook_code() {
     let scrape = exporter.wait_for(Duration::from_secs(15), "every probe to run", all_ran);
     let (status, page) = exporter.get("/");
     assert_eq!(status, 200);
+    let (status, page_json) = exporter.get("/status.json");
+    assert_eq!(status, 200);
     let (_, check) = (
         0,
         common::run_binary(&["check-config", &config_flag], &[], None),
@@ -295,6 +297,7 @@ fn no_output_surface_shows_a_webhook_code() {
         ("metrics", scrape.text.clone()),
         ("logs", exporter.logs()),
         ("status page", page.clone()),
+        ("status page JSON", page_json),
         ("check-config", format!("{}{}", check.1, check.2)),
         ("probe ok", format!("{}{}", probe_ok.1, probe_ok.2)),
         (
@@ -1105,4 +1108,146 @@ fn http2_is_offered_over_tls_unless_the_web_config_turns_it_off() {
         negotiated_protocol(exporter.address, &pki.ca).as_deref(),
         Some(&b"http/1.1"[..])
     );
+}
+
+/// The router on its narrow handles alone: a scheduler with a stub runner for the read model
+/// and run-now, a stub reload, no App and no binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_serves_from_its_handles_without_the_app() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use webhook_exporter::config::{self, ProbeSpec};
+    use webhook_exporter::metrics::Metrics;
+    use webhook_exporter::probe::Outcome;
+    use webhook_exporter::scheduler::{Clock, Runner, Scheduler};
+    use webhook_exporter::server::{self, Handles};
+    use webhook_exporter::state::ResultView;
+
+    let config = config::parse(
+        std::path::Path::new("test.yaml"),
+        "run_now_min_gap: 0s\nprobes:\n  - {name: p, url: 'http://127.0.0.1:1/', interval: 1h, timeout: 5s}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let runner: Runner = Arc::new(|_spec: Arc<ProbeSpec>| {
+        Box::pin(async {
+            let now = std::time::SystemTime::now();
+            Outcome {
+                success: true,
+                reason: None,
+                message: "stub OK".into(),
+                http_status: Some(200),
+                response_code: Some("0".into()),
+                duration: Duration::from_millis(3),
+                phases: Default::default(),
+                attempts: 1,
+                redirects: 0,
+                tls: None,
+                http_version: None,
+                started_at: now,
+                finished_at: now,
+            }
+        })
+    });
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let scheduler = Arc::new(Scheduler::start(
+        &config,
+        metrics.clone(),
+        runner,
+        Clock::System,
+        shutdown.child_token(),
+    ));
+    let reloads = Arc::new(AtomicUsize::new(0));
+    let counted = reloads.clone();
+    let on_demand = scheduler.clone();
+    let handles = Handles {
+        metrics: metrics.clone(),
+        probes: scheduler.state(),
+        reload: Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok("0 added, 0 removed, 0 changed, 1 unchanged".to_owned()) })
+        }),
+        run_now: Arc::new(move |name| {
+            let scheduler = on_demand.clone();
+            Box::pin(async move {
+                let outcome = scheduler.run_now(&name).await?;
+                Ok(ResultView::from(&outcome))
+            })
+        }),
+        auth: Default::default(),
+        response_headers: Default::default(),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let served = tokio::spawn(server::serve(
+        listener,
+        server::router(handles),
+        None,
+        shutdown.clone(),
+    ));
+    let request = move |method: &'static str, path: &'static str| {
+        tokio::task::spawn_blocking(move || common::http_request(address, method, path, &[]))
+    };
+
+    let before = request("GET", "/api/v1/probes/p").await.unwrap();
+    assert_eq!(before.status, 200, "{}", before.body);
+    let probe: serde_json::Value = serde_json::from_str(&before.body).unwrap();
+    assert_eq!(probe["name"], "p");
+    assert!(probe["last_result"].is_null(), "{probe}");
+
+    let run = request("POST", "/api/v1/probes/p/run").await.unwrap();
+    assert_eq!(run.status, 200, "{}", run.body);
+    let result: serde_json::Value = serde_json::from_str(&run.body).unwrap();
+    assert_eq!(
+        (&result["success"], &result["message"]),
+        (&serde_json::json!(true), &serde_json::json!("stub OK"))
+    );
+
+    let after = request("GET", "/api/v1/probes").await.unwrap();
+    let list: serde_json::Value = serde_json::from_str(&after.body).unwrap();
+    assert_eq!(list["probes"][0]["last_result"]["message"], "stub OK");
+    assert_eq!(list["probes"][0]["history"].as_array().unwrap().len(), 1);
+
+    let scrape = Scrape::parse(&request("GET", "/metrics").await.unwrap().body);
+    assert_eq!(
+        scrape.value(
+            "webhook_probe_runs_total",
+            &[("probe", "p"), ("result", "success")]
+        ),
+        Some(1.0)
+    );
+
+    let page = request("GET", "/").await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("stub OK"), "{}", page.body);
+    // The script's JSON is the page's own view model: the same strings, formatted once.
+    let json = request("GET", "/status.json").await.unwrap();
+    assert_eq!(json.status, 200, "{}", json.body);
+    let view: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    let row = &view["groups"][0]["probes"][0];
+    assert_eq!(
+        row["status"],
+        serde_json::json!({"key": "up", "text": "up"})
+    );
+    assert_eq!(row["last"]["duration"], "3 ms");
+    let duration_cell = "<td class=\"c-duration\" data-label=\"Duration\">3 ms</td>";
+    assert!(page.body.contains(duration_cell), "{}", page.body);
+    assert_eq!(row["chart"]["bars"].as_array().unwrap().len(), 1);
+
+    let unknown = request("POST", "/api/v1/probes/nope/run").await.unwrap();
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    let reload = request("POST", "/-/reload").await.unwrap();
+    assert_eq!(
+        (reload.status, reload.body.as_str()),
+        (
+            200,
+            "config reloaded: 0 added, 0 removed, 0 changed, 1 unchanged\n"
+        )
+    );
+    assert_eq!(reloads.load(Ordering::SeqCst), 1);
+
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+    scheduler.shutdown().await;
 }

@@ -621,7 +621,14 @@ fn tls_and_basic_auth_protect_every_endpoint() {
     let (_fake, _dir, pki, exporter) = protected_exporter("NoClientCert");
     let good = format!("Basic {}", base64_encode("prometheus:s3cret-scrape"));
     let bad = format!("Basic {}", base64_encode("prometheus:wrong"));
-    for path in ["/metrics", "/", "/api/v1/probes", "/-/healthy", "/-/ready"] {
+    for path in [
+        "/metrics",
+        "/",
+        "/status.json",
+        "/api/v1/probes",
+        "/-/healthy",
+        "/-/ready",
+    ] {
         let ok = common::https_request(
             exporter.address,
             "GET",

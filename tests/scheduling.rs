@@ -481,10 +481,11 @@ async fn a_run_that_panics_is_an_other_failure_and_the_probe_keeps_its_schedule(
     assert!(!state.is_running());
     assert!(state.next_run().unwrap() > clock.now(), "next_run is stale");
     let message = state
-        .history()
+        .view(usize::MAX)
+        .history
         .iter()
-        .find(|r| !r.success())
-        .map(|r| r.message().to_owned())
+        .find(|r| !r.success)
+        .map(|r| r.message.clone())
         .unwrap();
     assert!(message.contains("panicked"), "{message}");
     scheduler.shutdown().await;

@@ -6,8 +6,11 @@
 //! a slot) when the next one is due makes that next one skipped and counted, so the plan
 //! stays exact. A run waits for its server slot, then for a global slot, and gives up when
 //! the probe is stopped before it got them; a panic inside it is a failed run, never a dead
-//! timer. The probe itself is behind [`Runner`], so tests drive the scheduler with a stub
-//! and paused tokio time.
+//! timer. An on-demand run ([`Scheduler::run_now`]) gets a task of its own, tracked like
+//! the timers for shutdown. Every outcome is recorded through the read model
+//! (`crate::state::ProbeState::record`): the scheduler keeps no results itself. The probe
+//! itself is behind [`Runner`], so tests drive the scheduler with a stub and paused tokio
+//! time.
 
 mod clock;
 mod run;
@@ -17,7 +20,6 @@ mod slots;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,12 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ProbeSpec};
-use crate::history::History;
-use crate::metrics::{Metrics, ProbeMetrics};
+use crate::metrics::Metrics;
 use crate::probe::Outcome;
+use crate::state::Probes;
+pub use crate::state::{ProbeState, RunNowError};
 
 pub use clock::Clock;
-use run::{Claim, run};
+use run::run;
 pub use runtimes::ProbeRuntimes;
 use slots::{Permits, Slots};
 
@@ -45,74 +48,8 @@ pub fn http_runner() -> Runner {
     Arc::new(|spec: Arc<ProbeSpec>| Box::pin(async move { crate::probe::run(&spec).await }))
 }
 
-/// Live state of one probe, shared by its timer, its runs and the HTTP side.
-pub struct ProbeState {
-    /// The probe's settings.
-    pub spec: Arc<ProbeSpec>,
-    /// Its metric series.
-    pub metrics: Arc<ProbeMetrics>,
-    /// Its recent results (read through [`ProbeState::history`]).
-    history: Mutex<History>,
-    /// What the last run's connection showed beyond its history record (TLS, HTTP version),
-    /// for the API's last result.
-    last_connection: Mutex<LastConnection>,
-    /// Set while a run waits for a slot or runs: the no-overlap rule.
-    running: AtomicBool,
-    /// Next planned run, for the API and the status page.
-    next_run: Mutex<Option<DateTime<Utc>>>,
-    /// When the last run (scheduled or on-demand) started calling the target: on-demand
-    /// runs keep `run_now_min_gap` from it.
-    last_start: Mutex<Option<Instant>>,
-}
-
-impl ProbeState {
-    /// Whether a run is waiting or in progress.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
-    }
-
-    /// The next planned run.
-    pub fn next_run(&self) -> Option<DateTime<Utc>> {
-        *lock(&self.next_run)
-    }
-
-    /// Its history, locked (briefly: runs record into it).
-    pub fn history(&self) -> std::sync::MutexGuard<'_, History> {
-        lock(&self.history)
-    }
-
-    /// TLS details and HTTP version of the last run.
-    pub fn last_connection(&self) -> LastConnection {
-        lock(&self.last_connection).clone()
-    }
-
-    /// Claims the probe for one run; `None` when a run is already going.
-    fn try_claim(self: &Arc<Self>) -> Option<Claim> {
-        self.running
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| Claim(self.clone()))
-    }
-
-    /// How long an on-demand run must still wait to be `min_gap` after the last run's start.
-    fn wait_before_run_now(&self, min_gap: Duration) -> Option<Duration> {
-        let last = (*lock(&self.last_start))?;
-        let wait = (last + min_gap).saturating_duration_since(Instant::now());
-        (!wait.is_zero()).then_some(wait)
-    }
-}
-
-/// What the last run's connection showed, kept apart from the compact history.
-#[derive(Debug, Clone, Default)]
-pub struct LastConnection {
-    /// TLS of the final connection.
-    pub tls: Option<crate::probe::TlsDetails>,
-    /// HTTP version of the last answer.
-    pub http_version: Option<&'static str>,
-}
-
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the data here
-/// (histories, timestamps) stays consistent at every await-free step.
+/// (slots, the probe map, the on-demand gap) stays consistent at every await-free step.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -170,50 +107,15 @@ pub struct ReloadSummary {
     pub unchanged: usize,
 }
 
-/// Why an on-demand run did not happen.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RunNowError {
-    /// No probe has that name.
-    #[error("unknown probe \"{0}\"")]
-    Unknown(String),
-    /// A run of the probe is waiting or in progress.
-    #[error("probe \"{0}\" is already running")]
-    Running(String),
-    /// The probe's last run started less than `run_now_min_gap` ago.
-    #[error(
-        "probe \"{name}\" started a run less than {} ago (run_now_min_gap): next on-demand run possible in {}s",
-        humantime::format_duration(*min_gap),
-        whole_seconds(*wait)
-    )]
-    TooSoon {
-        /// The probe.
-        name: String,
-        /// `run_now_min_gap`.
-        min_gap: Duration,
-        /// Time left until an on-demand run is allowed.
-        wait: Duration,
-    },
-    /// The probe was stopped (shutdown, or removed by a reload) before its run could start.
-    #[error("probe \"{0}\" was stopped before its run could start")]
-    Stopped(String),
-    /// The run's task panicked outside the runner (a bug in the exporter).
-    #[error("the run of probe \"{0}\" panicked")]
-    Panicked(String),
-}
-
-impl RunNowError {
-    /// For [`RunNowError::TooSoon`]: the wait in whole seconds, rounded up (`Retry-After`).
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        match self {
-            RunNowError::TooSoon { wait, .. } => Some(whole_seconds(*wait)),
-            _ => None,
-        }
+impl std::fmt::Display for ReloadSummary {
+    /// `1 added, 0 removed, 2 changed, 5 unchanged`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} added, {} removed, {} changed, {} unchanged",
+            self.added, self.removed, self.changed, self.unchanged
+        )
     }
-}
-
-/// `duration` in whole seconds, rounded up, at least 1.
-fn whole_seconds(duration: Duration) -> u64 {
-    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
 }
 
 struct Entry {
@@ -225,6 +127,8 @@ struct Entry {
 pub struct Scheduler {
     shared: Arc<Shared>,
     probes: Mutex<BTreeMap<String, Entry>>,
+    /// The read model: the same probes, published for the server after each config.
+    state: Probes,
     cancel: CancellationToken,
 }
 
@@ -259,6 +163,7 @@ impl Scheduler {
         Self {
             shared,
             probes: Mutex::default(),
+            state: Probes::new(),
             cancel,
         }
     }
@@ -292,7 +197,7 @@ impl Scheduler {
                     if entry.state.spec.same_settings(spec)
                         && entry.state.metrics.has_buckets(&config.duration_buckets) =>
                 {
-                    lock(&entry.state.history).set_capacity(config.history_size);
+                    entry.state.set_history_capacity(config.history_size);
                     summary.unchanged += 1;
                     entry
                 }
@@ -315,6 +220,8 @@ impl Scheduler {
         metrics
             .probes_configured
             .set(i64::try_from(probes.len()).unwrap_or(i64::MAX));
+        self.state
+            .publish(probes.values().map(|entry| entry.state.clone()));
         summary
     }
 
@@ -324,18 +231,14 @@ impl Scheduler {
     }
 
     fn spawn(&self, spec: Arc<ProbeSpec>, config: &Config) -> Entry {
-        let state = Arc::new(ProbeState {
-            metrics: self
-                .shared
+        let state = ProbeState::new(
+            spec.clone(),
+            self.shared
                 .metrics
                 .register_probe(&spec, &config.duration_buckets),
-            history: Mutex::new(History::new(config.history_size)),
-            last_connection: Mutex::default(),
-            running: AtomicBool::new(false),
-            next_run: Mutex::new(None),
-            last_start: Mutex::new(None),
-            spec,
-        });
+            self.shared.metrics.clone(),
+            config.history_size,
+        );
         tracing::debug!(probe = %state.spec.name, url = %state.spec.target.redacted(), schedule = %state.spec.schedule, "probe scheduled");
         let cancel = self.cancel.child_token();
         let timer = timer(state.clone(), self.shared.clone(), cancel.clone());
@@ -346,6 +249,11 @@ impl Scheduler {
     fn stop(&self, name: &str, entry: &Entry) {
         entry.cancel.cancel();
         self.shared.metrics.remove_probe(name, &entry.state.metrics);
+    }
+
+    /// The read model of the running probes (a cheap handle, for the server).
+    pub fn state(&self) -> Probes {
+        self.state.clone()
     }
 
     /// The state of a probe by name.
@@ -413,7 +321,7 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
     let next_after = |wall: DateTime<Utc>| spec.schedule.next_after(&spec.name, wall);
     let mut planned = next_after(shared.clock.now());
     while let Some(wall) = planned {
-        *lock(&state.next_run) = Some(wall);
+        state.set_next_run(Some(wall));
         let deadline = shared.clock.instant_at(wall);
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
@@ -434,7 +342,7 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
         let mut run = Box::pin(run(claim, shared.clone(), Some(deadline), cancel.clone()));
         loop {
             let next = planned.map(|wall| (wall, shared.clock.instant_at(wall)));
-            *lock(&state.next_run) = planned;
+            state.set_next_run(planned);
             tokio::select! {
                 biased;
                 _ = &mut run => break,
@@ -445,13 +353,13 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
                 }
                 () = cancel.cancelled() => {
                     run.await;
-                    *lock(&state.next_run) = None;
+                    state.set_next_run(None);
                     return;
                 }
             }
         }
     }
-    *lock(&state.next_run) = None;
+    state.set_next_run(None);
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -1,30 +1,20 @@
 //! One run of a claimed probe: its slots, the call (a panic inside is a failed run), and
-//! the recording of its outcome; guards keep the probe's claim and the in-flight gauge right
-//! however the run ends.
+//! the hand-over of its outcome to the read model; guards keep the probe's claim and the
+//! in-flight gauge right however the run ends.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{LastConnection, ProbeState, Runner, Shared, lock};
+use super::{Runner, Shared};
 use crate::config::ProbeSpec;
 use crate::metrics::Metrics;
 use crate::probe::{FailureReason, Outcome};
-
-/// A probe claimed for one run (the no-overlap rule). Dropping it frees the probe, however
-/// the run ended: recorded, given up at shutdown, or dropped with its task.
-pub(super) struct Claim(pub(super) Arc<ProbeState>);
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.0.running.store(false, Ordering::Release);
-    }
-}
+use crate::state::Claim;
 
 /// A run counted in `webhook_exporter_probes_in_flight` while this lives (so a run that
 /// unwinds or is dropped never leaks the gauge).
@@ -43,7 +33,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// One run of a claimed probe: wait for the slots, call the runner, record the outcome.
+/// One run of a claimed probe: wait for the slots, call the runner, record the outcome in
+/// the read model.
 /// `planned` is the scheduled start (lag is measured from it); `None` for on-demand runs.
 /// Returns `None`, having called nothing, when `cancel` fires before the run got its slots.
 pub(super) async fn run(
@@ -52,7 +43,7 @@ pub(super) async fn run(
     planned: Option<Instant>,
     cancel: CancellationToken,
 ) -> Option<Outcome> {
-    let state = claim.0.clone();
+    let state = claim.probe().clone();
     let permits = shared.acquire(&state.spec, &cancel).await?;
     if cancel.is_cancelled() {
         // Cancelled just as the last slot came free: still not started.
@@ -63,13 +54,13 @@ pub(super) async fn run(
             .metrics
             .observe_lag(Instant::now().saturating_duration_since(planned));
     }
-    *lock(&state.last_start) = Some(Instant::now());
+    state.mark_started();
     let outcome = {
         let _in_flight = InFlight::start(&shared.metrics);
         call(&shared.runner, &state.spec).await
     };
     drop(permits);
-    let outcome = record(&state, &shared.metrics, outcome);
+    state.record(&outcome);
     // The probe is free again only once its result is recorded.
     drop(claim);
     Some(outcome)
@@ -85,8 +76,8 @@ const PANICKED: &str = "the run panicked (a bug in the exporter or a library it 
 async fn call(runner: &Runner, spec: &Arc<ProbeSpec>) -> Outcome {
     let started_at = SystemTime::now();
     let started = Instant::now();
-    // Unwind safety: the run's future is dropped after a panic and nothing it touched is read
-    // again except through `lock`, which recovers from poisoning.
+    // Unwind safety: the runner is handed only the probe's immutable spec, and its future is
+    // dropped after a panic, so nothing half-updated is read again.
     let called = AssertUnwindSafe(async { runner(spec.clone()).await })
         .catch_unwind()
         .await;
@@ -105,34 +96,4 @@ async fn call(runner: &Runner, spec: &Arc<ProbeSpec>) -> Outcome {
         started_at,
         finished_at: SystemTime::now(),
     })
-}
-
-/// Records an outcome in the metrics and the history, and logs it (once, here).
-fn record(state: &ProbeState, metrics: &Metrics, outcome: Outcome) -> Outcome {
-    let spec = &state.spec;
-    metrics.record(&state.metrics, &outcome);
-    match outcome.reason {
-        // The failure text is the event's message, so both formats carry it as `message`/`msg`.
-        Some(reason) => tracing::warn!(
-            probe = %spec.name,
-            reason = reason.as_label(),
-            http_status = outcome.http_status.unwrap_or(0),
-            duration_seconds = outcome.duration.as_secs_f64(),
-            "{}",
-            outcome.message
-        ),
-        None => tracing::debug!(
-            probe = %spec.name,
-            http_status = outcome.http_status.unwrap_or(0),
-            response_code = outcome.response_code.as_deref().unwrap_or(""),
-            duration_seconds = outcome.duration.as_secs_f64(),
-            "probe succeeded"
-        ),
-    }
-    lock(&state.history).push(&outcome);
-    *lock(&state.last_connection) = LastConnection {
-        tls: outcome.tls.clone(),
-        http_version: outcome.http_version,
-    };
-    outcome
 }

@@ -1,6 +1,7 @@
-//! HTTP only: [`router`] maps the endpoints to handlers that read shared state, and
-//! [`serve`] runs it (plain or TLS, with timeouts and a body cap). Handlers never probe
-//! anything themselves: on-demand runs go through the scheduler.
+//! HTTP only: [`router`] maps the endpoints to handlers that take narrow [`Handles`]
+//! (metrics to render, the read model, a reload and a run-now handle), and [`serve`] runs
+//! it (plain or TLS, with timeouts and a body cap). Handlers never probe anything
+//! themselves: on-demand runs go through the run-now handle.
 
 mod api;
 pub mod auth;
@@ -9,6 +10,8 @@ mod csrf;
 mod status_page;
 pub mod web_config;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +23,8 @@ use axum::routing::{get, post};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::App;
+use crate::metrics::Metrics;
+use crate::state::{Probes, ResultView, RunNowError};
 
 /// Largest request body accepted: no endpoint takes more than a few bytes.
 const MAX_REQUEST_BODY: usize = 16 * 1024;
@@ -31,11 +35,31 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time given to open connections at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// What the handlers read.
+/// A future the handles answer with.
+pub type Answer<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Re-reads and applies the config: `Ok` with what changed (`1 added, 0 removed, ...`),
+/// `Err` with why it was refused (the running config stays).
+pub type Reload = Arc<dyn Fn() -> Answer<Result<String, String>> + Send + Sync>;
+
+/// Runs the named probe now and answers its recorded result.
+pub type RunNow = Arc<dyn Fn(String) -> Answer<Result<ResultView, RunNowError>> + Send + Sync>;
+
+/// What the handlers may use, and nothing more.
 #[derive(Clone)]
-pub struct AppState {
-    /// The running exporter.
-    pub app: Arc<App>,
+pub struct Handles {
+    /// The registry behind `/metrics` (and the reload gauges on the status page).
+    pub metrics: Arc<Metrics>,
+    /// The read model: probe views for the API and the status page.
+    pub probes: Probes,
+    /// `POST /-/reload`.
+    pub reload: Reload,
+    /// `POST /api/v1/probes/{name}/run`.
+    pub run_now: RunNow,
+    /// Users allowed on the endpoints.
+    pub auth: Arc<auth::Auth>,
+    /// Headers the web config adds to every response.
+    pub response_headers: Arc<ResponseHeaders>,
 }
 
 /// The extra response headers of the web config (`http_server_config.headers`), replaced
@@ -78,9 +102,9 @@ async fn add_response_headers(
 
 /// The exporter's routes, every one behind basic auth when users are configured, and
 /// every one that changes something closed to cross-site requests.
-pub fn router(app: Arc<App>) -> Router {
-    let auth = app.auth.clone();
-    let response_headers = app.response_headers.clone();
+pub fn router(handles: Handles) -> Router {
+    let auth = handles.auth.clone();
+    let response_headers = handles.response_headers.clone();
     let quick = Router::new()
         .route(
             "/metrics",
@@ -94,6 +118,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload))
         .route("/", get(status_page::page))
+        .route("/status.json", get(status_page::json))
         .route("/assets/{file}", get(status_page::asset))
         .route("/api/v1/probes", get(api::list))
         .route("/api/v1/probes/{name}", get(api::show))
@@ -116,7 +141,7 @@ pub fn router(app: Arc<App>) -> Router {
             response_headers,
             add_response_headers,
         ))
-        .with_state(AppState { app })
+        .with_state(handles)
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains open connections.
@@ -157,10 +182,10 @@ pub async fn serve(
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(handles): State<Handles>) -> Response {
     // Written piece by piece as the client reads: memory stays bounded at any probe count,
     // and each piece is a fraction of a millisecond of work on this thread.
-    let body = axum::body::Body::new(MetricsBody(state.app.metrics.render()));
+    let body = axum::body::Body::new(MetricsBody(handles.metrics.render()));
     (
         [(
             header::CONTENT_TYPE,
@@ -200,16 +225,9 @@ async fn ready() -> &'static str {
 
 /// `POST /-/reload`: 200 with what changed, or 500 with the (redacted) error, the running
 /// config staying in place.
-async fn reload(State(state): State<AppState>) -> Response {
-    match state.app.reload().await {
-        Ok(summary) => (
-            StatusCode::OK,
-            format!(
-                "config reloaded: {} added, {} removed, {} changed, {} unchanged\n",
-                summary.added, summary.removed, summary.changed, summary.unchanged
-            ),
-        )
-            .into_response(),
+async fn reload(State(handles): State<Handles>) -> Response {
+    match (handles.reload)().await {
+        Ok(summary) => (StatusCode::OK, format!("config reloaded: {summary}\n")).into_response(),
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("failed to reload config: {error}\n"),

@@ -1,0 +1,438 @@
+//! The read model: each probe's live state behind methods that never hand out a lock guard.
+//!
+//! Shaped like mini-redis's `db.rs`: [`Probes`] is a cheap handle (an `Arc` inside) on the
+//! set of running probes, and each [`ProbeState`] keeps its own small locks private. The
+//! scheduler writes through them (`record`, `set_next_run`, `try_claim`...: crate-only); the
+//! server reads owned, serializable views ([`ProbeView`], [`ResultView`]) and never sees a
+//! lock, a [`History`] or an [`Outcome`]. The scheduler keeps its own map of the same probes
+//! beside their timers' cancel tokens and publishes the set here after each config.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+use tokio::time::Instant;
+
+use crate::config::ProbeSpec;
+use crate::history::{History, Record};
+use crate::metrics::{Metrics, ProbeMetrics};
+use crate::probe::{Outcome, Phases, TlsDetails};
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the data here
+/// (histories, timestamps, the probe set) stays consistent at every await-free step.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The probes of the running config, by name: the handle the server reads views from.
+#[derive(Clone, Default)]
+pub struct Probes {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    probes: Mutex<BTreeMap<String, Arc<ProbeState>>>,
+}
+
+impl Probes {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the set with `probes` (the scheduler calls it once per applied config).
+    pub(crate) fn publish(&self, probes: impl IntoIterator<Item = Arc<ProbeState>>) {
+        let probes = probes
+            .into_iter()
+            .map(|probe| (probe.spec.name.clone(), probe))
+            .collect();
+        *lock(&self.shared.probes) = probes;
+    }
+
+    /// The state of one probe.
+    pub fn get(&self, name: &str) -> Option<Arc<ProbeState>> {
+        lock(&self.shared.probes).get(name).cloned()
+    }
+
+    /// Every probe's state, by name.
+    pub fn all(&self) -> Vec<Arc<ProbeState>> {
+        lock(&self.shared.probes).values().cloned().collect()
+    }
+
+    /// Number of probes.
+    pub fn len(&self) -> usize {
+        lock(&self.shared.probes).len()
+    }
+
+    /// Whether no probe is configured.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The view of one probe, with at most `history` past results.
+    pub fn view(&self, name: &str, history: usize) -> Option<ProbeView> {
+        self.get(name).map(|probe| probe.view(history))
+    }
+
+    /// Every probe's view by name, each with at most `history` past results.
+    pub fn list(&self, history: usize) -> Vec<ProbeView> {
+        // The set's lock is released before any probe's is taken.
+        self.all().iter().map(|probe| probe.view(history)).collect()
+    }
+}
+
+/// Live state of one probe, shared by its timer, its runs and the read side.
+pub struct ProbeState {
+    /// The probe's settings.
+    pub spec: Arc<ProbeSpec>,
+    /// Its metric series.
+    pub metrics: Arc<ProbeMetrics>,
+    /// The registry its results are recorded in.
+    registry: Arc<Metrics>,
+    /// Its recent results.
+    history: Mutex<History>,
+    /// What the last run's connection showed beyond its history record (TLS, HTTP version),
+    /// for the API's last result.
+    last_connection: Mutex<LastConnection>,
+    /// Set while a run waits for a slot or runs: the no-overlap rule.
+    running: AtomicBool,
+    /// Next planned run, for the API and the status page.
+    next_run: Mutex<Option<DateTime<Utc>>>,
+    /// When the last run (scheduled or on-demand) started calling the target: on-demand
+    /// runs keep `run_now_min_gap` from it.
+    last_start: Mutex<Option<Instant>>,
+}
+
+/// What the last run's connection showed, kept apart from the compact history.
+#[derive(Debug, Clone, Default)]
+struct LastConnection {
+    tls: Option<TlsDetails>,
+    http_version: Option<&'static str>,
+}
+
+impl ProbeState {
+    /// A probe that has not run yet, keeping `history_size` results, recording into its
+    /// series `metrics` of `registry`.
+    pub(crate) fn new(
+        spec: Arc<ProbeSpec>,
+        metrics: Arc<ProbeMetrics>,
+        registry: Arc<Metrics>,
+        history_size: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            spec,
+            metrics,
+            registry,
+            history: Mutex::new(History::new(history_size)),
+            last_connection: Mutex::default(),
+            running: AtomicBool::new(false),
+            next_run: Mutex::new(None),
+            last_start: Mutex::new(None),
+        })
+    }
+
+    /// Whether a run is waiting or in progress.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// The next planned run.
+    pub fn next_run(&self) -> Option<DateTime<Utc>> {
+        *lock(&self.next_run)
+    }
+
+    /// Sets the next planned run (`None`: none planned).
+    pub(crate) fn set_next_run(&self, next: Option<DateTime<Utc>>) {
+        *lock(&self.next_run) = next;
+    }
+
+    /// Changes how many results are kept (a reload), dropping the oldest beyond it.
+    pub(crate) fn set_history_capacity(&self, capacity: usize) {
+        lock(&self.history).set_capacity(capacity);
+    }
+
+    /// Claims the probe for one run; `None` when a run is already going.
+    pub(crate) fn try_claim(self: &Arc<Self>) -> Option<Claim> {
+        self.running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Claim(self.clone()))
+    }
+
+    /// Notes that a run starts calling the target now (for `run_now_min_gap`).
+    pub(crate) fn mark_started(&self) {
+        *lock(&self.last_start) = Some(Instant::now());
+    }
+
+    /// How long an on-demand run must still wait to be `min_gap` after the last run's start.
+    pub(crate) fn wait_before_run_now(&self, min_gap: Duration) -> Option<Duration> {
+        let last = (*lock(&self.last_start))?;
+        let wait = (last + min_gap).saturating_duration_since(Instant::now());
+        (!wait.is_zero()).then_some(wait)
+    }
+
+    /// Records an outcome in the metrics and the history, and logs it (once, here).
+    pub(crate) fn record(&self, outcome: &Outcome) {
+        let spec = &self.spec;
+        self.registry.record(&self.metrics, outcome);
+        match outcome.reason {
+            // The failure text is the event's message, so both formats carry it as `message`/`msg`.
+            Some(reason) => tracing::warn!(
+                probe = %spec.name,
+                reason = reason.as_label(),
+                http_status = outcome.http_status.unwrap_or(0),
+                duration_seconds = outcome.duration.as_secs_f64(),
+                "{}",
+                outcome.message
+            ),
+            None => tracing::debug!(
+                probe = %spec.name,
+                http_status = outcome.http_status.unwrap_or(0),
+                response_code = outcome.response_code.as_deref().unwrap_or(""),
+                duration_seconds = outcome.duration.as_secs_f64(),
+                "probe succeeded"
+            ),
+        }
+        lock(&self.history).push(outcome);
+        *lock(&self.last_connection) = LastConnection {
+            tls: outcome.tls.clone(),
+            http_version: outcome.http_version,
+        };
+    }
+
+    /// The view of this probe, with at most `history` past results.
+    pub fn view(&self, history: usize) -> ProbeView {
+        let spec = &self.spec;
+        let (last_result, results, consecutive_failures, last_failure) = {
+            let kept = lock(&self.history);
+            let results: Vec<ResultView> = kept.recent(history).map(ResultView::from).collect();
+            let consecutive = kept.consecutive_failures();
+            // The last result, with what its connection showed (TLS, HTTP version).
+            let last = kept.last().map(|record| {
+                let connection = lock(&self.last_connection).clone();
+                ResultView {
+                    tls: connection.tls,
+                    http_version: connection.http_version,
+                    ..ResultView::from(record)
+                }
+            });
+            let failure = kept
+                .iter()
+                .rev()
+                .find(|r| !r.success())
+                .map(ResultView::from);
+            (last, results, consecutive, failure)
+        };
+        ProbeView {
+            name: spec.name.clone(),
+            server: spec.server.clone(),
+            url: spec.target.redacted(),
+            method: spec.method.to_string(),
+            schedule: spec.schedule.to_string(),
+            timeout_seconds: spec.timeout.as_secs_f64(),
+            labels: spec.labels.clone(),
+            running: self.is_running(),
+            next_run: self.next_run(),
+            consecutive_failures,
+            last_result,
+            history: results,
+            last_failure,
+        }
+    }
+}
+
+/// A probe claimed for one run (the no-overlap rule). Dropping it frees the probe, however
+/// the run ended: recorded, given up at shutdown, or dropped with its task.
+pub struct Claim(Arc<ProbeState>);
+
+impl Claim {
+    /// The claimed probe.
+    pub fn probe(&self) -> &Arc<ProbeState> {
+        &self.0
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
+/// Why an on-demand run did not happen (the scheduler's answer, the API's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunNowError {
+    /// No probe has that name.
+    #[error("unknown probe \"{0}\"")]
+    Unknown(String),
+    /// A run of the probe is waiting or in progress.
+    #[error("probe \"{0}\" is already running")]
+    Running(String),
+    /// The probe's last run started less than `run_now_min_gap` ago.
+    #[error(
+        "probe \"{name}\" started a run less than {} ago (run_now_min_gap): next on-demand run possible in {}s",
+        humantime::format_duration(*min_gap),
+        whole_seconds(*wait)
+    )]
+    TooSoon {
+        /// The probe.
+        name: String,
+        /// `run_now_min_gap`.
+        min_gap: Duration,
+        /// Time left until an on-demand run is allowed.
+        wait: Duration,
+    },
+    /// The probe was stopped (shutdown, or removed by a reload) before its run could start.
+    #[error("probe \"{0}\" was stopped before its run could start")]
+    Stopped(String),
+    /// The run's task panicked outside the runner (a bug in the exporter).
+    #[error("the run of probe \"{0}\" panicked")]
+    Panicked(String),
+}
+
+impl RunNowError {
+    /// For [`RunNowError::TooSoon`]: the wait in whole seconds, rounded up (`Retry-After`).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            RunNowError::TooSoon { wait, .. } => Some(whole_seconds(*wait)),
+            _ => None,
+        }
+    }
+}
+
+/// `duration` in whole seconds, rounded up, at least 1.
+fn whole_seconds(duration: Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
+}
+
+/// One probe, as the API answers it (and the status page reads it).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeView {
+    /// The probe's name.
+    pub name: String,
+    /// Its server, if it has one.
+    pub server: Option<String>,
+    /// The URL with its code redacted: the code is a secret.
+    pub url: String,
+    /// HTTP method.
+    pub method: String,
+    /// `every 1m` or the cron expression and zone.
+    pub schedule: String,
+    /// Budget of one run.
+    pub timeout_seconds: f64,
+    /// Static labels.
+    pub labels: BTreeMap<String, String>,
+    /// A run is waiting for a slot or in progress.
+    pub running: bool,
+    /// The next planned run.
+    #[serde(serialize_with = "rfc3339_seconds")]
+    pub next_run: Option<DateTime<Utc>>,
+    /// Failed runs since the last success, within the kept results.
+    pub consecutive_failures: usize,
+    /// The last result, with its connection's TLS and HTTP version.
+    pub last_result: Option<ResultView>,
+    /// Past results, oldest first.
+    pub history: Vec<ResultView>,
+    /// The most recent failure within all kept results (the status page shows it while the
+    /// probe is up again); not part of the API's answer.
+    #[serde(skip)]
+    pub last_failure: Option<ResultView>,
+}
+
+/// One result, as the contract's "result object".
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultView {
+    /// Whether the run succeeded.
+    pub success: bool,
+    /// Why it failed (`None` on success).
+    pub reason: Option<&'static str>,
+    /// Divalto's message or the error text.
+    pub message: String,
+    /// The HTTP status, when an answer came.
+    pub http_status: Option<u16>,
+    /// The Divalto code, when the body carried one.
+    pub response_code: Option<String>,
+    /// The whole run, retries included.
+    pub duration_seconds: f64,
+    /// Phases of the final attempt.
+    pub phases: Phases,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Redirects followed.
+    pub redirects: u32,
+    /// Only on the last result and on-demand runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<&'static str>,
+    /// Only on the last result and on-demand runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsDetails>,
+    /// Start of the run.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub started_at: DateTime<Utc>,
+    /// End of the run.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub finished_at: DateTime<Utc>,
+}
+
+fn rfc3339_millis<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn rfc3339_seconds<S: Serializer>(
+    time: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn utc(time: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(time)
+}
+
+impl From<&Record> for ResultView {
+    fn from(record: &Record) -> Self {
+        Self {
+            success: record.success(),
+            reason: record.reason().map(|r| r.as_label()),
+            message: record.message().to_owned(),
+            http_status: record.http_status(),
+            response_code: record.response_code().map(str::to_owned),
+            duration_seconds: record.duration().as_secs_f64(),
+            phases: record.phases(),
+            attempts: record.attempts(),
+            redirects: record.redirects(),
+            http_version: None,
+            tls: None,
+            started_at: utc(record.started_at()),
+            finished_at: utc(record.finished_at()),
+        }
+    }
+}
+
+impl From<&Outcome> for ResultView {
+    fn from(outcome: &Outcome) -> Self {
+        Self {
+            success: outcome.success,
+            reason: outcome.reason.map(|r| r.as_label()),
+            message: outcome.message.clone(),
+            http_status: outcome.http_status,
+            response_code: outcome.response_code.clone(),
+            duration_seconds: outcome.duration.as_secs_f64(),
+            phases: outcome.phases,
+            attempts: outcome.attempts,
+            redirects: outcome.redirects,
+            http_version: outcome.http_version,
+            tls: outcome.tls.clone(),
+            started_at: utc(outcome.started_at),
+            finished_at: utc(outcome.finished_at),
+        }
+    }
+}
