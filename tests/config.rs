@@ -191,8 +191,9 @@ fn all_problems_of_a_file_are_reported_at_once() {
     );
     let errors = config::load(&path).unwrap_err();
     assert_eq!(errors.0.len(), 2, "{errors}");
-    assert_eq!((errors.0[0].line, errors.0[0].column), (5, 14));
-    assert_eq!((errors.0[1].line, errors.0[1].column), (7, 13));
+    let at = |line, column| Some(config::Location { line, column });
+    assert_eq!(errors.0[0].location, at(5, 14));
+    assert_eq!(errors.0[1].location, at(7, 13));
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub fn config_loader(data: &[u8]) {
         assert!(!errors.0.is_empty(), "an Err without errors");
         for error in &errors.0 {
             assert!(
-                error.line > 0 || FILE_LEVEL.iter().any(|m| error.message.contains(m)),
+                error.location.is_some() || FILE_LEVEL.iter().any(|m| error.message.contains(m)),
                 "no position: {error}"
             );
             assert!(

@@ -298,15 +298,32 @@ impl Expect {
     }
 }
 
+/// A position in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column, in characters.
+    pub column: u64,
+}
+
+impl Location {
+    /// The position of a YAML node, `None` when the parser did not know it.
+    pub(crate) fn of(yaml: serde_saphyr::Location) -> Option<Self> {
+        (yaml.line() > 0).then(|| Self {
+            line: yaml.line(),
+            column: yaml.column(),
+        })
+    }
+}
+
 /// A config problem, pointing at the file and, when known, the line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line, 0 when the position is unknown.
-    pub line: u64,
-    /// 1-based column, 0 when the position is unknown.
-    pub column: u64,
+    /// Where in the file; `None` for a problem of the whole file.
+    pub location: Option<Location>,
     /// What is wrong and how to fix it; secrets already redacted.
     pub message: String,
 }
@@ -314,10 +331,11 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display();
-        if self.line > 0 {
-            write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)
-        } else {
-            write!(f, "{file}: {}", self.message)
+        match self.location {
+            Some(Location { line, column }) => {
+                write!(f, "{file}:{line}:{column}: {}", self.message)
+            }
+            None => write!(f, "{file}: {}", self.message),
         }
     }
 }
@@ -348,17 +366,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
-            line: 0,
-            column: 0,
+            location: None,
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let (line, column) = position_of(&bytes, e.valid_up_to());
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
-            line,
-            column,
+            location: Some(position_of(&bytes, e.valid_up_to())),
             // An error means a byte at valid_up_to() starts an invalid or cut sequence.
             message: format!(
                 "the file is not valid UTF-8 (byte 0x{:02X}): save it as UTF-8",
@@ -371,12 +386,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// 1-based line and column (in characters) of byte `offset`, all bytes before it being valid
 /// UTF-8.
-fn position_of(bytes: &[u8], offset: usize) -> (u64, u64) {
+fn position_of(bytes: &[u8], offset: usize) -> Location {
     let before = String::from_utf8_lossy(&bytes[..offset]);
     let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
     let line = before.matches('\n').count() + 1;
     let column = before[line_start..].chars().count() + 1;
-    (line as u64, column as u64)
+    Location {
+        line: line as u64,
+        column: column as u64,
+    }
 }
 
 /// Parses and validates config text; `path` is used in messages and to resolve nothing else.

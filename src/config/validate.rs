@@ -13,8 +13,7 @@ use url::Url;
 
 use super::raw::{RawConfig, RawExpect, RawProbe, RawServer, RawTls};
 use super::values::{
-    DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut,
-    shown,
+    DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut, shown,
 };
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES, Expect,
@@ -59,8 +58,7 @@ impl Errors<'_> {
         let message = message.into();
         self.list.push(ConfigError {
             file: self.file.to_owned(),
-            line: location.line(),
-            column: location.column(),
+            location: super::Location::of(location),
             message: cut(&message, MAX_MESSAGE_CHARS).into_owned(),
         });
     }
@@ -88,11 +86,9 @@ fn yaml_options() -> serde_saphyr::Options {
 pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let raw: RawConfig =
         serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-            let location = e.location().unwrap_or(Location::UNKNOWN);
             ConfigErrors(vec![ConfigError {
                 file: path.to_owned(),
-                line: location.line(),
-                column: location.column(),
+                location: e.location().and_then(super::Location::of),
                 message: yaml_message(&e),
             }])
         })?;
@@ -863,11 +859,12 @@ impl ProbeContext<'_> {
                 Some(client)
             }
             Err(failure) => {
+                use crate::probe::tls::TlsField;
                 let location = match failure.field {
-                    "ca_file" => ca.map(|f| f.referenced),
-                    "cert_file" => cert.map(|f| f.referenced),
-                    "key_file" => key.map(|f| f.referenced),
-                    _ => None,
+                    TlsField::CaFile => ca.map(|f| f.referenced),
+                    TlsField::CertFile => cert.map(|f| f.referenced),
+                    TlsField::KeyFile => key.map(|f| f.referenced),
+                    TlsField::Tls => None,
                 }
                 .unwrap_or(at);
                 errors.at(
@@ -875,7 +872,7 @@ impl ProbeContext<'_> {
                     format!(
                         "{}.tls.{}: {}",
                         self.label(),
-                        failure.field,
+                        failure.field.key(),
                         cut(&failure.message, 2 * MAX_DETAIL_CHARS)
                     ),
                 );

@@ -11,11 +11,36 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::config::{TlsClient, TlsSettings};
 
+/// The `tls` key a [`TlsConfigError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsField {
+    /// `tls.ca_file`.
+    CaFile,
+    /// `tls.cert_file`.
+    CertFile,
+    /// `tls.key_file`.
+    KeyFile,
+    /// The `tls` block as a whole.
+    Tls,
+}
+
+impl TlsField {
+    /// The key as written in the config file.
+    pub fn key(self) -> &'static str {
+        match self {
+            TlsField::CaFile => "ca_file",
+            TlsField::CertFile => "cert_file",
+            TlsField::KeyFile => "key_file",
+            TlsField::Tls => "tls",
+        }
+    }
+}
+
 /// A TLS setting that could not be used, with the key to point at.
 #[derive(Debug)]
 pub struct TlsConfigError {
-    /// `ca_file`, `cert_file` or `key_file`.
-    pub field: &'static str,
+    /// The key at fault.
+    pub field: TlsField,
     /// What went wrong and what to do.
     pub message: String,
 }
@@ -74,14 +99,14 @@ pub fn client_config(
         None => system_roots(),
         Some(path) => {
             let certs = read_certs(path).map_err(|message| TlsConfigError {
-                field: "ca_file",
+                field: TlsField::CaFile,
                 message,
             })?;
             let mut store = RootCertStore::empty();
             let (added, _) = store.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(TlsConfigError {
-                    field: "ca_file",
+                    field: TlsField::CaFile,
                     message: format!("{} holds no usable CA certificate", path.display()),
                 });
             }
@@ -94,14 +119,14 @@ pub fn client_config(
         WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| TlsConfigError {
-                field: "ca_file",
+                field: TlsField::CaFile,
                 message: e.to_string(),
             })?
     };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError {
-            field: "tls",
+            field: TlsField::Tls,
             message: e.to_string(),
         })?
         .dangerous()
@@ -110,29 +135,29 @@ pub fn client_config(
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert).map_err(|message| TlsConfigError {
-                field: "cert_file",
+                field: TlsField::CertFile,
                 message,
             })?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsConfigError {
-                field: "key_file",
+                field: TlsField::KeyFile,
                 message: format!("cannot read a PEM private key from {}: {e}", key.display()),
             })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| TlsConfigError {
-                    field: "cert_file",
+                    field: TlsField::CertFile,
                     message: format!("the client certificate and key do not fit together: {e}"),
                 })?
         }
         (Some(_), None) => {
             return Err(TlsConfigError {
-                field: "key_file",
+                field: TlsField::KeyFile,
                 message: "cert_file needs key_file: set both".to_owned(),
             });
         }
         (None, Some(_)) => {
             return Err(TlsConfigError {
-                field: "cert_file",
+                field: TlsField::CertFile,
                 message: "key_file needs cert_file: set both".to_owned(),
             });
         }
