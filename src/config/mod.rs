@@ -199,11 +199,7 @@ fn take_basic_auth(url: &mut Url) -> Option<HeaderValue> {
     if url.username().is_empty() && url.password().is_none() {
         return None;
     }
-    let decode = |part: &str| -> String {
-        url::form_urlencoded::parse(format!("x={}", part.replace('+', "%2B")).as_bytes())
-            .next()
-            .map_or_else(|| part.to_owned(), |(_, v)| v.into_owned())
-    };
+    let decode = secret::percent_decoded;
     let credentials = format!(
         "{}:{}",
         decode(url.username()),

@@ -39,7 +39,7 @@ impl ProxyEndpoint {
         let authorization = if url.username().is_empty() {
             None
         } else {
-            let decode = |part: &str| percent_decode(part);
+            let decode = super::secret::percent_decoded;
             let credentials = format!(
                 "{}:{}",
                 decode(url.username()),
@@ -64,12 +64,6 @@ impl ProxyEndpoint {
             self.url.port_or_known_default().unwrap_or(80)
         )
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
-        .next()
-        .map_or_else(|| text.to_owned(), |(_, v)| v.into_owned())
 }
 
 impl fmt::Debug for ProxyEndpoint {

@@ -452,13 +452,10 @@ impl ProbeContext<'_> {
         format!("probes[{}] {}", self.index, shown(self.name))
     }
 
+    /// `file` relative to the config file's directory (`Path::join` keeps an absolute
+    /// path as it is).
     fn resolve_path(&self, file: &str) -> PathBuf {
-        let path = Path::new(file);
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.base_dir.join(path)
-        }
+        self.base_dir.join(file)
     }
 
     fn build(
@@ -975,16 +972,10 @@ pub(super) fn secrets_in_url(url: &Url) -> Vec<Secret> {
         let segments: Vec<&str> = segments.collect();
         for pair in segments.windows(2) {
             if pair[0].eq_ignore_ascii_case("webhook") && !pair[1].is_empty() {
-                let decoded = percent_decode(pair[1]);
+                let decoded = super::secret::percent_decoded(pair[1]);
                 secrets.push(Secret::new(decoded));
             }
         }
     }
     secrets
-}
-
-fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
-        .next()
-        .map_or_else(|| text.to_owned(), |(_, v)| v.into_owned())
 }

@@ -180,15 +180,6 @@ fn response_headers(configured: &BTreeMap<String, String>) -> Result<HeaderMap, 
     Ok(headers)
 }
 
-fn resolve(base: &Path, file: &str) -> PathBuf {
-    let path = Path::new(file);
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        base.join(path)
-    }
-}
-
 /// The exporter-toolkit (Go) names of the cipher suites rustls implements, TLS 1.2 ones
 /// with their `_SHA256`-less Go aliases. TLS 1.3 suites are always all enabled, as in Go;
 /// naming one is accepted and changes nothing.
@@ -323,8 +314,8 @@ fn server_config(
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = narrowed_provider(raw)?;
     let certificate = RotatingCertificate::load(
-        resolve(base, &raw.cert_file),
-        resolve(base, &raw.key_file),
+        base.join(&raw.cert_file),
+        base.join(&raw.key_file),
         provider.clone(),
     )?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -336,7 +327,7 @@ fn server_config(
             .client_ca_file
             .as_deref()
             .ok_or("tls_server_config.client_ca_file: required by this client_auth_type")?;
-        let path = resolve(base, file);
+        let path = base.join(file);
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
             .and_then(Iterator::collect)
             .map_err(|e| {
