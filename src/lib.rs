@@ -22,6 +22,7 @@
 pub mod config;
 pub mod demo;
 pub mod history;
+pub mod labels;
 pub mod logging;
 pub mod metrics;
 pub mod probe;

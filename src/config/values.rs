@@ -14,7 +14,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
-use crate::metrics::names;
+use crate::labels;
 
 /// Longest part of a value a message quotes: enough to recognise it, short enough that a
 /// 100 KB value cannot flood a terminal or a log line.
@@ -724,7 +724,7 @@ impl<'de> Deserialize<'de> for LabelKey {
             }
             // The families' own label names: a static label of the same name would give
             // their series a duplicate label, and Prometheus would refuse the whole page.
-            if names::RESERVED.contains(&text) {
+            if labels::RESERVED.contains(&text) {
                 return Err(format!(
                     "label name {} is set by the exporter itself: choose another name",
                     shown(text)
