@@ -3,11 +3,13 @@
 //! After this module nothing is a bare string standing for a URL, a duration, a schedule, a
 //! method or a regex: the rest of the program works with checked types.
 
+mod merge;
 pub mod proxy;
 mod raw;
+pub mod scalars;
 pub mod secret;
+mod target;
 mod validate;
-pub mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use url::Url;
 
 pub use proxy::{ProxyConfig, ProxyEndpoint};
+pub use scalars::{DivaltoMode, FailureReason, StatusMatcher};
 pub use secret::Secret;
-pub use values::{DivaltoMode, FailureReason, StatusMatcher};
+pub use target::Target;
 
 use crate::schedule::Schedule;
 
@@ -133,98 +135,6 @@ impl ProbeSpec {
     /// URL (redirect targets, errors).
     pub fn redact(&self, text: &str) -> String {
         self.target.redact(text)
-    }
-}
-
-/// The URL of a probe and the secrets inside it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The full URL, secret included: only the request builder reads it. It never holds a
-    /// `user:password@` (that became [`Target::basic_auth`]).
-    pub url: Url,
-    /// `Authorization: Basic` from a `user:password@` written in the URL (marked sensitive),
-    /// sent to the probe's own origin only.
-    pub basic_auth: Option<HeaderValue>,
-    /// Each way a secret may be spelled in text (raw, percent-encoded), with its redacted form.
-    redactions: Vec<(String, String)>,
-}
-
-impl Target {
-    /// A target whose URL holds `secrets` (the webhook code, a URL password). A
-    /// `user:password@` leaves the URL and becomes [`Target::basic_auth`], so it is never
-    /// written into a request line (to a proxy or anywhere else) nor shown.
-    pub fn new(mut url: Url, secrets: &[Secret]) -> Self {
-        let basic_auth = take_basic_auth(&mut url);
-        let mut redactions = Vec::new();
-        for secret in secrets.iter().filter(|s| !s.expose().is_empty()) {
-            let raw = secret.expose();
-            let form_encoded: String =
-                url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
-            for form in [raw.to_owned(), form_encoded, path_encoded(raw)] {
-                if !redactions.iter().any(|(known, _)| *known == form) {
-                    redactions.push((form, secret.redacted()));
-                }
-            }
-        }
-        // Longest first, so an encoded form is replaced before a raw substring of it.
-        redactions.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
-        Self {
-            url,
-            basic_auth,
-            redactions,
-        }
-    }
-
-    /// The URL as shown to people: `https://host/api/v1/WebHook/MONW…3F53?dos=998`.
-    pub fn redacted(&self) -> String {
-        self.redact(self.url.as_str())
-    }
-
-    /// `text` with each secret, in any of its spellings, replaced by its redacted form.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for (form, replacement) in &self.redactions {
-            if out.contains(form.as_str()) {
-                out = out.replace(form.as_str(), replacement);
-            }
-        }
-        out
-    }
-}
-
-/// Removes the `user:password@` of `url` and returns it as an `Authorization: Basic` value
-/// (user and password percent-decoded), marked sensitive.
-fn take_basic_auth(url: &mut Url) -> Option<HeaderValue> {
-    use base64::Engine;
-    if url.username().is_empty() && url.password().is_none() {
-        return None;
-    }
-    let decode = secret::percent_decoded;
-    let credentials = format!(
-        "{}:{}",
-        decode(url.username()),
-        decode(url.password().unwrap_or(""))
-    );
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
-/// `raw` as the `url` crate writes it in one path segment.
-fn path_encoded(raw: &str) -> String {
-    let mut url = Url::parse("http://localhost/").expect("a constant, valid URL");
-    url.path_segments_mut()
-        .expect("an http URL has path segments")
-        .push(raw);
-    url.path()[1..].to_owned()
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Target({})", self.redacted())
     }
 }
 
