@@ -31,6 +31,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,15 +58,17 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads and validates the config.
+    /// Reads and validates the config, and builds its probes' TLS clients.
     ///
     /// # Errors
     /// Every problem of the file, with positions.
     pub fn load(&self) -> Result<Config, ConfigErrors> {
-        match self {
+        let config = match self {
             ConfigSource::File(path) => config::load(path),
             ConfigSource::Demo(address) => demo::config(*address),
-        }
+        }?;
+        tls::prepare(&config)?;
+        Ok(config)
     }
 }
 

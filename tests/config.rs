@@ -534,3 +534,23 @@ fn a_config_of_100000_probes_loads() {
     assert_eq!(config.probes.len(), 100_000);
     assert_eq!(config.probes[99_999].name, "p99999");
 }
+
+#[test]
+fn check_config_points_at_a_tls_file_that_is_not_pem() {
+    let (dir, path) = common::write_config(
+        "probes:\n  - name: p\n    url: https://127.0.0.1:1/\n    tls:\n      ca_file: ca.pem\n",
+    );
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "{stdout}");
+    let expected = format!(
+        "{}:5:16: probes[0] \"p\".tls.ca_file: {} holds no PEM certificate",
+        path.display(),
+        dir.path().join("ca.pem").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}

@@ -393,8 +393,8 @@ fn expect() -> impl Strategy<Value = Expect> {
                 status,
                 divalto,
                 success_codes,
-                body_matches: matches.map(|p| regex::Regex::new(p).unwrap()),
-                body_not_matches: not_matches.map(|p| regex::Regex::new(p).unwrap()),
+                body_matches: matches.map(|p| regex::Regex::new(p).unwrap().into()),
+                body_not_matches: not_matches.map(|p| regex::Regex::new(p).unwrap().into()),
             },
         )
 }

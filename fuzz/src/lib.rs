@@ -59,7 +59,9 @@ pub fn verdict(data: &[u8]) {
     let pattern = |bits: u8| {
         (bits & 0b100 != 0).then(|| {
             // The patterns are constants known to compile.
-            regex::Regex::new(PATTERNS[usize::from(bits & 0b11)]).expect("a valid pattern")
+            regex::Regex::new(PATTERNS[usize::from(bits & 0b11)])
+                .expect("a valid pattern")
+                .into()
         })
     };
     let rules = Expect {

@@ -3,6 +3,7 @@
 //! key, a block (tls, proxy) is layered key by key.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -14,7 +15,7 @@ use super::scalars::{
     DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut,
 };
 use super::validate::{Errors, ProbeContext};
-use super::{Expect, ProxyConfig, ProxyEndpoint, TlsClient, TlsSettings};
+use super::{Expect, ProxyConfig, ProxyEndpoint, TlsFile, TlsServerName, TlsSettings};
 
 /// Budget of a run when no timeout is set.
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,14 +215,16 @@ impl ProbeContext<'_> {
         }
     }
 
+    /// The TLS settings, each key from the most specific layer, with the files read (once
+    /// per path and load, through `files`), and where the file keys are written.
     pub(super) fn tls(
         &self,
         raw: &RawProbe,
         server: Option<&ResolvedServer>,
-        cache: &mut HashMap<TlsSettings, TlsClient>,
+        files: &mut TlsFiles,
         at: Location,
         errors: &mut Errors<'_>,
-    ) -> Option<TlsClient> {
+    ) -> Option<(TlsSettings, TlsOrigin)> {
         let empty = RawTls::default();
         let layers = [
             raw.tls.as_ref().unwrap_or(&empty),
@@ -234,79 +237,88 @@ impl ProbeContext<'_> {
         let cert = pick(|t| t.cert_file.as_ref());
         let key = pick(|t| t.key_file.as_ref());
         let name = pick(|t| t.server_name.as_ref());
+        let label = self.label();
         let server_name = match name {
             None => None,
-            Some(name) => match crate::probe::tls::server_name(name.value.0.trim()) {
+            Some(name) => match TlsServerName::parse(name.value.0.trim()) {
                 Ok(parsed) => Some(parsed),
                 Err(message) => {
                     errors.at(
                         name.referenced,
-                        format!("{}.tls.server_name: {message}", self.label()),
+                        format!("{label}.tls.server_name: {message}"),
                     );
                     return None;
                 }
             },
+        };
+        let before = errors.list.len();
+        let mut read = |file: Option<&Spanned<Text>>, key: &str| {
+            let file = file?;
+            let path = self.resolve_path(&file.value.0);
+            match files.read(&path, key == "key_file") {
+                Ok(file) => Some(file),
+                Err(message) => {
+                    errors.at(
+                        file.referenced,
+                        format!("{label}.tls.{key}: {}", cut(&message, 2 * MAX_DETAIL_CHARS)),
+                    );
+                    None
+                }
+            }
         };
         let settings = TlsSettings {
             insecure_skip_verify: layers
                 .iter()
                 .find_map(|l| l.insecure_skip_verify)
                 .unwrap_or(false),
-            ca_file: ca.map(|f| self.resolve_path(&f.value.0)),
-            cert_file: cert.map(|f| self.resolve_path(&f.value.0)),
-            key_file: key.map(|f| self.resolve_path(&f.value.0)),
-            server_name: name.map(|n| n.value.0.trim().to_owned()),
+            ca_file: read(ca, "ca_file"),
+            cert_file: read(cert, "cert_file"),
+            key_file: read(key, "key_file"),
+            server_name,
         };
-        if let Some(client) = cache.get(&settings) {
-            return Some(client.clone());
+        if errors.list.len() > before {
+            return None;
         }
-        match crate::probe::tls::client_config(&settings) {
-            Ok((config, verifier)) => {
-                let client = TlsClient {
-                    files_digest: files_digest(&settings),
-                    settings: settings.clone(),
-                    config,
-                    verifier,
-                    server_name,
-                };
-                cache.insert(settings, client.clone());
-                Some(client)
-            }
-            Err(failure) => {
-                use crate::probe::tls::TlsField;
-                let location = match failure.field {
-                    TlsField::CaFile => ca.map(|f| f.referenced),
-                    TlsField::CertFile => cert.map(|f| f.referenced),
-                    TlsField::KeyFile => key.map(|f| f.referenced),
-                    TlsField::Tls => None,
-                }
-                .unwrap_or(at);
-                errors.at(
-                    location,
-                    format!(
-                        "{}.tls.{}: {}",
-                        self.label(),
-                        failure.field.key(),
-                        cut(&failure.message, 2 * MAX_DETAIL_CHARS)
-                    ),
-                );
-                None
-            }
-        }
+        let origin = TlsOrigin {
+            probe: super::Location::of(at),
+            ca_file: ca.and_then(|f| super::Location::of(f.referenced)),
+            cert_file: cert.and_then(|f| super::Location::of(f.referenced)),
+            key_file: key.and_then(|f| super::Location::of(f.referenced)),
+        };
+        Some((settings, origin))
     }
 }
 
-/// A digest of the TLS files' contents (unreadable files were already reported).
-pub(super) fn files_digest(settings: &TlsSettings) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for path in [&settings.ca_file, &settings.cert_file, &settings.key_file]
-        .into_iter()
-        .flatten()
-    {
-        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+/// Where a probe's TLS keys are written (see [`super::Origin`]).
+pub(super) struct TlsOrigin {
+    pub(super) probe: Option<super::Location>,
+    pub(super) ca_file: Option<super::Location>,
+    pub(super) cert_file: Option<super::Location>,
+    pub(super) key_file: Option<super::Location>,
+}
+
+/// The TLS files of one load, each read once however many probes name it.
+#[derive(Default)]
+pub(super) struct TlsFiles(HashMap<PathBuf, Result<TlsFile, String>>);
+
+impl TlsFiles {
+    /// The file at `path` as read, or why it cannot be (worded as for a PEM `key` or not).
+    fn read(&mut self, path: &Path, key: bool) -> Result<TlsFile, String> {
+        self.0
+            .entry(path.to_owned())
+            .or_insert_with(|| match std::fs::read(path) {
+                Ok(contents) => Ok(TlsFile::new(path.to_owned(), contents)),
+                Err(e) if key => Err(format!(
+                    "cannot read a PEM private key from {}: I/O error: {e}",
+                    path.display()
+                )),
+                Err(e) => Err(format!(
+                    "cannot read {}: I/O error: {e}; check the path",
+                    path.display()
+                )),
+            })
+            .clone()
     }
-    hasher.finish()
 }
 
 /// Merges a map key the contract's way: defaults, then the server, then the probe.
@@ -347,15 +359,11 @@ pub(super) fn merge_expect(defaults: Option<&RawExpect>, probe: Option<&RawExpec
                 || vec!["0".to_owned(), "200".to_owned()],
                 |codes| codes.iter().map(|c| c.0.trim().to_owned()).collect(),
             ),
-        body_matches: p
-            .body_matches
-            .as_ref()
-            .or(d.body_matches.as_ref())
-            .map(|r| r.0.clone()),
+        body_matches: p.body_matches.as_ref().or(d.body_matches.as_ref()).cloned(),
         body_not_matches: p
             .body_not_matches
             .as_ref()
             .or(d.body_not_matches.as_ref())
-            .map(|r| r.0.clone()),
+            .cloned(),
     }
 }

@@ -602,9 +602,31 @@ impl<'de> Deserialize<'de> for MethodValue {
 /// gigabytes a pattern such as `(a{1000}){1000}` asks for.
 pub const MAX_REGEX_BYTES: usize = 1 << 20;
 
-/// A regular expression, compiled once at load time.
+/// A regular expression, compiled once at load time; two are equal when their sources are.
 #[derive(Debug, Clone)]
 pub struct RegexValue(pub regex::Regex);
+
+impl PartialEq for RegexValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for RegexValue {}
+
+impl std::ops::Deref for RegexValue {
+    type Target = regex::Regex;
+
+    fn deref(&self) -> &regex::Regex {
+        &self.0
+    }
+}
+
+impl From<regex::Regex> for RegexValue {
+    fn from(regex: regex::Regex) -> Self {
+        Self(regex)
+    }
+}
 
 /// Compiles `text` within [`MAX_REGEX_BYTES`].
 ///

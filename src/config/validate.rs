@@ -2,7 +2,7 @@
 //! naming the file, the position and the fix. Layering is in [`super::merge`], URLs and
 //! secrets in [`super::target`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +12,13 @@ use serde_saphyr::{Location, Spanned};
 
 use super::merge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_ON, DEFAULT_TIMEOUT, ResolvedServer,
-    merge_expect, merge_maps, resolve_server,
+    TlsFiles, merge_expect, merge_maps, resolve_server,
 };
 use super::raw::{RawConfig, RawProbe};
 use super::scalars::{MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, cut, shown};
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES,
-    MAX_HISTORY_SIZE, MAX_PROBES, ProbeSpec, Server, TlsClient, TlsSettings,
+    MAX_HISTORY_SIZE, MAX_PROBES, Origin, ProbeSpec, Server,
 };
 use crate::schedule::Schedule;
 
@@ -206,7 +206,7 @@ pub(super) fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Con
         })
         .collect();
 
-    let mut tls_cache = HashMap::new();
+    let mut tls_files = TlsFiles::default();
     let mut seen = HashSet::new();
     let mut probes = Vec::new();
     for (index, probe) in raw.probes.into_iter().enumerate() {
@@ -220,7 +220,7 @@ pub(super) fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Con
             defaults: &defaults,
             servers: &servers,
         };
-        if let Some(spec) = context.build(probe, &mut tls_cache, errors) {
+        if let Some(spec) = context.build(probe, &mut tls_files, errors) {
             probes.push(Arc::new(spec));
         }
     }
@@ -362,7 +362,7 @@ impl ProbeContext<'_> {
     pub(super) fn build(
         &self,
         probe: Spanned<Box<RawProbe>>,
-        tls_cache: &mut HashMap<TlsSettings, TlsClient>,
+        tls_files: &mut TlsFiles,
         errors: &mut Errors<'_>,
     ) -> Option<ProbeSpec> {
         let at = probe.referenced;
@@ -405,7 +405,7 @@ impl ProbeContext<'_> {
             &raw.labels,
             |k| k.0.clone(),
         );
-        let tls = self.tls(&raw, server_raw, tls_cache, at, errors)?;
+        let (tls, tls_origin) = self.tls(&raw, server_raw, tls_files, at, errors)?;
         let proxy = self.proxy(&raw, server_raw, at, errors)?;
         let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
 
@@ -446,6 +446,13 @@ impl ProbeContext<'_> {
             tls,
             expect,
             proxy,
+            origin: Origin {
+                label,
+                probe: tls_origin.probe,
+                ca_file: tls_origin.ca_file,
+                cert_file: tls_origin.cert_file,
+                key_file: tls_origin.key_file,
+            },
         })
     }
 

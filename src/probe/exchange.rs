@@ -68,18 +68,24 @@ pub(super) async fn exchange(
 
     if https {
         trace.begin(Step::Tls);
-        // A configured name was parsed when the config was loaded; the URL host (which a
-        // redirect may change) is parsed here.
-        let (name, server_name) = match (&spec.tls.settings.server_name, &spec.tls.server_name) {
-            (Some(name), Some(parsed)) => (name.clone(), parsed.clone()),
+        // The client was built when the config was loaded (a lookup); the URL host, which a
+        // redirect may change, is parsed here when no name is configured.
+        let client = crate::tls::client(&spec.tls).map_err(|failure| {
+            fail(
+                FailureReason::Tls,
+                format!("tls.{}: {}", failure.field.key(), failure.message),
+            )
+        })?;
+        let (name, server_name) = match (&spec.tls.server_name, &client.server_name) {
+            (Some(name), Some(parsed)) => (name.as_str().to_owned(), parsed.clone()),
             _ => {
                 let name = host_name(&host);
-                let parsed = super::tls::server_name(&name)
+                let parsed = crate::tls::server_name(&name)
                     .map_err(|message| fail(FailureReason::Tls, message))?;
                 (name, parsed)
             }
         };
-        let (config, chain) = super::tls::capturing_config(&spec.tls);
+        let (config, chain) = crate::tls::capturing_config(&client);
         let handshake = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await;

@@ -209,7 +209,7 @@ const TLS13_SUITES: [&str; 3] = [
 
 /// The crypto provider narrowed to the configured suites and curves.
 fn narrowed_provider(raw: &RawTlsServerConfig) -> Result<Arc<CryptoProvider>, String> {
-    let base = crate::probe::tls::provider();
+    let base = crate::tls::provider();
     let mut provider = (*base).clone();
     if !raw.cipher_suites.is_empty() {
         let mut chosen: Vec<rustls::SupportedCipherSuite> = base
