@@ -17,7 +17,7 @@ use url::Url;
 use super::FailureReason;
 use super::TlsDetails;
 use super::run::{Failure, Step, Trace, USER_AGENT, fail};
-use super::transport::{connect, host_name, resolve, tls_failure, tunnel};
+use super::transport::{connect, host_name, resolve, route, tls_failure, tunnel};
 use crate::config::{ProbeSpec, ProxyEndpoint};
 
 /// What one request brought back.
@@ -45,7 +45,7 @@ pub(super) async fn exchange(
         .host()
         .ok_or_else(|| fail(FailureReason::Other, "the URL has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
-    let proxy = spec.proxy.route(url);
+    let proxy = route(&spec.proxy, url);
     let https = url.scheme() == "https";
 
     trace.begin(Step::Resolve);
@@ -63,7 +63,8 @@ pub(super) async fn exchange(
     trace.begin(Step::Connect);
     let mut tcp = connect(&addresses).await?;
     if let (Some(proxy), true) = (proxy, https) {
-        tunnel(&mut tcp, &format!("{}:{port}", host_name(&host)), proxy).await?;
+        // `host` displays an IPv6 address in brackets, as an authority needs.
+        tunnel(&mut tcp, &format!("{host}:{port}"), proxy).await?;
     }
 
     if https {
