@@ -4,11 +4,12 @@
 //! take their rustls objects from here.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -131,15 +132,10 @@ pub fn build_client(settings: &TlsSettings) -> Result<ClientTls, TlsConfigError>
                 field: TlsField::CaFile,
                 message,
             })?;
-            let mut store = RootCertStore::empty();
-            let (added, _) = store.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(TlsConfigError {
-                    field: TlsField::CaFile,
-                    message: format!("{} holds no usable CA certificate", file.path.display()),
-                });
-            }
-            Arc::new(store)
+            root_store(certs).ok_or_else(|| TlsConfigError {
+                field: TlsField::CaFile,
+                message: format!("{} holds no usable CA certificate", file.path.display()),
+            })?
         }
     };
     let verifier: Verifier = if settings.insecure_skip_verify {
@@ -356,6 +352,29 @@ impl ServerCertVerifier for CapturingVerifier {
     fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
         self.inner.root_hint_subjects()
     }
+}
+
+/// The certificates of the PEM file at `path` (the web config's files, re-read on rotation).
+///
+/// # Errors
+/// An unreadable file or a PEM section that does not decode.
+pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, pem::Error> {
+    CertificateDer::pem_file_iter(path).and_then(Iterator::collect)
+}
+
+/// The first private key of the PEM file at `path`.
+///
+/// # Errors
+/// An unreadable file, or no key in it.
+pub fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, pem::Error> {
+    PrivateKeyDer::from_pem_file(path)
+}
+
+/// A trust store of the usable ones among `certs`; `None` when none is.
+pub fn root_store(certs: Vec<CertificateDer<'static>>) -> Option<Arc<RootCertStore>> {
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(certs);
+    (added > 0).then(|| Arc::new(store))
 }
 
 /// The certificates of a PEM file as read.

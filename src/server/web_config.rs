@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -328,23 +326,18 @@ fn server_config(
             .as_deref()
             .ok_or("tls_server_config.client_ca_file: required by this client_auth_type")?;
         let path = base.join(file);
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-            .and_then(Iterator::collect)
-            .map_err(|e| {
-                format!(
-                    "tls_server_config.client_ca_file: cannot read {}: {e}",
-                    path.display()
-                )
-            })?;
-        let mut store = RootCertStore::empty();
-        let (added, _) = store.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(format!(
+        let certs = crate::tls::read_pem_certs(&path).map_err(|e| {
+            format!(
+                "tls_server_config.client_ca_file: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        crate::tls::root_store(certs).ok_or_else(|| {
+            format!(
                 "tls_server_config.client_ca_file: {} holds no usable CA certificate",
                 path.display()
-            ));
-        }
-        Ok(Arc::new(store))
+            )
+        })
     };
     let kind = raw.client_auth_type.as_deref().unwrap_or("NoClientCert");
     if raw.client_allowed_sans.is_some() && kind != "RequireAndVerifyClientCert" {
@@ -501,21 +494,19 @@ fn read_certified_key(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .and_then(Iterator::collect)
-        .map_err(|e| {
-            format!(
-                "tls_server_config.cert_file: cannot read {}: {e}",
-                cert_path.display()
-            )
-        })?;
+    let chain = crate::tls::read_pem_certs(cert_path).map_err(|e| {
+        format!(
+            "tls_server_config.cert_file: cannot read {}: {e}",
+            cert_path.display()
+        )
+    })?;
     if chain.is_empty() {
         return Err(format!(
             "tls_server_config.cert_file: {} holds no certificate",
             cert_path.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+    let key = crate::tls::read_pem_key(key_path).map_err(|e| {
         format!(
             "tls_server_config.key_file: cannot read a private key from {}: {e}",
             key_path.display()
