@@ -15,7 +15,7 @@ use crate::scheduler::{Clock, ReloadSummary, Runner, Scheduler};
 use crate::server::auth::Auth;
 use crate::server::web_config::{WebConfig, WebConfigError};
 use crate::shutdown::Hangups;
-use crate::{demo, server, state};
+use crate::{demo, server, state, tls};
 
 /// Where the probe config comes from.
 #[derive(Debug, Clone)]
@@ -27,15 +27,17 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads and validates the config.
+    /// Reads and validates the config, and builds its probes' TLS clients.
     ///
     /// # Errors
     /// Every problem of the file, with positions.
     pub fn load(&self) -> Result<Config, ConfigErrors> {
-        match self {
+        let config = match self {
             ConfigSource::File(path) => config::load(path),
             ConfigSource::Demo(address) => demo::config(*address),
-        }
+        }?;
+        tls::prepare(&config)?;
+        Ok(config)
     }
 }
 

@@ -15,6 +15,9 @@
 //! - [`report`]: text for the `check-config` and `probe` subcommands.
 //! - [`logging`]: logfmt/JSON log set-up.
 //! - [`shutdown`]: the SIGHUP stream, registered before anything slow starts.
+//! - [`tls`]: the crypto provider, PEM loading, TLS client and server configs, fed plain
+//!   settings by config; used by probe and server.
+//! - [`labels`]: the label names the exporter sets (data only), read by metrics and config.
 //!
 //! # Data flow
 //! config file -> `config::load` -> `Config` -> [`scheduler::Scheduler`] (one timer per probe)
@@ -28,6 +31,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod history;
+pub mod labels;
 pub mod logging;
 pub mod metrics;
 pub mod probe;
@@ -37,5 +41,6 @@ pub mod scheduler;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod tls;
 
 pub use crate::scheduler::ProbeRuntimes;

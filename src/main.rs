@@ -181,7 +181,7 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
 
 /// `check-config`: the config, and the web config when one is given.
 fn check_config(path: &std::path::Path, web_config: Option<&std::path::Path>) -> ExitCode {
-    let mut code = match config::load(path) {
+    let mut code = match ConfigSource::File(path.to_owned()).load() {
         Ok(config) => {
             print!("{}", report::config_summary(&config, chrono::Utc::now()));
             ExitCode::SUCCESS
@@ -209,7 +209,7 @@ fn check_config(path: &std::path::Path, web_config: Option<&std::path::Path>) ->
 }
 
 async fn run_probe(path: &std::path::Path, name: &str) -> ExitCode {
-    let config = match config::load(path) {
+    let config = match ConfigSource::File(path.to_owned()).load() {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");

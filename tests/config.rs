@@ -191,8 +191,9 @@ fn all_problems_of_a_file_are_reported_at_once() {
     );
     let errors = config::load(&path).unwrap_err();
     assert_eq!(errors.0.len(), 2, "{errors}");
-    assert_eq!((errors.0[0].line, errors.0[0].column), (5, 14));
-    assert_eq!((errors.0[1].line, errors.0[1].column), (7, 13));
+    let at = |line, column| Some(config::Location { line, column });
+    assert_eq!(errors.0[0].location, at(5, 14));
+    assert_eq!(errors.0[1].location, at(7, 13));
 }
 
 #[test]
@@ -532,4 +533,24 @@ fn a_config_of_100000_probes_loads() {
         .unwrap_or_else(|e| panic!("{}", e.to_string().chars().take(500).collect::<String>()));
     assert_eq!(config.probes.len(), 100_000);
     assert_eq!(config.probes[99_999].name, "p99999");
+}
+
+#[test]
+fn check_config_points_at_a_tls_file_that_is_not_pem() {
+    let (dir, path) = common::write_config(
+        "probes:\n  - name: p\n    url: https://127.0.0.1:1/\n    tls:\n      ca_file: ca.pem\n",
+    );
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "{stdout}");
+    let expected = format!(
+        "{}:5:16: probes[0] \"p\".tls.ca_file: {} holds no PEM certificate",
+        path.display(),
+        dir.path().join("ca.pem").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
 }

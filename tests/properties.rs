@@ -26,7 +26,7 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
     prop_assert!(!errors.0.is_empty());
     for error in &errors.0 {
         prop_assert!(
-            error.line > 0 || FILE_LEVEL.iter().any(|m| error.message.contains(m)),
+            error.location.is_some() || FILE_LEVEL.iter().any(|m| error.message.contains(m)),
             "no position: {error}"
         );
         prop_assert!(!error.message.contains(SECRET), "secret shown: {error}");
@@ -393,8 +393,8 @@ fn expect() -> impl Strategy<Value = Expect> {
                 status,
                 divalto,
                 success_codes,
-                body_matches: matches.map(|p| regex::Regex::new(p).unwrap()),
-                body_not_matches: not_matches.map(|p| regex::Regex::new(p).unwrap()),
+                body_matches: matches.map(|p| regex::Regex::new(p).unwrap().into()),
+                body_not_matches: not_matches.map(|p| regex::Regex::new(p).unwrap().into()),
             },
         )
 }

@@ -560,6 +560,37 @@ async fn an_http_probe_through_a_proxy_uses_the_absolute_form_and_no_proxy_bypas
 }
 
 #[tokio::test]
+async fn an_https_probe_of_an_ipv6_address_sends_a_bracketed_connect_authority() {
+    let (proxy, log) = proxy_server().await;
+    let spec = spec(&format!(
+        "probes:\n  - {{name: p, url: 'https://[::1]:8443/', proxy_url: 'http://{proxy}'}}\n"
+    ));
+    let _ = probe::run(&spec).await;
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(
+        log[0].starts_with("CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cidr_no_proxy_entry_bypasses_the_proxy() {
+    let fake = FakeDivalto::start().await;
+    let (proxy, log) = proxy_server().await;
+    let spec = spec(&format!(
+        "servers:\n  fake: {{base_url: '{}', proxy_url: 'http://{proxy}', no_proxy: ['10.0.0.0/8', '127.0.0.0/8']}}\nprobes:\n  - {{name: p, server: fake, code: '{SECRET_CODE}-ok'}}\n",
+        fake.base_url()
+    ));
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "127.0.0.0/8 went through the proxy"
+    );
+}
+
+#[tokio::test]
 async fn user_and_password_in_a_url_are_sent_as_basic_auth_and_never_in_the_request_line() {
     let fake = FakeDivalto::start().await;
     let (proxy, log) = proxy_server().await;

@@ -23,7 +23,7 @@ pub fn config_loader(data: &[u8]) {
         assert!(!errors.0.is_empty(), "an Err without errors");
         for error in &errors.0 {
             assert!(
-                error.line > 0 || FILE_LEVEL.iter().any(|m| error.message.contains(m)),
+                error.location.is_some() || FILE_LEVEL.iter().any(|m| error.message.contains(m)),
                 "no position: {error}"
             );
             assert!(
@@ -59,7 +59,9 @@ pub fn verdict(data: &[u8]) {
     let pattern = |bits: u8| {
         (bits & 0b100 != 0).then(|| {
             // The patterns are constants known to compile.
-            regex::Regex::new(PATTERNS[usize::from(bits & 0b11)]).expect("a valid pattern")
+            regex::Regex::new(PATTERNS[usize::from(bits & 0b11)])
+                .expect("a valid pattern")
+                .into()
         })
     };
     let rules = Expect {

@@ -3,11 +3,13 @@
 //! After this module nothing is a bare string standing for a URL, a duration, a schedule, a
 //! method or a regex: the rest of the program works with checked types.
 
+mod merge;
 pub mod proxy;
 mod raw;
+pub mod scalars;
 pub mod secret;
+mod target;
 mod validate;
-pub mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use url::Url;
 
 pub use proxy::{ProxyConfig, ProxyEndpoint};
+pub use scalars::{DivaltoMode, FailureReason, RegexValue, StatusMatcher};
 pub use secret::Secret;
-pub use values::{DivaltoMode, FailureReason, StatusMatcher};
+pub use target::Target;
 
 use crate::schedule::Schedule;
 
@@ -68,7 +70,10 @@ pub struct Server {
 }
 
 /// Everything needed to run one probe, defaults and server settings already merged in.
-#[derive(Debug)]
+///
+/// Plain data compared as a whole (`PartialEq` is derived, so a new field cannot be left out
+/// of [`ProbeSpec::same_settings`]); only [`ProbeSpec::origin`] is left out of comparisons.
+#[derive(Debug, PartialEq)]
 pub struct ProbeSpec {
     /// Unique name, the `probe` label.
     pub name: String,
@@ -97,36 +102,24 @@ pub struct ProbeSpec {
     pub follow_redirects: bool,
     /// Largest body read before `body_too_large`.
     pub max_body_bytes: u64,
-    /// TLS client configuration, built once at load time.
-    pub tls: TlsClient,
+    /// TLS client settings, with the files as read at load time (`crate::tls` builds the
+    /// client configuration from them).
+    pub tls: TlsSettings,
     /// HTTP proxy, if any.
     pub proxy: ProxyConfig,
     /// What counts as success.
     pub expect: Expect,
+    /// Where the probe is written, for messages about it after loading.
+    pub origin: Origin,
 }
 
 impl ProbeSpec {
     /// Whether `other` would run exactly like this probe: a reload keeps such a probe's
     /// timer, counters and history. TLS files count by content, so a rotated CA or client
-    /// certificate restarts the probe with the new files.
+    /// certificate restarts the probe with the new files; the probe's place in the file
+    /// does not count.
     pub fn same_settings(&self, other: &ProbeSpec) -> bool {
-        self.name == other.name
-            && self.server == other.server
-            && self.target == other.target
-            && self.method == other.method
-            && self.headers == other.headers
-            && self.labels == other.labels
-            && self.schedule == other.schedule
-            && self.timeout == other.timeout
-            && self.retries == other.retries
-            && self.retry_delay == other.retry_delay
-            && self.retry_on == other.retry_on
-            && self.follow_redirects == other.follow_redirects
-            && self.max_body_bytes == other.max_body_bytes
-            && self.tls.settings == other.tls.settings
-            && self.tls.files_digest == other.tls.files_digest
-            && self.expect.same_rules(&other.expect)
-            && self.proxy == other.proxy
+        self == other
     }
 
     /// `text` with every secret of this probe redacted: for messages that might quote the
@@ -136,141 +129,141 @@ impl ProbeSpec {
     }
 }
 
-/// The URL of a probe and the secrets inside it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The full URL, secret included: only the request builder reads it. It never holds a
-    /// `user:password@` (that became [`Target::basic_auth`]).
-    pub url: Url,
-    /// `Authorization: Basic` from a `user:password@` written in the URL (marked sensitive),
-    /// sent to the probe's own origin only.
-    pub basic_auth: Option<HeaderValue>,
-    /// Each way a secret may be spelled in text (raw, percent-encoded), with its redacted form.
-    redactions: Vec<(String, String)>,
+/// Where a probe and its TLS keys are written, for messages about them after loading (a
+/// TLS file that does not parse). Always equal to another: moving a probe in the file, or
+/// adding one above it, does not change how it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// `probes[2] "refresh-customer"`: how messages name the probe.
+    pub label: String,
+    /// The probe's entry.
+    pub probe: Option<Location>,
+    /// `tls.ca_file`, wherever it was set (probe, server or defaults).
+    pub ca_file: Option<Location>,
+    /// `tls.cert_file`.
+    pub cert_file: Option<Location>,
+    /// `tls.key_file`.
+    pub key_file: Option<Location>,
 }
 
-impl Target {
-    /// A target whose URL holds `secrets` (the webhook code, a URL password). A
-    /// `user:password@` leaves the URL and becomes [`Target::basic_auth`], so it is never
-    /// written into a request line (to a proxy or anywhere else) nor shown.
-    pub fn new(mut url: Url, secrets: &[Secret]) -> Self {
-        let basic_auth = take_basic_auth(&mut url);
-        let mut redactions = Vec::new();
-        for secret in secrets.iter().filter(|s| !s.expose().is_empty()) {
-            let raw = secret.expose();
-            let form_encoded: String =
-                url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
-            for form in [raw.to_owned(), form_encoded, path_encoded(raw)] {
-                if !redactions.iter().any(|(known, _)| *known == form) {
-                    redactions.push((form, secret.redacted()));
-                }
-            }
-        }
-        // Longest first, so an encoded form is replaced before a raw substring of it.
-        redactions.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
-        Self {
-            url,
-            basic_auth,
-            redactions,
-        }
-    }
-
-    /// The URL as shown to people: `https://host/api/v1/WebHook/MONW…3F53?dos=998`.
-    pub fn redacted(&self) -> String {
-        self.redact(self.url.as_str())
-    }
-
-    /// `text` with each secret, in any of its spellings, replaced by its redacted form.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for (form, replacement) in &self.redactions {
-            if out.contains(form.as_str()) {
-                out = out.replace(form.as_str(), replacement);
-            }
-        }
-        out
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 
-/// Removes the `user:password@` of `url` and returns it as an `Authorization: Basic` value
-/// (user and password percent-decoded), marked sensitive.
-fn take_basic_auth(url: &mut Url) -> Option<HeaderValue> {
-    use base64::Engine;
-    if url.username().is_empty() && url.password().is_none() {
-        return None;
-    }
-    let decode = |part: &str| -> String {
-        url::form_urlencoded::parse(format!("x={}", part.replace('+', "%2B")).as_bytes())
-            .next()
-            .map_or_else(|| part.to_owned(), |(_, v)| v.into_owned())
-    };
-    let credentials = format!(
-        "{}:{}",
-        decode(url.username()),
-        decode(url.password().unwrap_or(""))
-    );
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
-/// `raw` as the `url` crate writes it in one path segment.
-fn path_encoded(raw: &str) -> String {
-    let mut url = Url::parse("http://localhost/").expect("a constant, valid URL");
-    url.path_segments_mut()
-        .expect("an http URL has path segments")
-        .push(raw);
-    url.path()[1..].to_owned()
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Target({})", self.redacted())
-    }
-}
-
-/// TLS settings of a probe and the client configuration built from them.
-#[derive(Clone)]
-pub struct TlsClient {
-    /// The settings as configured, for display.
-    pub settings: TlsSettings,
-    /// The rustls configuration every run of the probe starts from.
-    pub config: Arc<rustls::ClientConfig>,
-    /// The certificate check of `config`, wrapped per run to capture the presented chain.
-    pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
-    /// Digest of the CA, certificate and key files as read, to notice a rotation on reload.
-    pub files_digest: u64,
-    /// `settings.server_name`, parsed when the config is loaded (an invalid name is a config
-    /// error); `None`: the URL host is used.
-    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
-}
-
-impl fmt::Debug for TlsClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.settings.fmt(f)
-    }
-}
-
-/// TLS client settings after merging.
+/// TLS client settings after merging: plain data, files held by content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsSettings {
     /// Accept any certificate.
     pub insecure_skip_verify: bool,
     /// CAs trusted instead of the system store.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<TlsFile>,
     /// Client certificate for mutual TLS.
-    pub cert_file: Option<PathBuf>,
+    pub cert_file: Option<TlsFile>,
     /// Key of the client certificate.
-    pub key_file: Option<PathBuf>,
+    pub key_file: Option<TlsFile>,
     /// Name checked in the certificate, when not the URL host.
-    pub server_name: Option<String>,
+    pub server_name: Option<TlsServerName>,
+}
+
+/// A file named by the TLS settings and its bytes as read when the config was loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFile {
+    /// The path, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// The content (a private key, possibly: never shown).
+    pub contents: Arc<[u8]>,
+    /// A digest of `contents`, so hashing the settings does not read whole files.
+    digest: u64,
+}
+
+impl TlsFile {
+    /// A file and what was read from it.
+    pub fn new(path: PathBuf, contents: Vec<u8>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        contents.hash(&mut hasher);
+        Self {
+            path,
+            contents: contents.into(),
+            digest: hasher.finish(),
+        }
+    }
+}
+
+impl std::hash::Hash for TlsFile {
+    /// Consistent with `Eq`: equal contents have equal digests.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path.hash(state);
+        self.digest.hash(state);
+    }
+}
+
+impl fmt::Debug for TlsFile {
+    /// The path only: the content may be a private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TlsFile({})", self.path.display())
+    }
+}
+
+/// A configured `tls.server_name`: a DNS name or an IP address, checked at load time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsServerName(String);
+
+impl TlsServerName {
+    /// Checks `name` the way a TLS client does (RFC 1123 labels, the last one not a number,
+    /// or an IPv4 or IPv6 address).
+    ///
+    /// # Errors
+    /// A name no certificate can be checked against, with the fix.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.parse::<std::net::IpAddr>().is_ok() || valid_dns_name(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "\"{name}\" is not a valid TLS server name (write a DNS name or an IP address): invalid dns name"
+            ))
+        }
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `name` is a DNS name a certificate can hold: labels of letters, digits, `_` and
+/// inner `-`, at most 63 bytes each and 253 in all, an optional trailing dot, and a last
+/// label that is not a decimal or `0x` number (that would read as an IPv4 address).
+fn valid_dns_name(name: &str) -> bool {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    };
+    if !trimmed.split('.').all(label_ok) {
+        return false;
+    }
+    let last = trimmed.rsplit('.').next().unwrap_or_default();
+    let decimal = last.bytes().all(|b| b.is_ascii_digit());
+    let hex = ["0x", "0X"].iter().any(|prefix| {
+        last.strip_prefix(prefix)
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    !decimal && !hex
 }
 
 /// What counts as a successful run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Expect {
     /// Accepted HTTP statuses.
     pub status: Vec<StatusMatcher>,
@@ -279,22 +272,27 @@ pub struct Expect {
     /// Divalto codes meaning success.
     pub success_codes: Vec<String>,
     /// The body must match this.
-    pub body_matches: Option<regex::Regex>,
+    pub body_matches: Option<RegexValue>,
     /// The body must not match this.
-    pub body_not_matches: Option<regex::Regex>,
+    pub body_not_matches: Option<RegexValue>,
 }
 
-impl Expect {
-    /// Whether both apply the same rules (regexes compared by their source).
-    pub fn same_rules(&self, other: &Expect) -> bool {
-        let same_regex = |a: &Option<regex::Regex>, b: &Option<regex::Regex>| {
-            a.as_ref().map(regex::Regex::as_str) == b.as_ref().map(regex::Regex::as_str)
-        };
-        self.status == other.status
-            && self.divalto == other.divalto
-            && self.success_codes == other.success_codes
-            && same_regex(&self.body_matches, &other.body_matches)
-            && same_regex(&self.body_not_matches, &other.body_not_matches)
+/// A position in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column, in characters.
+    pub column: u64,
+}
+
+impl Location {
+    /// The position of a YAML node, `None` when the parser did not know it.
+    pub(crate) fn of(yaml: serde_saphyr::Location) -> Option<Self> {
+        (yaml.line() > 0).then(|| Self {
+            line: yaml.line(),
+            column: yaml.column(),
+        })
     }
 }
 
@@ -303,10 +301,8 @@ impl Expect {
 pub struct ConfigError {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line, 0 when the position is unknown.
-    pub line: u64,
-    /// 1-based column, 0 when the position is unknown.
-    pub column: u64,
+    /// Where in the file; `None` for a problem of the whole file.
+    pub location: Option<Location>,
     /// What is wrong and how to fix it; secrets already redacted.
     pub message: String,
 }
@@ -314,10 +310,11 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display();
-        if self.line > 0 {
-            write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)
-        } else {
-            write!(f, "{file}: {}", self.message)
+        match self.location {
+            Some(Location { line, column }) => {
+                write!(f, "{file}:{line}:{column}: {}", self.message)
+            }
+            None => write!(f, "{file}: {}", self.message),
         }
     }
 }
@@ -348,17 +345,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
-            line: 0,
-            column: 0,
+            location: None,
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let (line, column) = position_of(&bytes, e.valid_up_to());
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
-            line,
-            column,
+            location: Some(position_of(&bytes, e.valid_up_to())),
             // An error means a byte at valid_up_to() starts an invalid or cut sequence.
             message: format!(
                 "the file is not valid UTF-8 (byte 0x{:02X}): save it as UTF-8",
@@ -371,12 +365,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// 1-based line and column (in characters) of byte `offset`, all bytes before it being valid
 /// UTF-8.
-fn position_of(bytes: &[u8], offset: usize) -> (u64, u64) {
+fn position_of(bytes: &[u8], offset: usize) -> Location {
     let before = String::from_utf8_lossy(&bytes[..offset]);
     let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
     let line = before.matches('\n').count() + 1;
     let column = before[line_start..].chars().count() + 1;
-    (line as u64, column as u64)
+    Location {
+        line: line as u64,
+        column: column as u64,
+    }
 }
 
 /// Parses and validates config text; `path` is used in messages and to resolve nothing else.
@@ -385,4 +382,65 @@ fn position_of(bytes: &[u8], offset: usize) -> (u64, u64) {
 /// As [`load`].
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     validate::parse(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe<'a>(config: &'a Config, name: &str) -> &'a ProbeSpec {
+        config.probes.iter().find(|p| p.name == name).unwrap()
+    }
+
+    #[test]
+    fn a_probe_moved_down_the_file_keeps_its_settings() {
+        let p = "  - {name: p, url: 'http://127.0.0.1:1/', expect: {body_matches: OK}}\n";
+        let before = parse(Path::new("t.yaml"), &format!("probes:\n{p}")).unwrap();
+        let after = parse(
+            Path::new("t.yaml"),
+            &format!("probes:\n  - {{name: new, url: 'http://127.0.0.1:2/'}}\n{p}"),
+        )
+        .unwrap();
+        assert_ne!(
+            probe(&after, "p").origin.label,
+            probe(&before, "p").origin.label
+        );
+        assert!(probe(&after, "p").same_settings(probe(&before, "p")));
+        assert!(!probe(&after, "new").same_settings(probe(&before, "p")));
+    }
+
+    #[test]
+    fn a_changed_regex_or_tls_file_content_changes_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        let ca = dir.path().join("ca.pem");
+        let text = |pattern: &str| {
+            format!(
+                "probes:\n  - {{name: p, url: 'https://127.0.0.1:1/', tls: {{ca_file: ca.pem}}, expect: {{body_matches: '{pattern}'}}}}\n"
+            )
+        };
+        std::fs::write(&ca, "first").unwrap();
+        let first = parse(&path, &text("OK")).unwrap();
+        let again = parse(&path, &text("OK")).unwrap();
+        assert!(probe(&again, "p").same_settings(probe(&first, "p")));
+        let other_regex = parse(&path, &text("OK+")).unwrap();
+        assert!(!probe(&other_regex, "p").same_settings(probe(&first, "p")));
+        std::fs::write(&ca, "rotated").unwrap();
+        let rotated = parse(&path, &text("OK")).unwrap();
+        assert!(!probe(&rotated, "p").same_settings(probe(&first, "p")));
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_read_is_an_error_at_its_key() {
+        let text = "probes:\n  - name: p\n    url: https://127.0.0.1:1/\n    tls:\n      key_file: /nonexistent/k.pem\n      cert_file: /nonexistent/c.pem\n";
+        let errors = parse(Path::new("t.yaml"), text).unwrap_err().to_string();
+        assert!(
+            errors.contains("t.yaml:5:17: probes[0] \"p\".tls.key_file: cannot read a PEM private key from /nonexistent/k.pem: I/O error:"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("t.yaml:6:18: probes[0] \"p\".tls.cert_file: cannot read /nonexistent/c.pem: I/O error:"),
+            "{errors}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The config file exactly as written: serde structs, unknown keys rejected.
 //!
-//! Scalars are already typed (see [`super::values`]); what needs more than one field at a
+//! Scalars are already typed (see [`super::scalars`]); what needs more than one field at a
 //! time (merging defaults, server and probe; timeout against interval; server references)
 //! happens in [`super::validate`]. `Spanned` keeps the position of the values those checks
 //! may have to point at.
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::values::{
+use super::scalars::{
     ByteSize, CronValue, DivaltoMode, DurationValue, FailureReason, HeaderKey, LabelKey,
     MethodValue, RegexValue, SecretText, StatusMatcher, Text, TimeZoneValue,
 };

@@ -55,6 +55,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `text` (a URL part) percent-decoded; `+` stays `+` and invalid UTF-8 becomes U+FFFD.
+pub(crate) fn percent_decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use url::Url;
 use super::FailureReason;
 use super::TlsDetails;
 use super::run::{Failure, Step, Trace, USER_AGENT, fail};
-use super::transport::{connect, host_name, resolve, tls_failure, tunnel};
+use super::transport::{connect, host_name, resolve, route, tls_failure, tunnel};
 use crate::config::{ProbeSpec, ProxyEndpoint};
 
 /// What one request brought back.
@@ -45,7 +45,7 @@ pub(super) async fn exchange(
         .host()
         .ok_or_else(|| fail(FailureReason::Other, "the URL has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
-    let proxy = spec.proxy.route(url);
+    let proxy = route(&spec.proxy, url);
     let https = url.scheme() == "https";
 
     trace.begin(Step::Resolve);
@@ -63,23 +63,30 @@ pub(super) async fn exchange(
     trace.begin(Step::Connect);
     let mut tcp = connect(&addresses).await?;
     if let (Some(proxy), true) = (proxy, https) {
-        tunnel(&mut tcp, &format!("{}:{port}", host_name(&host)), proxy).await?;
+        // `host` displays an IPv6 address in brackets, as an authority needs.
+        tunnel(&mut tcp, &format!("{host}:{port}"), proxy).await?;
     }
 
     if https {
         trace.begin(Step::Tls);
-        // A configured name was parsed when the config was loaded; the URL host (which a
-        // redirect may change) is parsed here.
-        let (name, server_name) = match (&spec.tls.settings.server_name, &spec.tls.server_name) {
-            (Some(name), Some(parsed)) => (name.clone(), parsed.clone()),
+        // The client was built when the config was loaded (a lookup); the URL host, which a
+        // redirect may change, is parsed here when no name is configured.
+        let client = crate::tls::client(&spec.tls).map_err(|failure| {
+            fail(
+                FailureReason::Tls,
+                format!("tls.{}: {}", failure.field.key(), failure.message),
+            )
+        })?;
+        let (name, server_name) = match (&spec.tls.server_name, &client.server_name) {
+            (Some(name), Some(parsed)) => (name.as_str().to_owned(), parsed.clone()),
             _ => {
                 let name = host_name(&host);
-                let parsed = super::tls::server_name(&name)
+                let parsed = crate::tls::server_name(&name)
                     .map_err(|message| fail(FailureReason::Tls, message))?;
                 (name, parsed)
             }
         };
-        let (config, chain) = super::tls::capturing_config(&spec.tls);
+        let (config, chain) = crate::tls::capturing_config(&client);
         let handshake = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await;

@@ -7,12 +7,58 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use url::Host;
+use url::{Host, Url};
 
 use super::FailureReason;
 use super::run::{Failure, USER_AGENT, fail};
 use super::verdict::clean;
-use crate::config::ProxyEndpoint;
+use crate::config::{ProxyConfig, ProxyEndpoint};
+
+/// The proxy of `proxy` to use for `url`, if any. Whether `url`'s host bypasses it is
+/// hyper-util's `NO_PROXY` matcher's call (names and domain suffixes, `*`, IPv4 and IPv6
+/// addresses and CIDR ranges); a `:port` written in an entry is ignored, as it always was.
+pub(super) fn route<'a>(proxy: &'a ProxyConfig, url: &Url) -> Option<&'a ProxyEndpoint> {
+    let endpoint = if url.scheme() == "https" {
+        proxy.https.as_ref()
+    } else {
+        proxy.http.as_ref()
+    }?;
+    if proxy.no_proxy.is_empty() {
+        return Some(endpoint);
+    }
+    let no_proxy: Vec<&str> = proxy.no_proxy.iter().map(|e| without_port(e)).collect();
+    // The matcher only decides the bypass: the proxy it is given is a placeholder that it
+    // always parses, and `endpoint` (address and credentials) is what is used.
+    let matcher = hyper_util::client::proxy::matcher::Matcher::builder()
+        .all("http://proxy.invalid:1")
+        .no(no_proxy.join(","))
+        .build();
+    // Only the scheme and host matter to the matcher: the rest of the URL (a webhook code)
+    // is not handed over.
+    let destination: http::Uri = format!("{}://{}/", url.scheme(), url.host_str()?)
+        .parse()
+        .ok()?;
+    matcher.intercept(&destination).map(|_| endpoint)
+}
+
+/// A `NO_PROXY` entry without the `:port` people sometimes write (`erp.example.com:443`,
+/// `[::1]:443`); addresses and CIDR ranges stay as they are.
+fn without_port(entry: &str) -> &str {
+    let entry = entry.trim();
+    if entry.parse::<std::net::IpAddr>().is_ok() || entry.contains('/') {
+        return entry;
+    }
+    match entry.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.starts_with('[')) =>
+        {
+            host.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => entry,
+    }
+}
 
 /// Longest CONNECT answer head read from a proxy.
 const MAX_PROXY_HEAD: usize = 16 * 1024;
@@ -306,6 +352,37 @@ mod tests {
             failure.message.contains("Connection refused"),
             "{}",
             failure.message
+        );
+    }
+
+    #[test]
+    fn no_proxy_matches_hosts_domain_suffixes_addresses_and_ranges() {
+        let proxy = ProxyEndpoint::parse("proxy:3128", "HTTPS_PROXY").unwrap();
+        let config = ProxyConfig {
+            http: None,
+            https: Some(proxy),
+            no_proxy: vec![
+                ".internal".into(),
+                "erp.example.com:443".into(),
+                "10.0.0.0/8".into(),
+                "[::1]:443".into(),
+                "fd00::/8".into(),
+            ],
+        };
+        let routed = |u: &str| route(&config, &Url::parse(u).unwrap()).is_some();
+        assert!(routed("https://api.divaltocloud.com/x"));
+        assert!(!routed("https://erp.example.com/x"));
+        assert!(!routed("https://ERP.example.com/x"));
+        assert!(routed("https://notexample.com/x"));
+        assert!(!routed("https://db.internal/x"));
+        assert!(!routed("https://10.1.2.3/x"));
+        assert!(routed("https://11.1.2.3/x"));
+        assert!(!routed("https://[::1]/x"));
+        assert!(!routed("https://[fd12::1]/x"));
+        assert!(routed("https://[2001:db8::1]/x"));
+        assert!(
+            !routed("http://api.divaltocloud.com/x"),
+            "no http proxy set"
         );
     }
 

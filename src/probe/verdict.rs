@@ -378,11 +378,11 @@ mod tests {
     #[test]
     fn body_expectations_are_checked_after_the_code() {
         let mut rules = expect(DivaltoMode::Auto);
-        rules.body_matches = Some(regex::Regex::new("OK").unwrap());
+        rules.body_matches = Some(regex::Regex::new("OK").unwrap().into());
         let verdict = judge(200, "OK", br#"{"code":"0","message":"KO"}"#, &rules);
         assert_eq!(verdict.reason, Some(FailureReason::BodyMismatch));
         rules.body_matches = None;
-        rules.body_not_matches = Some(regex::Regex::new("(?i)error").unwrap());
+        rules.body_not_matches = Some(regex::Regex::new("(?i)error").unwrap().into());
         assert_eq!(
             judge(200, "OK", b"0 Error later", &rules).reason,
             Some(FailureReason::BodyMismatch)

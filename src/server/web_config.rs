@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -180,15 +178,6 @@ fn response_headers(configured: &BTreeMap<String, String>) -> Result<HeaderMap, 
     Ok(headers)
 }
 
-fn resolve(base: &Path, file: &str) -> PathBuf {
-    let path = Path::new(file);
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        base.join(path)
-    }
-}
-
 /// The exporter-toolkit (Go) names of the cipher suites rustls implements, TLS 1.2 ones
 /// with their `_SHA256`-less Go aliases. TLS 1.3 suites are always all enabled, as in Go;
 /// naming one is accepted and changes nothing.
@@ -218,7 +207,7 @@ const TLS13_SUITES: [&str; 3] = [
 
 /// The crypto provider narrowed to the configured suites and curves.
 fn narrowed_provider(raw: &RawTlsServerConfig) -> Result<Arc<CryptoProvider>, String> {
-    let base = crate::probe::tls::provider();
+    let base = crate::tls::provider();
     let mut provider = (*base).clone();
     if !raw.cipher_suites.is_empty() {
         let mut chosen: Vec<rustls::SupportedCipherSuite> = base
@@ -323,8 +312,8 @@ fn server_config(
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = narrowed_provider(raw)?;
     let certificate = RotatingCertificate::load(
-        resolve(base, &raw.cert_file),
-        resolve(base, &raw.key_file),
+        base.join(&raw.cert_file),
+        base.join(&raw.key_file),
         provider.clone(),
     )?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -336,24 +325,19 @@ fn server_config(
             .client_ca_file
             .as_deref()
             .ok_or("tls_server_config.client_ca_file: required by this client_auth_type")?;
-        let path = resolve(base, file);
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-            .and_then(Iterator::collect)
-            .map_err(|e| {
-                format!(
-                    "tls_server_config.client_ca_file: cannot read {}: {e}",
-                    path.display()
-                )
-            })?;
-        let mut store = RootCertStore::empty();
-        let (added, _) = store.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(format!(
+        let path = base.join(file);
+        let certs = crate::tls::read_pem_certs(&path).map_err(|e| {
+            format!(
+                "tls_server_config.client_ca_file: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        crate::tls::root_store(certs).ok_or_else(|| {
+            format!(
                 "tls_server_config.client_ca_file: {} holds no usable CA certificate",
                 path.display()
-            ));
-        }
-        Ok(Arc::new(store))
+            )
+        })
     };
     let kind = raw.client_auth_type.as_deref().unwrap_or("NoClientCert");
     if raw.client_allowed_sans.is_some() && kind != "RequireAndVerifyClientCert" {
@@ -510,21 +494,19 @@ fn read_certified_key(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .and_then(Iterator::collect)
-        .map_err(|e| {
-            format!(
-                "tls_server_config.cert_file: cannot read {}: {e}",
-                cert_path.display()
-            )
-        })?;
+    let chain = crate::tls::read_pem_certs(cert_path).map_err(|e| {
+        format!(
+            "tls_server_config.cert_file: cannot read {}: {e}",
+            cert_path.display()
+        )
+    })?;
     if chain.is_empty() {
         return Err(format!(
             "tls_server_config.cert_file: {} holds no certificate",
             cert_path.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+    let key = crate::tls::read_pem_key(key_path).map_err(|e| {
         format!(
             "tls_server_config.key_file: cannot read a private key from {}: {e}",
             key_path.display()
