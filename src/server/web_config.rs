@@ -3,6 +3,8 @@
 //! reuse the file they have. Every key of the toolkit's `tls_server_config` and
 //! `http_server_config` is read; what rustls cannot do (TLS 1.0/1.1 as a maximum, CBC
 //! suites, P-521) is refused with a message naming the key.
+//! (Over 500 lines: one serde type and one check per toolkit key, so a key is read or refused
+//! in one place.)
 //!
 //! The certificate and key files are checked on every TLS handshake (two `stat` calls) and
 //! re-read when one changes, as the toolkit does, so a rotated certificate needs no reload.
