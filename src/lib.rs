@@ -41,6 +41,7 @@ pub mod scheduler;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub(crate) mod sync;
 pub mod tls;
 
 pub use crate::scheduler::ProbeRuntimes;

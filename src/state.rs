@@ -20,14 +20,7 @@ use crate::config::ProbeSpec;
 use crate::history::{History, Record};
 use crate::metrics::{Metrics, ProbeMetrics};
 use crate::probe::{Outcome, Phases, TlsDetails};
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: the data here
-/// (histories, timestamps, the probe set) stays consistent at every await-free step.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// The probes of the running config, by name: the handle the server reads views from.
 #[derive(Clone, Default)]

@@ -212,10 +212,7 @@ struct Cache {
 
 fn cache() -> MutexGuard<'static, Cache> {
     static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    CACHE
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::sync::lock(CACHE.get_or_init(Mutex::default))
 }
 
 /// The client for `settings`: looked up, or built and kept on first use (a config loaded
@@ -312,10 +309,7 @@ impl ServerCertVerifier for CapturingVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         {
-            let mut chain = self
-                .chain
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut chain = crate::sync::lock(&self.chain);
             chain.clear();
             chain.push(end_entity.clone().into_owned());
             chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));

@@ -5,7 +5,9 @@
 //! one small mutex-guarded struct.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::sync::{lock, read, write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::ProbeSpec;
@@ -214,20 +216,4 @@ fn reason_index(reason: FailureReason) -> usize {
 pub(super) fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-// Why these helpers: a lock poisoned by a panic while it was held guards, at worst, one run
-// counted in part (holders only add to numbers or swap whole entries); take the values over
-// rather than lose every metric, and every later scrape, to the poison.
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

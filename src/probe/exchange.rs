@@ -90,11 +90,7 @@ pub(super) async fn exchange(
         let handshake = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await;
-        let certificate = super::tls::certificate_info(
-            &chain
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let certificate = super::tls::certificate_info(&crate::sync::lock(&chain));
         let stream = match handshake {
             Ok(stream) => stream,
             Err(error) => {

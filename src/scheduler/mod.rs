@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::probe::Outcome;
 use crate::state::Probes;
 pub use crate::state::{ProbeState, RunNowError};
+use crate::sync::lock;
 
 pub use clock::Clock;
 use run::run;
@@ -46,14 +47,6 @@ pub type Runner =
 /// The runner that really calls the webhook.
 pub fn http_runner() -> Runner {
     Arc::new(|spec: Arc<ProbeSpec>| Box::pin(async move { crate::probe::run(&spec).await }))
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: the data here
-/// (slots, the probe map, the on-demand gap) stays consistent at every await-free step.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What every timer and run shares.

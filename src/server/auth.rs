@@ -90,21 +90,12 @@ impl Default for Auth {
 impl Auth {
     /// Installs a new set of users (empty: no authentication).
     pub fn set_users(&self, users: Users) {
-        *self
-            .users
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
-        self.verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        *crate::sync::write(&self.users) = Arc::new(users);
+        crate::sync::lock(&self.verified).clear();
     }
 
     fn users(&self) -> Arc<Users> {
-        self.users
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.users).clone()
     }
 
     /// Whether `user`/`password` are valid. bcrypt runs on the blocking pool.
@@ -125,13 +116,7 @@ impl Auth {
             key.copy_from_slice(context.finish().as_ref());
             key
         };
-        if known.is_some()
-            && self
-                .verified
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&key)
-        {
+        if known.is_some() && crate::sync::lock(&self.verified).contains(&key) {
             return true;
         }
         // The semaphore is never closed, so acquiring only waits.
@@ -150,10 +135,7 @@ impl Auth {
         .unwrap_or(false);
         let valid = valid && known.is_some();
         if valid {
-            let mut verified = self
-                .verified
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut verified = crate::sync::lock(&self.verified);
             if verified.len() >= CACHE_LIMIT {
                 verified.clear();
             }

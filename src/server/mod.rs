@@ -70,17 +70,11 @@ pub struct ResponseHeaders(std::sync::RwLock<Arc<axum::http::HeaderMap>>);
 impl ResponseHeaders {
     /// Installs the headers of a (re)loaded web config.
     pub fn set(&self, headers: axum::http::HeaderMap) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(headers);
+        *crate::sync::write(&self.0) = Arc::new(headers);
     }
 
     fn get(&self) -> Arc<axum::http::HeaderMap> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.0).clone()
     }
 }
 

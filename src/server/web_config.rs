@@ -457,10 +457,7 @@ impl RotatingCertificate {
 
     fn current(&self) -> Arc<CertifiedKey> {
         let stamps = (Stamp::of(&self.cert_path), Stamp::of(&self.key_path));
-        let mut served = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut served = crate::sync::lock(&self.state);
         if stamps != served.stamps && served.failed.as_ref() != Some(&stamps) {
             match read_certified_key(&self.cert_path, &self.key_path, &self.provider) {
                 Ok(key) => {
