@@ -66,8 +66,9 @@ pub(super) async fn run(
     Some(outcome)
 }
 
-/// What a run that panicked reports (the panic's own text may quote a URL or a header, so
-/// it stays in the process's stderr, where the panic hook wrote it).
+/// What a run that panicked reports. The panic's own text may quote a URL or a header, so
+/// it is shown nowhere: the panic hook (`logging::log_panics`) logs only the thread and the
+/// source location.
 const PANICKED: &str = "the run panicked (a bug in the exporter or a library it uses): counted as a failure; the probe keeps its schedule";
 
 /// Calls the runner. A panic inside it (hyper, rustls, x509-parser on a hostile answer)
