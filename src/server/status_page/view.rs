@@ -283,7 +283,10 @@ fn detail(result: &ResultView) -> String {
 
 /// `12 ms`, `1.25 s`, `12.5 s`.
 pub(super) fn duration(seconds: f64) -> String {
-    if seconds < 1.0 {
+    // A local webhook answers in well under a millisecond: "0 ms" would read as "no time".
+    if seconds < 0.001 {
+        format!("{:.1} ms", seconds * 1000.0)
+    } else if seconds < 1.0 {
         format!("{} ms", (seconds * 1000.0).round())
     } else if seconds < 10.0 {
         format!("{seconds:.2} s")
@@ -323,6 +326,7 @@ mod tests {
     #[test]
     fn durations_and_ages_read_like_people_write_them() {
         assert_eq!(duration(0.0123), "12 ms");
+        assert_eq!(duration(0.00042), "0.4 ms");
         assert_eq!(duration(1.234), "1.23 s");
         assert_eq!(duration(12.34), "12.3 s");
         assert_eq!(relative(0), "just now");
