@@ -551,3 +551,115 @@ async fn a_valid_tls_server_name_is_sent_and_checked() {
     let outcome = probe::run(&spec).await;
     assert!(outcome.success, "{outcome:?}");
 }
+
+/// The body, content type and content length the fake received last.
+fn received(fake: &FakeDivalto) -> (String, Option<String>, Option<String>) {
+    let headers = fake.last_headers().unwrap();
+    let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    (
+        String::from_utf8(fake.last_body().unwrap()).unwrap(),
+        get("content-type"),
+        get("content-length"),
+    )
+}
+
+#[tokio::test]
+async fn a_body_string_is_sent_with_variables_expanded_and_its_length() {
+    // SAFETY: set once, read by this test only.
+    unsafe { std::env::set_var("BODIES_TEST_EVT", "1102") };
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    body: '{\"evenement\":{\"codeevt\":${BODIES_TEST_EVT}}}'",
+    );
+    assert!(!format!("{spec:?}").contains("evenement"));
+    assert!(probe::run(&spec).await.success);
+    let (body, content_type, length) = received(&fake);
+    assert_eq!(body, r#"{"evenement":{"codeevt":1102}}"#);
+    assert_eq!(content_type, None);
+    assert_eq!(length.as_deref(), Some("30"));
+}
+
+#[tokio::test]
+async fn a_json_body_is_sent_as_json_unless_a_header_sets_the_type() {
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    json: {evenement: {codeevt: 1102}}",
+    );
+    assert!(probe::run(&spec).await.success);
+    let (body, content_type, length) = received(&fake);
+    assert_eq!(body, r#"{"evenement":{"codeevt":1102}}"#);
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    assert_eq!(length.as_deref(), Some("30"));
+
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    json: [1, two]\n    headers: {Content-Type: application/vnd.divalto+json}",
+    );
+    assert!(probe::run(&spec).await.success);
+    let (body, content_type, _) = received(&fake);
+    assert_eq!(body, r#"[1,"two"]"#);
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/vnd.divalto+json")
+    );
+}
+
+#[tokio::test]
+async fn a_body_file_is_read_relative_to_the_config_and_a_probe_replaces_the_defaults_body() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body.xml"), "<evt code=\"1102\"/>").unwrap();
+    let fake = FakeDivalto::start().await;
+    let text = format!(
+        "defaults: {{timeout: 2s, method: POST, json: {{from: defaults}}}}\nservers:\n  fake: {{base_url: \"{}\", body: from-server}}\nprobes:\n  - name: file\n    server: fake\n    code: {SECRET_CODE}-ok\n    body_file: body.xml\n  - name: server\n    server: fake\n    code: {SECRET_CODE}-ok\n",
+        fake.base_url()
+    );
+    let path = dir.path().join("exporter.yaml");
+    let config = config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(probe::run(&config.probes[0]).await.success);
+    let (body, _, length) = received(&fake);
+    assert_eq!(body, "<evt code=\"1102\"/>");
+    assert_eq!(length.as_deref(), Some("18"));
+    assert!(probe::run(&config.probes[1]).await.success);
+    assert_eq!(received(&fake).0, "from-server");
+}
+
+#[tokio::test]
+async fn a_307_redirect_sends_the_body_again_and_a_303_drops_it() {
+    let fake = FakeDivalto::start().await;
+    let extra = "    method: POST\n    body: payload";
+    assert!(
+        probe::run(&divalto_spec(&fake, "r307", extra))
+            .await
+            .success
+    );
+    let (body, _, length) = received(&fake);
+    assert_eq!(body, "payload");
+    assert_eq!(length.as_deref(), Some("7"));
+    assert!(
+        probe::run(&divalto_spec(&fake, "r303", extra))
+            .await
+            .success
+    );
+    let (body, _, length) = received(&fake);
+    assert_eq!(body, "");
+    assert_eq!(length, None);
+}
+
+#[test]
+fn two_body_keys_on_one_probe_are_a_config_error_with_its_position() {
+    let text =
+        "probes:\n  - name: both\n    url: http://127.0.0.1:1/\n    body: a\n    json: {b: 1}\n";
+    let error = config::parse(Path::new("test.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("probes[0] \"both\": has both body and json; keep one"),
+        "{error}"
+    );
+    assert!(error.contains("test.yaml:"), "{error}");
+}

@@ -15,7 +15,7 @@ use super::scalars::{
     DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut,
 };
 use super::validate::{Errors, ProbeContext};
-use super::{Expect, ProxyConfig, ProxyEndpoint, TlsFile, TlsServerName, TlsSettings};
+use super::{Expect, ProxyConfig, ProxyEndpoint, RequestBody, TlsFile, TlsServerName, TlsSettings};
 
 /// Budget of a run when no timeout is set.
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,7 @@ pub(super) struct ResolvedServer {
     pub(super) tls: RawTls,
     pub(super) proxy: RawProxy,
     pub(super) retry_on: Option<Vec<FailureReason>>,
+    pub(super) body: RawBody,
 }
 
 /// The proxy keys of one layer (defaults, server or probe).
@@ -103,6 +104,11 @@ pub(super) fn resolve_server(
             url: raw.proxy_url,
             no_proxy: raw.no_proxy,
             from_environment: raw.proxy_from_environment,
+        },
+        body: RawBody {
+            body: raw.body,
+            body_file: raw.body_file,
+            json: raw.json,
         },
     })
 }
@@ -365,5 +371,106 @@ pub(super) fn merge_expect(defaults: Option<&RawExpect>, probe: Option<&RawExpec
             .as_ref()
             .or(d.body_not_matches.as_ref())
             .cloned(),
+    }
+}
+
+/// The body keys of one layer (defaults, server or probe): a layer setting any of them
+/// replaces the whole body of the layers below.
+#[derive(Default, Clone)]
+pub(super) struct RawBody {
+    pub(super) body: Option<Spanned<Text>>,
+    pub(super) body_file: Option<Spanned<Text>>,
+    pub(super) json: Option<Spanned<serde_json::Value>>,
+}
+
+impl RawBody {
+    /// The keys set, with their positions, in the order they are named in messages.
+    fn keys(&self) -> Vec<(&'static str, Location)> {
+        let mut keys = Vec::new();
+        if let Some(v) = &self.body {
+            keys.push(("body", v.referenced));
+        }
+        if let Some(v) = &self.body_file {
+            keys.push(("body_file", v.referenced));
+        }
+        if let Some(v) = &self.json {
+            keys.push(("json", v.referenced));
+        }
+        keys
+    }
+}
+
+impl ProbeContext<'_> {
+    /// The request body: the most specific layer setting one of `body`, `body_file`, `json`
+    /// gives it whole; two of them in that layer is an error at the second. `Err` after an
+    /// error was recorded.
+    pub(super) fn body(
+        &self,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        errors: &mut Errors<'_>,
+    ) -> Result<Option<RequestBody>, ()> {
+        let probe = RawBody {
+            body: raw.body.clone(),
+            body_file: raw.body_file.clone(),
+            json: raw.json.clone(),
+        };
+        let defaults = RawBody {
+            body: self.defaults.body.clone(),
+            body_file: self.defaults.body_file.clone(),
+            json: self.defaults.json.clone(),
+        };
+        let empty = RawBody::default();
+        let layers = [&probe, server.map_or(&empty, |s| &s.body), &defaults];
+        let Some(layer) = layers.iter().find(|l| !l.keys().is_empty()) else {
+            return Ok(None);
+        };
+        let label = self.label();
+        let keys = layer.keys();
+        if let [(first, _), (second, at), ..] = keys[..] {
+            let message = format!("{label}: has both {first} and {second}; keep one");
+            let location = super::Location::of(at);
+            // A defaults or server layer is shared: say it once, not once per probe.
+            if !errors
+                .list
+                .iter()
+                .any(|e| e.message == message && e.location == location)
+            {
+                errors.at(at, message);
+            }
+            return Err(());
+        }
+        if let Some(text) = &layer.body {
+            return Ok(Some(RequestBody::new(
+                text.value.0.clone().into_bytes(),
+                false,
+            )));
+        }
+        if let Some(json) = &layer.json {
+            let bytes = serde_json::to_vec(&json.value).map_err(|e| {
+                errors.at(
+                    json.referenced,
+                    format!("{label}.json: cannot be written as JSON ({e})"),
+                );
+            })?;
+            return Ok(Some(RequestBody::new(bytes, true)));
+        }
+        let Some(file) = &layer.body_file else {
+            return Ok(None);
+        };
+        let path = self.resolve_path(&file.value.0);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(RequestBody::new(bytes, false))),
+            Err(e) => {
+                errors.at(
+                    file.referenced,
+                    format!(
+                        "{label}.body_file: cannot read {}: {e}; check the path and its permissions",
+                        cut(&path.display().to_string(), MAX_DETAIL_CHARS)
+                    ),
+                );
+                Err(())
+            }
+        }
     }
 }

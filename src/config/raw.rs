@@ -66,6 +66,12 @@ pub struct RawServer {
     pub proxy_from_environment: Option<bool>,
     /// Failure reasons retried, for every probe of the server.
     pub retry_on: Option<Vec<FailureReason>>,
+    /// Request body for every probe of the server (`${VAR}` expanded).
+    pub body: Option<Spanned<Text>>,
+    /// A file holding the request body.
+    pub body_file: Option<Spanned<Text>>,
+    /// A request body written as YAML, sent as JSON.
+    pub json: Option<Spanned<serde_json::Value>>,
 }
 
 /// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
@@ -118,6 +124,12 @@ pub struct RawProbe {
     pub no_proxy: Option<Vec<Text>>,
     /// Take the proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
     pub proxy_from_environment: Option<bool>,
+    /// Request body (`${VAR}` expanded); at most one of body, body_file, json.
+    pub body: Option<Spanned<Text>>,
+    /// A file holding the request body, read at load time.
+    pub body_file: Option<Spanned<Text>>,
+    /// A request body written as YAML, sent as JSON.
+    pub json: Option<Spanned<serde_json::Value>>,
 }
 
 /// TLS client settings; each key overrides on its own.
