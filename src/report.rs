@@ -81,6 +81,14 @@ pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
         let names: Vec<&str> = spec.headers.iter().map(|(name, _)| name.as_str()).collect();
         let _ = writeln!(out, "  headers       {} (values hidden)", names.join(", "));
     }
+    if let Some(body) = &spec.body {
+        let kind = if body.json { " (json)" } else { "" };
+        let _ = writeln!(
+            out,
+            "  body          {} bytes{kind} (content hidden)",
+            body.len()
+        );
+    }
     let _ = writeln!(
         out,
         "  timeout       {}",

@@ -663,3 +663,43 @@ fn two_body_keys_on_one_probe_are_a_config_error_with_its_position() {
     );
     assert!(error.contains("test.yaml:"), "{error}");
 }
+
+#[tokio::test]
+async fn the_probe_trace_and_check_config_give_the_body_size_never_the_body() {
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    json: {evenement: {codeevt: 1102, token: no_secret_body}}",
+    );
+    let outcome = probe::run(&spec).await;
+    let trace = webhook_exporter::report::probe_trace(&spec, &outcome);
+    assert!(
+        trace.contains("  body          55 bytes (json) (content hidden)"),
+        "{trace}"
+    );
+    assert!(!trace.contains("no_secret_body"), "{trace}");
+    assert!(!format!("{outcome:?}{spec:?}").contains("no_secret_body"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "probes:\n  - name: b\n    url: http://127.0.0.1:1/\n    method: POST\n    body: no_secret_body\n  - name: c\n    url: http://127.0.0.1:1/\n    body: x\n    body_file: no_secret_file\n"
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr
+            .contains("exporter.yaml:9:16: probes[1] \"c\": has both body and body_file; keep one"),
+        "{stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains("no_secret_body"));
+}
