@@ -685,9 +685,7 @@ async fn the_probe_trace_and_check_config_give_the_body_size_never_the_body() {
     let path = dir.path().join("exporter.yaml");
     std::fs::write(
         &path,
-        format!(
-            "probes:\n  - name: b\n    url: http://127.0.0.1:1/\n    method: POST\n    body: no_secret_body\n  - name: c\n    url: http://127.0.0.1:1/\n    body: x\n    body_file: no_secret_file\n"
-        ),
+        "probes:\n  - name: b\n    url: http://127.0.0.1:1/\n    method: POST\n    body: no_secret_body\n  - name: c\n    url: http://127.0.0.1:1/\n    body: x\n    body_file: no_secret_file\n",
     )
     .unwrap();
     let (code, stdout, stderr) = common::run_binary(
