@@ -701,3 +701,94 @@ async fn the_probe_trace_and_check_config_give_the_body_size_never_the_body() {
     );
     assert!(!format!("{stdout}{stderr}").contains("no_secret_body"));
 }
+
+/// The `Authorization` the fake received for `extra` on a probe of it.
+async fn authorization_sent(fake: &FakeDivalto, extra: &str) -> Option<String> {
+    let spec = divalto_spec(fake, "ok", extra);
+    assert!(!format!("{spec:?}").contains("no_secret"), "{spec:?}");
+    assert!(probe::run(&spec).await.success);
+    fake.last_headers()
+        .unwrap()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn basic_auth_and_authorization_are_sent_inline_or_from_a_file() {
+    let fake = FakeDivalto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "  no_secret_f\n").unwrap();
+    let file = file.display();
+    assert_eq!(
+        authorization_sent(
+            &fake,
+            "    basic_auth: {username: probe, password: no_secret_p}"
+        )
+        .await
+        .as_deref(),
+        // base64 of "probe:no_secret_p"
+        Some("Basic cHJvYmU6bm9fc2VjcmV0X3A=")
+    );
+    assert_eq!(
+        authorization_sent(
+            &fake,
+            &format!("    basic_auth: {{username: probe, password_file: {file}}}")
+        )
+        .await
+        .as_deref(),
+        // base64 of "probe:no_secret_f": the file is trimmed
+        Some("Basic cHJvYmU6bm9fc2VjcmV0X2Y=")
+    );
+    assert_eq!(
+        authorization_sent(&fake, "    authorization: {credentials: no_secret_t}")
+            .await
+            .as_deref(),
+        Some("Bearer no_secret_t")
+    );
+    assert_eq!(
+        authorization_sent(
+            &fake,
+            &format!("    authorization: {{type: Token, credentials_file: {file}}}")
+        )
+        .await
+        .as_deref(),
+        Some("Token no_secret_f")
+    );
+}
+
+#[test]
+fn credentials_with_two_sources_or_an_authorization_header_are_config_errors() {
+    let parse_error = |probe: &str| {
+        let text = format!("probes:\n  - name: p\n    url: http://127.0.0.1:1/\n{probe}\n");
+        config::parse(Path::new("test.yaml"), &text)
+            .unwrap_err()
+            .to_string()
+    };
+    let error =
+        parse_error("    basic_auth: {username: u, password: no_secret_a, password_file: f}");
+    assert!(
+        error.contains("test.yaml:4:17: probes[0] \"p\".basic_auth: has both password and password_file; keep one"),
+        "{error}"
+    );
+    let error = parse_error("    authorization: {type: Bearer}");
+    assert!(
+        error.contains("probes[0] \"p\".authorization: needs credentials or credentials_file"),
+        "{error}"
+    );
+    let error = parse_error(
+        "    basic_auth: {username: u, password: x}\n    authorization: {credentials: y}",
+    );
+    assert!(
+        error.contains("probes[0] \"p\": has both basic_auth and authorization; keep one"),
+        "{error}"
+    );
+    let error = parse_error("    headers: {Authorization: x}\n    authorization: {credentials: y}");
+    assert!(
+        error.contains(
+            "probes[0] \"p\": has both headers.Authorization and authorization; keep one"
+        ),
+        "{error}"
+    );
+    assert!(!error.contains("no_secret"));
+}

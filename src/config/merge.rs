@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 use serde_saphyr::{Location, Spanned};
 use url::Url;
 
-use super::raw::{RawExpect, RawProbe, RawServer, RawTls};
+use super::raw::{RawAuthorization, RawBasicAuth, RawExpect, RawProbe, RawServer, RawTls};
 use super::scalars::{
     DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut,
 };
@@ -45,6 +45,8 @@ pub(super) struct ResolvedServer {
     pub(super) proxy: RawProxy,
     pub(super) retry_on: Option<Vec<FailureReason>>,
     pub(super) body: RawBody,
+    pub(super) basic_auth: Option<Spanned<RawBasicAuth>>,
+    pub(super) authorization: Option<Spanned<RawAuthorization>>,
 }
 
 /// The proxy keys of one layer (defaults, server or probe).
@@ -110,6 +112,8 @@ pub(super) fn resolve_server(
             body_file: raw.body_file,
             json: raw.json,
         },
+        basic_auth: raw.basic_auth,
+        authorization: raw.authorization,
     })
 }
 
@@ -471,6 +475,123 @@ impl ProbeContext<'_> {
                 );
                 Err(())
             }
+        }
+    }
+}
+
+impl ProbeContext<'_> {
+    /// The `Authorization` value from `basic_auth` or `authorization`: the most specific
+    /// layer setting either gives it; both in one layer, both or neither source of a secret,
+    /// or a configured `Authorization` header as well is an error. Marked sensitive.
+    pub(super) fn credentials(
+        &self,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        headers: &[(HeaderName, HeaderValue)],
+        at: Location,
+        errors: &mut Errors<'_>,
+    ) -> Result<Option<HeaderValue>, ()> {
+        use base64::Engine;
+        let layers = [
+            (raw.basic_auth.as_ref(), raw.authorization.as_ref()),
+            server.map_or((None, None), |s| {
+                (s.basic_auth.as_ref(), s.authorization.as_ref())
+            }),
+            (
+                self.defaults.basic_auth.as_ref(),
+                self.defaults.authorization.as_ref(),
+            ),
+        ];
+        let Some(&(basic, bearer)) = layers.iter().find(|(b, a)| b.is_some() || a.is_some()) else {
+            return Ok(None);
+        };
+        let label = self.label();
+        let mut fail = |at: Location, message: String| {
+            let location = super::Location::of(at);
+            if !errors
+                .list
+                .iter()
+                .any(|e| e.message == message && e.location == location)
+            {
+                errors.at(at, message);
+            }
+            Err(())
+        };
+        let key = if basic.is_some() {
+            "basic_auth"
+        } else {
+            "authorization"
+        };
+        if let (Some(_), Some(a)) = (basic, bearer) {
+            return fail(
+                a.referenced,
+                format!("{label}: has both basic_auth and authorization; keep one"),
+            );
+        }
+        if headers
+            .iter()
+            .any(|(name, _)| name == http::header::AUTHORIZATION)
+        {
+            return fail(
+                at,
+                format!("{label}: has both headers.Authorization and {key}; keep one"),
+            );
+        }
+        let secret = |inline: &Option<Text>,
+                      file: &Option<Text>,
+                      names: [&str; 2]|
+         -> Result<String, String> {
+            match (inline, file) {
+                (Some(value), None) => Ok(value.0.clone()),
+                (None, Some(file)) => {
+                    let path = self.resolve_path(&file.0);
+                    std::fs::read_to_string(&path)
+                        .map(|text| text.trim().to_owned())
+                        .map_err(|e| format!("{label}.{key}.{}: cannot read {}: {e}; check the path and its permissions", names[1], cut(&path.display().to_string(), MAX_DETAIL_CHARS)))
+                }
+                (Some(_), Some(_)) => Err(format!(
+                    "{label}.{key}: has both {} and {}; keep one",
+                    names[0], names[1]
+                )),
+                (None, None) => Err(format!("{label}.{key}: needs {} or {}", names[0], names[1])),
+            }
+        };
+        let (text, position) = if let Some(basic) = basic {
+            let b = &basic.value;
+            let password =
+                match secret(&b.password, &b.password_file, ["password", "password_file"]) {
+                    Ok(p) => p,
+                    Err(message) => return fail(basic.referenced, message),
+                };
+            let encoded = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{password}", b.username.0));
+            (format!("Basic {encoded}"), basic.referenced)
+        } else if let Some(auth) = bearer {
+            let a = &auth.value;
+            let credentials = match secret(
+                &a.credentials,
+                &a.credentials_file,
+                ["credentials", "credentials_file"],
+            ) {
+                Ok(c) => c,
+                Err(message) => return fail(auth.referenced, message),
+            };
+            let kind = a.kind.as_ref().map_or("Bearer", |k| k.0.trim());
+            (format!("{kind} {credentials}"), auth.referenced)
+        } else {
+            return Ok(None);
+        };
+        match HeaderValue::from_str(&text) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                Ok(Some(value))
+            }
+            Err(_) => fail(
+                position,
+                format!(
+                    "{label}.{key}: holds characters not allowed in an HTTP header (control characters or newlines)"
+                ),
+            ),
         }
     }
 }

@@ -113,6 +113,9 @@ pub struct ProbeSpec {
     pub origin: Origin,
     /// The request body, if any (never shown: its size only).
     pub body: Option<RequestBody>,
+    /// The `Authorization` value from `basic_auth` or `authorization` (sensitive: its
+    /// `Debug` hides it), sent to the probe's own origin only.
+    pub credentials: Option<HeaderValue>,
 }
 
 /// A request body as sent, held as bytes; formats as its size only (a body may carry an

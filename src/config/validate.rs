@@ -409,6 +409,9 @@ impl ProbeContext<'_> {
         let proxy = self.proxy(&raw, server_raw, at, errors)?;
         let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
         let body = self.body(&raw, server_raw, errors).ok()?;
+        let credentials = self
+            .credentials(&raw, server_raw, &headers, at, errors)
+            .ok()?;
 
         if errors.list.len() > before {
             return None;
@@ -455,6 +458,7 @@ impl ProbeContext<'_> {
                 key_file: tls_origin.key_file,
             },
             body,
+            credentials,
         })
     }
 

@@ -291,6 +291,9 @@ fn build_request(
         if let Some(credentials) = &spec.target.basic_auth {
             headers.insert(AUTHORIZATION, credentials.clone());
         }
+        if let Some(credentials) = &spec.credentials {
+            headers.insert(AUTHORIZATION, credentials.clone());
+        }
         for (name, value) in &spec.headers {
             headers.insert(name.clone(), value.clone());
         }
