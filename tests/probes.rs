@@ -792,3 +792,25 @@ fn credentials_with_two_sources_or_an_authorization_header_are_config_errors() {
     );
     assert!(!error.contains("no_secret"));
 }
+
+#[tokio::test]
+async fn credentials_are_dropped_on_a_cross_origin_redirect_and_a_307_keeps_the_body() {
+    let first = FakeDivalto::start().await;
+    let other = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &first,
+        &format!("to{}", other.address.port()),
+        "    method: POST\n    body: payload\n    authorization: {credentials: no_secret_t}",
+    );
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.redirects, 1);
+    let first_headers = first.last_headers().unwrap();
+    assert_eq!(
+        first_headers.get("authorization").unwrap(),
+        "Bearer no_secret_t"
+    );
+    let other_headers = other.last_headers().unwrap();
+    assert_eq!(other_headers.get("authorization"), None);
+    assert_eq!(other.last_body().unwrap(), b"payload");
+}

@@ -172,6 +172,19 @@ async fn webhook(
             [("location", code.replace("-r303", "-ok"))],
         )
             .into_response(),
+        // `-to<port>`: 307 to the same code ending in `-ok` on 127.0.0.1:<port>.
+        to if to.starts_with("to") && to[2..].parse::<u16>().is_ok() => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(
+                "location",
+                format!(
+                    "http://127.0.0.1:{}/erp/api/v1/WebHook/{}-ok",
+                    &to[2..],
+                    code.rsplit_once('-').map_or("", |(head, _)| head)
+                ),
+            )],
+        )
+            .into_response(),
         "loop" => (StatusCode::FOUND, [("location", code.clone())]).into_response(),
         _ => json(
             StatusCode::NOT_FOUND,
