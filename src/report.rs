@@ -89,6 +89,15 @@ pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
             body.len()
         );
     }
+    if let Some(credentials) = &spec.credentials {
+        // The scheme only (`Basic`, `Bearer`, ...): never the credentials.
+        let scheme = credentials
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(' ').next())
+            .unwrap_or("?");
+        let _ = writeln!(out, "  credentials   Authorization: {scheme} (hidden)");
+    }
     let _ = writeln!(
         out,
         "  timeout       {}",

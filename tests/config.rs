@@ -11,7 +11,7 @@ use webhook_exporter::config;
 const INVALID: &[(&str, &str)] = &[
     (
         "invalid-unknown-key.yaml",
-        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json; check the spelling or remove the key",
+        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json, basic_auth, authorization; check the spelling or remove the key",
     ),
     (
         "invalid-duplicate-key.yaml",

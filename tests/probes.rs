@@ -670,7 +670,7 @@ async fn the_probe_trace_and_check_config_give_the_body_size_never_the_body() {
     let spec = divalto_spec(
         &fake,
         "ok",
-        "    method: POST\n    json: {evenement: {codeevt: 1102, token: no_secret_body}}",
+        "    method: POST\n    json: {evenement: {codeevt: 1102, token: no_secret_body}}\n    authorization: {credentials: no_secret_token}",
     );
     let outcome = probe::run(&spec).await;
     let trace = webhook_exporter::report::probe_trace(&spec, &outcome);
@@ -678,7 +678,11 @@ async fn the_probe_trace_and_check_config_give_the_body_size_never_the_body() {
         trace.contains("  body          55 bytes (json) (content hidden)"),
         "{trace}"
     );
-    assert!(!trace.contains("no_secret_body"), "{trace}");
+    assert!(
+        trace.contains("  credentials   Authorization: Bearer (hidden)"),
+        "{trace}"
+    );
+    assert!(!trace.contains("no_secret"), "{trace}");
     assert!(!format!("{outcome:?}{spec:?}").contains("no_secret_body"));
 
     let dir = tempfile::tempdir().unwrap();
