@@ -81,6 +81,23 @@ pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
         let names: Vec<&str> = spec.headers.iter().map(|(name, _)| name.as_str()).collect();
         let _ = writeln!(out, "  headers       {} (values hidden)", names.join(", "));
     }
+    if let Some(body) = &spec.body {
+        let kind = if body.json { " (json)" } else { "" };
+        let _ = writeln!(
+            out,
+            "  body          {} bytes{kind} (content hidden)",
+            body.len()
+        );
+    }
+    if let Some(credentials) = &spec.credentials {
+        // The scheme only (`Basic`, `Bearer`, ...): never the credentials.
+        let scheme = credentials
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(' ').next())
+            .unwrap_or("?");
+        let _ = writeln!(out, "  credentials   Authorization: {scheme} (hidden)");
+    }
     let _ = writeln!(
         out,
         "  timeout       {}",

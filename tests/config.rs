@@ -11,7 +11,7 @@ use webhook_exporter::config;
 const INVALID: &[(&str, &str)] = &[
     (
         "invalid-unknown-key.yaml",
-        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment; check the spelling or remove the key",
+        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json, basic_auth, authorization; check the spelling or remove the key",
     ),
     (
         "invalid-duplicate-key.yaml",
@@ -553,4 +553,19 @@ fn check_config_points_at_a_tls_file_that_is_not_pem() {
         dir.path().join("ca.pem").display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn a_rotated_password_file_changes_the_probe_for_the_reload_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exporter.yaml");
+    std::fs::write(dir.path().join("password"), "first\n").unwrap();
+    let text = "probes:\n  - name: p\n    url: http://127.0.0.1:1/\n    basic_auth: {username: u, password_file: password}\n";
+    let load = || config::parse(&path, text).unwrap().probes[0].clone();
+    let before = load();
+    assert!(before.same_settings(&load()));
+    std::fs::write(dir.path().join("password"), "second\n").unwrap();
+    let after = load();
+    assert!(!before.same_settings(&after));
+    assert!(!format!("{after:?}").contains("second"), "{after:?}");
 }

@@ -551,3 +551,270 @@ async fn a_valid_tls_server_name_is_sent_and_checked() {
     let outcome = probe::run(&spec).await;
     assert!(outcome.success, "{outcome:?}");
 }
+
+/// The body, content type and content length the fake received last.
+fn received(fake: &FakeDivalto) -> (String, Option<String>, Option<String>) {
+    let headers = fake.last_headers().unwrap();
+    let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    (
+        String::from_utf8(fake.last_body().unwrap()).unwrap(),
+        get("content-type"),
+        get("content-length"),
+    )
+}
+
+#[tokio::test]
+async fn a_body_string_is_sent_with_variables_expanded_and_its_length() {
+    // SAFETY: set once, read by this test only.
+    unsafe { std::env::set_var("BODIES_TEST_EVT", "1102") };
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    body: '{\"evenement\":{\"codeevt\":${BODIES_TEST_EVT}}}'",
+    );
+    assert!(!format!("{spec:?}").contains("evenement"));
+    assert!(probe::run(&spec).await.success);
+    let (body, content_type, length) = received(&fake);
+    assert_eq!(body, r#"{"evenement":{"codeevt":1102}}"#);
+    assert_eq!(content_type, None);
+    assert_eq!(length.as_deref(), Some("30"));
+}
+
+#[tokio::test]
+async fn a_json_body_is_sent_as_json_unless_a_header_sets_the_type() {
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    json: {evenement: {codeevt: 1102}}",
+    );
+    assert!(probe::run(&spec).await.success);
+    let (body, content_type, length) = received(&fake);
+    assert_eq!(body, r#"{"evenement":{"codeevt":1102}}"#);
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    assert_eq!(length.as_deref(), Some("30"));
+
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    json: [1, two]\n    headers: {Content-Type: application/vnd.divalto+json}",
+    );
+    assert!(probe::run(&spec).await.success);
+    let (body, content_type, _) = received(&fake);
+    assert_eq!(body, r#"[1,"two"]"#);
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/vnd.divalto+json")
+    );
+}
+
+#[tokio::test]
+async fn a_body_file_is_read_relative_to_the_config_and_a_probe_replaces_the_defaults_body() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body.xml"), "<evt code=\"1102\"/>").unwrap();
+    let fake = FakeDivalto::start().await;
+    let text = format!(
+        "defaults: {{timeout: 2s, method: POST, json: {{from: defaults}}}}\nservers:\n  fake: {{base_url: \"{}\", body: from-server}}\nprobes:\n  - name: file\n    server: fake\n    code: {SECRET_CODE}-ok\n    body_file: body.xml\n  - name: server\n    server: fake\n    code: {SECRET_CODE}-ok\n",
+        fake.base_url()
+    );
+    let path = dir.path().join("exporter.yaml");
+    let config = config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(probe::run(&config.probes[0]).await.success);
+    let (body, _, length) = received(&fake);
+    assert_eq!(body, "<evt code=\"1102\"/>");
+    assert_eq!(length.as_deref(), Some("18"));
+    assert!(probe::run(&config.probes[1]).await.success);
+    assert_eq!(received(&fake).0, "from-server");
+}
+
+#[tokio::test]
+async fn a_307_redirect_sends_the_body_again_and_a_303_drops_it() {
+    let fake = FakeDivalto::start().await;
+    let extra = "    method: POST\n    body: payload";
+    assert!(
+        probe::run(&divalto_spec(&fake, "r307", extra))
+            .await
+            .success
+    );
+    let (body, _, length) = received(&fake);
+    assert_eq!(body, "payload");
+    assert_eq!(length.as_deref(), Some("7"));
+    assert!(
+        probe::run(&divalto_spec(&fake, "r303", extra))
+            .await
+            .success
+    );
+    let (body, _, length) = received(&fake);
+    assert_eq!(body, "");
+    assert_eq!(length, None);
+}
+
+#[test]
+fn two_body_keys_on_one_probe_are_a_config_error_with_its_position() {
+    let text =
+        "probes:\n  - name: both\n    url: http://127.0.0.1:1/\n    body: a\n    json: {b: 1}\n";
+    let error = config::parse(Path::new("test.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("probes[0] \"both\": has both body and json; keep one"),
+        "{error}"
+    );
+    assert!(error.contains("test.yaml:"), "{error}");
+}
+
+#[tokio::test]
+async fn the_probe_trace_and_check_config_give_the_body_size_never_the_body() {
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    json: {evenement: {codeevt: 1102, token: no_secret_body}}\n    authorization: {credentials: no_secret_token}",
+    );
+    let outcome = probe::run(&spec).await;
+    let trace = webhook_exporter::report::probe_trace(&spec, &outcome);
+    assert!(
+        trace.contains("  body          55 bytes (json) (content hidden)"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("  credentials   Authorization: Bearer (hidden)"),
+        "{trace}"
+    );
+    assert!(!trace.contains("no_secret"), "{trace}");
+    assert!(!format!("{outcome:?}{spec:?}").contains("no_secret_body"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &path,
+        "probes:\n  - name: b\n    url: http://127.0.0.1:1/\n    method: POST\n    body: no_secret_body\n  - name: c\n    url: http://127.0.0.1:1/\n    body: x\n    body_file: no_secret_file\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr
+            .contains("exporter.yaml:9:16: probes[1] \"c\": has both body and body_file; keep one"),
+        "{stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains("no_secret_body"));
+}
+
+/// The `Authorization` the fake received for `extra` on a probe of it.
+async fn authorization_sent(fake: &FakeDivalto, extra: &str) -> Option<String> {
+    let spec = divalto_spec(fake, "ok", extra);
+    assert!(!format!("{spec:?}").contains("no_secret"), "{spec:?}");
+    assert!(probe::run(&spec).await.success);
+    fake.last_headers()
+        .unwrap()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn basic_auth_and_authorization_are_sent_inline_or_from_a_file() {
+    let fake = FakeDivalto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "  no_secret_f\n").unwrap();
+    let file = file.display();
+    assert_eq!(
+        authorization_sent(
+            &fake,
+            "    basic_auth: {username: probe, password: no_secret_p}"
+        )
+        .await
+        .as_deref(),
+        // base64 of "probe:no_secret_p"
+        Some("Basic cHJvYmU6bm9fc2VjcmV0X3A=")
+    );
+    assert_eq!(
+        authorization_sent(
+            &fake,
+            &format!("    basic_auth: {{username: probe, password_file: {file}}}")
+        )
+        .await
+        .as_deref(),
+        // base64 of "probe:no_secret_f": the file is trimmed
+        Some("Basic cHJvYmU6bm9fc2VjcmV0X2Y=")
+    );
+    assert_eq!(
+        authorization_sent(&fake, "    authorization: {credentials: no_secret_t}")
+            .await
+            .as_deref(),
+        Some("Bearer no_secret_t")
+    );
+    assert_eq!(
+        authorization_sent(
+            &fake,
+            &format!("    authorization: {{type: Token, credentials_file: {file}}}")
+        )
+        .await
+        .as_deref(),
+        Some("Token no_secret_f")
+    );
+}
+
+#[test]
+fn credentials_with_two_sources_or_an_authorization_header_are_config_errors() {
+    let parse_error = |probe: &str| {
+        let text = format!("probes:\n  - name: p\n    url: http://127.0.0.1:1/\n{probe}\n");
+        config::parse(Path::new("test.yaml"), &text)
+            .unwrap_err()
+            .to_string()
+    };
+    let error =
+        parse_error("    basic_auth: {username: u, password: no_secret_a, password_file: f}");
+    assert!(
+        error.contains("test.yaml:4:17: probes[0] \"p\".basic_auth: has both password and password_file; keep one"),
+        "{error}"
+    );
+    let error = parse_error("    authorization: {type: Bearer}");
+    assert!(
+        error.contains("probes[0] \"p\".authorization: needs credentials or credentials_file"),
+        "{error}"
+    );
+    let error = parse_error(
+        "    basic_auth: {username: u, password: x}\n    authorization: {credentials: y}",
+    );
+    assert!(
+        error.contains("probes[0] \"p\": has both basic_auth and authorization; keep one"),
+        "{error}"
+    );
+    let error = parse_error("    headers: {Authorization: x}\n    authorization: {credentials: y}");
+    assert!(
+        error.contains(
+            "probes[0] \"p\": has both headers.Authorization and authorization; keep one"
+        ),
+        "{error}"
+    );
+    assert!(!error.contains("no_secret"));
+}
+
+#[tokio::test]
+async fn credentials_are_dropped_on_a_cross_origin_redirect_and_a_307_keeps_the_body() {
+    let first = FakeDivalto::start().await;
+    let other = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &first,
+        &format!("to{}", other.address.port()),
+        "    method: POST\n    body: payload\n    authorization: {credentials: no_secret_t}",
+    );
+    let outcome = probe::run(&spec).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.redirects, 1);
+    let first_headers = first.last_headers().unwrap();
+    assert_eq!(
+        first_headers.get("authorization").unwrap(),
+        "Bearer no_secret_t"
+    );
+    let other_headers = other.last_headers().unwrap();
+    assert_eq!(other_headers.get("authorization"), None);
+    assert_eq!(other.last_body().unwrap(), b"payload");
+}

@@ -10,12 +10,12 @@ use http::{HeaderName, HeaderValue};
 use serde_saphyr::{Location, Spanned};
 use url::Url;
 
-use super::raw::{RawExpect, RawProbe, RawServer, RawTls};
+use super::raw::{RawAuthorization, RawBasicAuth, RawExpect, RawProbe, RawServer, RawTls};
 use super::scalars::{
     DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut,
 };
 use super::validate::{Errors, ProbeContext};
-use super::{Expect, ProxyConfig, ProxyEndpoint, TlsFile, TlsServerName, TlsSettings};
+use super::{Expect, ProxyConfig, ProxyEndpoint, RequestBody, TlsFile, TlsServerName, TlsSettings};
 
 /// Budget of a run when no timeout is set.
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,9 @@ pub(super) struct ResolvedServer {
     pub(super) tls: RawTls,
     pub(super) proxy: RawProxy,
     pub(super) retry_on: Option<Vec<FailureReason>>,
+    pub(super) body: RawBody,
+    pub(super) basic_auth: Option<Spanned<RawBasicAuth>>,
+    pub(super) authorization: Option<Spanned<RawAuthorization>>,
 }
 
 /// The proxy keys of one layer (defaults, server or probe).
@@ -104,6 +107,13 @@ pub(super) fn resolve_server(
             no_proxy: raw.no_proxy,
             from_environment: raw.proxy_from_environment,
         },
+        body: RawBody {
+            body: raw.body,
+            body_file: raw.body_file,
+            json: raw.json,
+        },
+        basic_auth: raw.basic_auth,
+        authorization: raw.authorization,
     })
 }
 
@@ -365,5 +375,223 @@ pub(super) fn merge_expect(defaults: Option<&RawExpect>, probe: Option<&RawExpec
             .as_ref()
             .or(d.body_not_matches.as_ref())
             .cloned(),
+    }
+}
+
+/// The body keys of one layer (defaults, server or probe): a layer setting any of them
+/// replaces the whole body of the layers below.
+#[derive(Default, Clone)]
+pub(super) struct RawBody {
+    pub(super) body: Option<Spanned<Text>>,
+    pub(super) body_file: Option<Spanned<Text>>,
+    pub(super) json: Option<Spanned<serde_json::Value>>,
+}
+
+impl RawBody {
+    /// The keys set, with their positions, in the order they are named in messages.
+    fn keys(&self) -> Vec<(&'static str, Location)> {
+        let mut keys = Vec::new();
+        if let Some(v) = &self.body {
+            keys.push(("body", v.referenced));
+        }
+        if let Some(v) = &self.body_file {
+            keys.push(("body_file", v.referenced));
+        }
+        if let Some(v) = &self.json {
+            keys.push(("json", v.referenced));
+        }
+        keys
+    }
+}
+
+impl ProbeContext<'_> {
+    /// The request body: the most specific layer setting one of `body`, `body_file`, `json`
+    /// gives it whole; two of them in that layer is an error at the second. `Err` after an
+    /// error was recorded.
+    pub(super) fn body(
+        &self,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        errors: &mut Errors<'_>,
+    ) -> Result<Option<RequestBody>, ()> {
+        let probe = RawBody {
+            body: raw.body.clone(),
+            body_file: raw.body_file.clone(),
+            json: raw.json.clone(),
+        };
+        let defaults = RawBody {
+            body: self.defaults.body.clone(),
+            body_file: self.defaults.body_file.clone(),
+            json: self.defaults.json.clone(),
+        };
+        let empty = RawBody::default();
+        let layers = [&probe, server.map_or(&empty, |s| &s.body), &defaults];
+        let Some(layer) = layers.iter().find(|l| !l.keys().is_empty()) else {
+            return Ok(None);
+        };
+        let label = self.label();
+        let keys = layer.keys();
+        if let [(first, _), (second, at), ..] = keys[..] {
+            let message = format!("{label}: has both {first} and {second}; keep one");
+            let location = super::Location::of(at);
+            // A defaults or server layer is shared: say it once, not once per probe.
+            if !errors
+                .list
+                .iter()
+                .any(|e| e.message == message && e.location == location)
+            {
+                errors.at(at, message);
+            }
+            return Err(());
+        }
+        if let Some(text) = &layer.body {
+            return Ok(Some(RequestBody::new(
+                text.value.0.clone().into_bytes(),
+                false,
+            )));
+        }
+        if let Some(json) = &layer.json {
+            let bytes = serde_json::to_vec(&json.value).map_err(|e| {
+                errors.at(
+                    json.referenced,
+                    format!("{label}.json: cannot be written as JSON ({e})"),
+                );
+            })?;
+            return Ok(Some(RequestBody::new(bytes, true)));
+        }
+        let Some(file) = &layer.body_file else {
+            return Ok(None);
+        };
+        let path = self.resolve_path(&file.value.0);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(RequestBody::new(bytes, false))),
+            Err(e) => {
+                errors.at(
+                    file.referenced,
+                    format!(
+                        "{label}.body_file: cannot read {}: {e}; check the path and its permissions",
+                        cut(&path.display().to_string(), MAX_DETAIL_CHARS)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
+}
+
+impl ProbeContext<'_> {
+    /// The `Authorization` value from `basic_auth` or `authorization`: the most specific
+    /// layer setting either gives it; both in one layer, both or neither source of a secret,
+    /// or a configured `Authorization` header as well is an error. Marked sensitive.
+    pub(super) fn credentials(
+        &self,
+        raw: &RawProbe,
+        server: Option<&ResolvedServer>,
+        headers: &[(HeaderName, HeaderValue)],
+        at: Location,
+        errors: &mut Errors<'_>,
+    ) -> Result<Option<HeaderValue>, ()> {
+        use base64::Engine;
+        let layers = [
+            (raw.basic_auth.as_ref(), raw.authorization.as_ref()),
+            server.map_or((None, None), |s| {
+                (s.basic_auth.as_ref(), s.authorization.as_ref())
+            }),
+            (
+                self.defaults.basic_auth.as_ref(),
+                self.defaults.authorization.as_ref(),
+            ),
+        ];
+        let Some(&(basic, bearer)) = layers.iter().find(|(b, a)| b.is_some() || a.is_some()) else {
+            return Ok(None);
+        };
+        let label = self.label();
+        let mut fail = |at: Location, message: String| {
+            let location = super::Location::of(at);
+            if !errors
+                .list
+                .iter()
+                .any(|e| e.message == message && e.location == location)
+            {
+                errors.at(at, message);
+            }
+            Err(())
+        };
+        let key = if basic.is_some() {
+            "basic_auth"
+        } else {
+            "authorization"
+        };
+        if let (Some(_), Some(a)) = (basic, bearer) {
+            return fail(
+                a.referenced,
+                format!("{label}: has both basic_auth and authorization; keep one"),
+            );
+        }
+        if headers
+            .iter()
+            .any(|(name, _)| name == http::header::AUTHORIZATION)
+        {
+            return fail(
+                at,
+                format!("{label}: has both headers.Authorization and {key}; keep one"),
+            );
+        }
+        let secret = |inline: &Option<Text>,
+                      file: &Option<Text>,
+                      names: [&str; 2]|
+         -> Result<String, String> {
+            match (inline, file) {
+                (Some(value), None) => Ok(value.0.clone()),
+                (None, Some(file)) => {
+                    let path = self.resolve_path(&file.0);
+                    std::fs::read_to_string(&path)
+                        .map(|text| text.trim().to_owned())
+                        .map_err(|e| format!("{label}.{key}.{}: cannot read {}: {e}; check the path and its permissions", names[1], cut(&path.display().to_string(), MAX_DETAIL_CHARS)))
+                }
+                (Some(_), Some(_)) => Err(format!(
+                    "{label}.{key}: has both {} and {}; keep one",
+                    names[0], names[1]
+                )),
+                (None, None) => Err(format!("{label}.{key}: needs {} or {}", names[0], names[1])),
+            }
+        };
+        let (text, position) = if let Some(basic) = basic {
+            let b = &basic.value;
+            let password =
+                match secret(&b.password, &b.password_file, ["password", "password_file"]) {
+                    Ok(p) => p,
+                    Err(message) => return fail(basic.referenced, message),
+                };
+            let encoded = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{password}", b.username.0));
+            (format!("Basic {encoded}"), basic.referenced)
+        } else if let Some(auth) = bearer {
+            let a = &auth.value;
+            let credentials = match secret(
+                &a.credentials,
+                &a.credentials_file,
+                ["credentials", "credentials_file"],
+            ) {
+                Ok(c) => c,
+                Err(message) => return fail(auth.referenced, message),
+            };
+            let kind = a.kind.as_ref().map_or("Bearer", |k| k.0.trim());
+            (format!("{kind} {credentials}"), auth.referenced)
+        } else {
+            return Ok(None);
+        };
+        match HeaderValue::from_str(&text) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                Ok(Some(value))
+            }
+            Err(_) => fail(
+                position,
+                format!(
+                    "{label}.{key}: holds characters not allowed in an HTTP header (control characters or newlines)"
+                ),
+            ),
+        }
     }
 }

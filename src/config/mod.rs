@@ -111,6 +111,47 @@ pub struct ProbeSpec {
     pub expect: Expect,
     /// Where the probe is written, for messages about it after loading.
     pub origin: Origin,
+    /// The request body, if any (never shown: its size only).
+    pub body: Option<RequestBody>,
+    /// The `Authorization` value from `basic_auth` or `authorization` (sensitive: its
+    /// `Debug` hides it), sent to the probe's own origin only.
+    pub credentials: Option<HeaderValue>,
+}
+
+/// A request body as sent, held as bytes; formats as its size only (a body may carry an
+/// ERP payload or a token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestBody {
+    /// The bytes sent.
+    pub bytes: bytes::Bytes,
+    /// Written as `json:`: sent with `Content-Type: application/json` unless a header sets one.
+    pub json: bool,
+}
+
+impl RequestBody {
+    /// A body of `bytes`.
+    pub fn new(bytes: Vec<u8>, json: bool) -> Self {
+        Self {
+            bytes: bytes.into(),
+            json,
+        }
+    }
+
+    /// Its length in bytes, the only thing ever shown.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestBody({} bytes)", self.bytes.len())
+    }
 }
 
 impl ProbeSpec {

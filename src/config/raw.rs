@@ -66,6 +66,16 @@ pub struct RawServer {
     pub proxy_from_environment: Option<bool>,
     /// Failure reasons retried, for every probe of the server.
     pub retry_on: Option<Vec<FailureReason>>,
+    /// Request body for every probe of the server (`${VAR}` expanded).
+    pub body: Option<Spanned<Text>>,
+    /// A file holding the request body.
+    pub body_file: Option<Spanned<Text>>,
+    /// A request body written as YAML, sent as JSON.
+    pub json: Option<Spanned<serde_json::Value>>,
+    /// `Authorization: Basic` for every probe of the server.
+    pub basic_auth: Option<Spanned<RawBasicAuth>>,
+    /// `Authorization: <type> <credentials>` for every probe of the server.
+    pub authorization: Option<Spanned<RawAuthorization>>,
 }
 
 /// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
@@ -118,6 +128,42 @@ pub struct RawProbe {
     pub no_proxy: Option<Vec<Text>>,
     /// Take the proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
     pub proxy_from_environment: Option<bool>,
+    /// Request body (`${VAR}` expanded); at most one of body, body_file, json.
+    pub body: Option<Spanned<Text>>,
+    /// A file holding the request body, read at load time.
+    pub body_file: Option<Spanned<Text>>,
+    /// A request body written as YAML, sent as JSON.
+    pub json: Option<Spanned<serde_json::Value>>,
+    /// `Authorization: Basic` toward the target.
+    pub basic_auth: Option<Spanned<RawBasicAuth>>,
+    /// `Authorization: <type> <credentials>` toward the target.
+    pub authorization: Option<Spanned<RawAuthorization>>,
+}
+
+/// Prometheus' `basic_auth`: a username and exactly one of password, password_file.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    /// Not secret (as in Prometheus).
+    pub username: Text,
+    /// The password (`${VAR}` expanded).
+    pub password: Option<Text>,
+    /// A file holding the password, read at load and reload, trimmed.
+    pub password_file: Option<Text>,
+}
+
+/// Prometheus' `authorization`: a type (default `Bearer`) and exactly one of credentials,
+/// credentials_file.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthorization {
+    /// The scheme, `Bearer` by default.
+    #[serde(rename = "type")]
+    pub kind: Option<Text>,
+    /// The credentials (`${VAR}` expanded).
+    pub credentials: Option<Text>,
+    /// A file holding them, read at load and reload, trimmed.
+    pub credentials_file: Option<Text>,
 }
 
 /// TLS client settings; each key overrides on its own.

@@ -408,6 +408,10 @@ impl ProbeContext<'_> {
         let (tls, tls_origin) = self.tls(&raw, server_raw, tls_files, at, errors)?;
         let proxy = self.proxy(&raw, server_raw, at, errors)?;
         let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
+        let body = self.body(&raw, server_raw, errors).ok()?;
+        let credentials = self
+            .credentials(&raw, server_raw, &headers, at, errors)
+            .ok()?;
 
         if errors.list.len() > before {
             return None;
@@ -453,6 +457,8 @@ impl ProbeContext<'_> {
                 cert_file: tls_origin.cert_file,
                 key_file: tls_origin.key_file,
             },
+            body,
+            credentials,
         })
     }
 

@@ -5,10 +5,10 @@
 use bytes::Bytes;
 use http::Method;
 use http::header::{
-    ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, PROXY_AUTHORIZATION,
-    USER_AGENT as USER_AGENT_HEADER,
+    ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue,
+    PROXY_AUTHORIZATION, USER_AGENT as USER_AGENT_HEADER,
 };
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,6 +39,7 @@ pub(super) async fn exchange(
     url: &Url,
     method: &http::Method,
     same_origin: bool,
+    send_body: bool,
     trace: &mut Trace,
 ) -> Result<Reply, Failure> {
     let host = url
@@ -112,9 +113,27 @@ pub(super) async fn exchange(
             version,
             certificate,
         });
-        http_exchange(spec, url, method, same_origin, None, stream, trace).await
+        http_exchange(
+            spec,
+            url,
+            method,
+            (same_origin, send_body),
+            None,
+            stream,
+            trace,
+        )
+        .await
     } else {
-        http_exchange(spec, url, method, same_origin, proxy, tcp, trace).await
+        http_exchange(
+            spec,
+            url,
+            method,
+            (same_origin, send_body),
+            proxy,
+            tcp,
+            trace,
+        )
+        .await
     }
 }
 
@@ -122,7 +141,7 @@ async fn http_exchange<S>(
     spec: &ProbeSpec,
     url: &Url,
     method: &http::Method,
-    same_origin: bool,
+    (same_origin, send_body): (bool, bool),
     proxy: Option<&ProxyEndpoint>,
     stream: S,
     trace: &mut Trace,
@@ -140,7 +159,7 @@ where
         connection: std::pin::pin!(connection),
         done: false,
     };
-    let request = build_request(spec, url, method, same_origin, proxy)?;
+    let request = build_request(spec, url, method, (same_origin, send_body), proxy)?;
     let response = connection
         .alongside(sender.send_request(request))
         .await
@@ -210,9 +229,10 @@ fn build_request(
     spec: &ProbeSpec,
     url: &Url,
     method: &http::Method,
-    same_origin: bool,
+    (same_origin, send_body): (bool, bool),
     proxy: Option<&ProxyEndpoint>,
-) -> Result<http::Request<Empty<Bytes>>, Failure> {
+) -> Result<http::Request<Full<Bytes>>, Failure> {
+    let body = spec.body.as_ref().filter(|_| send_body);
     let mut target = match proxy {
         Some(_) => url[..url::Position::AfterPath].to_owned(),
         None => url.path().to_owned(),
@@ -225,7 +245,8 @@ fn build_request(
         Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_owned(),
     };
-    let mut request = http::Request::new(Empty::new());
+    let mut request =
+        http::Request::new(Full::new(body.map_or_else(Bytes::new, |b| b.bytes.clone())));
     *request.method_mut() = method.clone();
     *request.uri_mut() = target.parse().map_err(|e| {
         fail(
@@ -253,7 +274,12 @@ fn build_request(
         HeaderValue::from_static("application/json, text/plain;q=0.9, */*;q=0.5"),
     );
     // Without a body, say so: servers behind IIS / HTTP.sys answer 411 otherwise.
-    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+    if let Some(body) = body {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if body.json {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    } else if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     if let Some(credentials) = proxy.and_then(|p| p.authorization.as_ref()) {
@@ -263,6 +289,9 @@ fn build_request(
     // configured `Authorization` wins over the URL's.
     if same_origin {
         if let Some(credentials) = &spec.target.basic_auth {
+            headers.insert(AUTHORIZATION, credentials.clone());
+        }
+        if let Some(credentials) = &spec.credentials {
             headers.insert(AUTHORIZATION, credentials.clone());
         }
         for (name, value) in &spec.headers {

@@ -176,13 +176,15 @@ async fn attempt(spec: &ProbeSpec, trace: &mut Trace) -> Result<Answer, Failure>
     let mut url = spec.target.url.clone();
     let mut method = spec.method.clone();
     let mut same_origin = true;
+    // Sent again on a 307/308, dropped on a 301/302/303 as browsers do.
+    let mut send_body = true;
     loop {
         let Reply {
             status,
             location,
             content_type,
             body,
-        } = exchange(spec, &url, &method, same_origin, trace).await?;
+        } = exchange(spec, &url, &method, same_origin, send_body, trace).await?;
         trace.status = Some(status.as_u16());
         let redirect = spec.follow_redirects && status.is_redirection() && location.is_some();
         if !redirect {
@@ -222,6 +224,9 @@ async fn attempt(spec: &ProbeSpec, trace: &mut Trace) -> Result<Answer, Failure>
             || (matches!(status.as_u16(), 301 | 302) && method == http::Method::POST)
         {
             method = http::Method::GET;
+        }
+        if matches!(status.as_u16(), 301..=303) {
+            send_body = false;
         }
         same_origin &= next.origin() == spec.target.url.origin();
         trace.redirects += 1;

@@ -39,6 +39,7 @@ struct Calls {
     by_code: Mutex<HashMap<String, u64>>,
     last_query: Mutex<Option<String>>,
     last_headers: Mutex<Option<HeaderMap>>,
+    last_body: Mutex<Option<Vec<u8>>>,
 }
 
 impl FakeDivalto {
@@ -81,6 +82,11 @@ impl FakeDivalto {
     pub fn last_headers(&self) -> Option<HeaderMap> {
         self.calls.last_headers.lock().unwrap().clone()
     }
+
+    /// The request body of the last call.
+    pub fn last_body(&self) -> Option<Vec<u8>> {
+        self.calls.last_body.lock().unwrap().clone()
+    }
 }
 
 fn json(status: StatusCode, body: &str) -> Response {
@@ -97,7 +103,9 @@ async fn webhook(
     UrlPath(code): UrlPath<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
+    *calls.last_body.lock().unwrap() = Some(body.to_vec());
     let call = calls.total.fetch_add(1, Ordering::SeqCst);
     *calls
         .by_code
@@ -152,6 +160,29 @@ async fn webhook(
         "redirect" => (
             StatusCode::FOUND,
             [("location", code.replace("-redirect", "-ok"))],
+        )
+            .into_response(),
+        "r307" => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", code.replace("-r307", "-ok"))],
+        )
+            .into_response(),
+        "r303" => (
+            StatusCode::SEE_OTHER,
+            [("location", code.replace("-r303", "-ok"))],
+        )
+            .into_response(),
+        // `-to<port>`: 307 to the same code ending in `-ok` on 127.0.0.1:<port>.
+        to if to.starts_with("to") && to[2..].parse::<u16>().is_ok() => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(
+                "location",
+                format!(
+                    "http://127.0.0.1:{}/erp/api/v1/WebHook/{}-ok",
+                    &to[2..],
+                    code.rsplit_once('-').map_or("", |(head, _)| head)
+                ),
+            )],
         )
             .into_response(),
         "loop" => (StatusCode::FOUND, [("location", code.clone())]).into_response(),
