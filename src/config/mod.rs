@@ -3,6 +3,7 @@
 //! After this module nothing is a bare string standing for a URL, a duration, a schedule, a
 //! method or a regex: the rest of the program works with checked types.
 
+pub mod include;
 mod merge;
 pub mod proxy;
 mod raw;
