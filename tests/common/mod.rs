@@ -39,6 +39,8 @@ struct Calls {
     by_code: Mutex<HashMap<String, u64>>,
     last_query: Mutex<Option<String>>,
     last_headers: Mutex<Option<HeaderMap>>,
+    /// When the last call arrived.
+    last_call_at: Mutex<Option<std::time::SystemTime>>,
 }
 
 impl FakeDivalto {
@@ -77,6 +79,12 @@ impl FakeDivalto {
         self.calls.last_query.lock().unwrap().clone()
     }
 
+    /// When the last call arrived (wall clock).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn last_call_at(&self) -> Option<std::time::SystemTime> {
+        *self.calls.last_call_at.lock().unwrap()
+    }
+
     /// The headers of the last call.
     pub fn last_headers(&self) -> Option<HeaderMap> {
         self.calls.last_headers.lock().unwrap().clone()
@@ -98,6 +106,7 @@ async fn webhook(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    *calls.last_call_at.lock().unwrap() = Some(std::time::SystemTime::now());
     let call = calls.total.fetch_add(1, Ordering::SeqCst);
     *calls
         .by_code
