@@ -143,6 +143,8 @@ impl ProbeState {
     /// Sets the next planned run (`None`: none planned).
     pub(crate) fn set_next_run(&self, next: Option<DateTime<Utc>>) {
         *lock(&self.next_run) = next;
+        self.metrics
+            .set_next_run(next.map(std::time::SystemTime::from));
     }
 
     /// Changes how many results are kept (a reload), dropping the oldest beyond it.

@@ -1251,3 +1251,51 @@ async fn the_router_serves_from_its_handles_without_the_app() {
     served.await.unwrap().unwrap();
     scheduler.shutdown().await;
 }
+
+#[test]
+fn the_next_run_gauge_is_when_the_fake_sees_the_next_call() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeDivalto::start());
+    let (_dir, path) = common::write_config(&format!(
+        "servers:\n  fake: {{base_url: '{}'}}\nprobes:\n  - {{name: soon, server: fake, code: '{SECRET_CODE}-ok', interval: 2s, timeout: 1s}}\n",
+        fake.base_url()
+    ));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let scrape = exporter.wait_for(Duration::from_secs(5), "a planned next run", |s| {
+        s.value(
+            "webhook_probe_next_run_timestamp_seconds",
+            &[("probe", "soon")],
+        )
+        .is_some()
+    });
+    drop(scrape);
+    // A scrape with no call around it, so the planned run it shows is the next call.
+    let (planned, before) = loop {
+        let before = fake.calls("-ok");
+        let planned = exporter
+            .scrape()
+            .value(
+                "webhook_probe_next_run_timestamp_seconds",
+                &[("probe", "soon")],
+            )
+            .unwrap();
+        if fake.calls("-ok") == before {
+            break (planned, before);
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fake.calls("-ok") == before {
+        assert!(std::time::Instant::now() < deadline, "no call came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = fake
+        .last_call_at()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (seen - planned).abs() < 0.1,
+        "planned {planned}, the fake saw the call at {seen}"
+    );
+}

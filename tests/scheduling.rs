@@ -689,3 +689,44 @@ fn run_now_min_gap_defaults_to_10s_takes_a_duration_and_0s_turns_it_off() {
         "{error}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_next_run_gauge_is_the_planned_start_of_the_next_scheduled_run() {
+    // Saturday 2027-03-27 12:00 UTC; a cron probe in Paris and an interval probe.
+    let wall = Utc.with_ymd_and_hms(2027, 3, 27, 12, 0, 0).unwrap();
+    let harness = start(
+        "probes:\n  - {name: nightly, url: 'http://127.0.0.1:1/', schedule: '30 2 * * *', timezone: Europe/Paris, timeout: 10s}\n  - {name: often, url: 'http://127.0.0.1:1/', interval: 10s, timeout: 1s}\n",
+        wall,
+        Duration::from_millis(1),
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let next_of = |name: &str| {
+        common::Scrape::parse(&harness.metrics.encode()).value(
+            "webhook_probe_next_run_timestamp_seconds",
+            &[("probe", name)],
+        )
+    };
+    // 02:30 does not exist on the 28th: 03:00 CEST = 01:00 UTC.
+    let first = Utc.with_ymd_and_hms(2027, 3, 28, 1, 0, 0).unwrap();
+    assert_eq!(next_of("nightly"), Some(first.timestamp() as f64));
+    let offset = phase_offset("often", Duration::from_secs(10)).as_secs_f64();
+    let planned = next_of("often").unwrap();
+    assert!(
+        (planned - (wall.timestamp() as f64 + offset)).abs() < 1e-6,
+        "{planned} vs offset {offset}"
+    );
+    // After the interval probe ran, the gauge moved to the start of the call after it.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let starts = starts_of(&harness.calls, "often");
+    let last = starts.last().unwrap();
+    let planned = next_of("often").unwrap();
+    let expected = (*last + chrono::TimeDelta::seconds(10)).timestamp_micros() as f64 / 1e6;
+    assert!((planned - expected).abs() < 0.01, "{planned} vs {expected}");
+    tokio::time::sleep(Duration::from_secs(14 * 3600)).await;
+    let second = Utc.with_ymd_and_hms(2027, 3, 29, 0, 30, 0).unwrap();
+    assert_eq!(starts_of(&harness.calls, "nightly"), vec![first]);
+    assert_eq!(next_of("nightly"), Some(second.timestamp() as f64));
+    harness.scheduler.shutdown().await;
+    // Stopped: no next run.
+    assert_eq!(next_of("nightly"), None);
+}

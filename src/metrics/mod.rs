@@ -280,6 +280,15 @@ pub(crate) const PROBE_FAMILIES: &[ProbeFamily] = &[
         ),
         write: text::probe_info,
     },
+    ProbeFamily {
+        def: def(
+            "webhook_probe_next_run_timestamp_seconds",
+            Kind::Gauge,
+            "Planned start of the next scheduled run (Unix time); absent when none is planned.",
+            &[],
+        ),
+        write: text::next_run,
+    },
 ];
 
 /// Git revision and compiler, filled in by `build.rs`.

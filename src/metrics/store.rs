@@ -104,6 +104,11 @@ impl ProbeMetrics {
         lock(&self.values).skipped += 1;
     }
 
+    /// Sets the planned start of the next scheduled run (`None`: none planned).
+    pub(crate) fn set_next_run(&self, next: Option<SystemTime>) {
+        lock(&self.values).next_run = next.map(unix_seconds);
+    }
+
     /// Records a finished run.
     pub(super) fn record(&self, outcome: &Outcome) {
         let finished = unix_seconds(outcome.finished_at);
@@ -180,6 +185,8 @@ pub(super) struct ProbeValues {
     pub(super) buckets: Vec<u64>,
     pub(super) sum: f64,
     pub(super) count: u64,
+    /// Planned start of the next scheduled run (Unix time), `None` when none is planned.
+    pub(super) next_run: Option<f64>,
 }
 
 /// What the last run showed.

@@ -207,6 +207,12 @@ pub(super) fn probe_info(out: &mut String, family: &FamilyDef, _: &Rendering, ro
     sample(out, family, "", &row.labels, &row.probe.info_labels, 1);
 }
 
+pub(super) fn next_run(out: &mut String, family: &FamilyDef, _: &Rendering, row: &Row) {
+    if let Some(at) = row.values.next_run {
+        sample(out, family, "", &row.labels, "", at);
+    }
+}
+
 /// Size of the pieces `/metrics` is written in: memory stays bounded whatever the probe
 /// count, and no piece is large enough for the allocator to keep it around.
 const CHUNK_BYTES: usize = 64 * 1024;

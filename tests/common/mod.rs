@@ -40,6 +40,8 @@ struct Calls {
     last_query: Mutex<Option<String>>,
     last_headers: Mutex<Option<HeaderMap>>,
     last_body: Mutex<Option<Vec<u8>>>,
+    /// When the last call arrived.
+    last_call_at: Mutex<Option<std::time::SystemTime>>,
 }
 
 impl FakeDivalto {
@@ -78,6 +80,12 @@ impl FakeDivalto {
         self.calls.last_query.lock().unwrap().clone()
     }
 
+    /// When the last call arrived (wall clock).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn last_call_at(&self) -> Option<std::time::SystemTime> {
+        *self.calls.last_call_at.lock().unwrap()
+    }
+
     /// The headers of the last call.
     pub fn last_headers(&self) -> Option<HeaderMap> {
         self.calls.last_headers.lock().unwrap().clone()
@@ -106,6 +114,7 @@ async fn webhook(
     body: axum::body::Bytes,
 ) -> Response {
     *calls.last_body.lock().unwrap() = Some(body.to_vec());
+    *calls.last_call_at.lock().unwrap() = Some(std::time::SystemTime::now());
     let call = calls.total.fetch_add(1, Ordering::SeqCst);
     *calls
         .by_code
