@@ -569,3 +569,15 @@ fn a_rotated_password_file_changes_the_probe_for_the_reload_diff() {
     assert!(!before.same_settings(&after));
     assert!(!format!("{after:?}").contains("second"), "{after:?}");
 }
+
+#[test]
+fn a_problem_of_the_defaults_is_reported_once_not_once_per_probe() {
+    let text = "defaults:\n  body: a\n  json: {b: 1}\nprobes:\n  - {name: one, url: http://127.0.0.1:1/}\n  - {name: two, url: http://127.0.0.1:1/}\n  - {name: three, url: http://127.0.0.1:1/}\n";
+    let errors = config::parse(Path::new("test.yaml"), text).unwrap_err().0;
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    assert!(
+        messages[0].contains("has both body and json"),
+        "{messages:#?}"
+    );
+}

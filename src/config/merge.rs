@@ -12,7 +12,7 @@ use url::Url;
 
 use super::raw::{RawAuthorization, RawBasicAuth, RawExpect, RawProbe, RawServer, RawTls};
 use super::scalars::{
-    DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut,
+    DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut, shown,
 };
 use super::validate::{Errors, ProbeContext};
 use super::{Expect, ProxyConfig, ProxyEndpoint, RequestBody, TlsFile, TlsServerName, TlsSettings};
@@ -405,6 +405,17 @@ impl RawBody {
 }
 
 impl ProbeContext<'_> {
+    /// Who a problem of layer `index` (0: the probe, 1: its server, 2: the defaults) belongs
+    /// to: a server's or the defaults' problem names that block, so it reads (and is
+    /// reported, see [`Errors::at_once`]) once for all the probes sharing it.
+    fn layer_label(&self, index: usize, raw: &RawProbe) -> String {
+        match (index, &raw.server) {
+            (0, _) => self.label(),
+            (1, Some(server)) => format!("servers.{}", shown(&server.value)),
+            _ => "defaults".to_owned(),
+        }
+    }
+
     /// The request body: the most specific layer setting one of `body`, `body_file`, `json`
     /// gives it whole; two of them in that layer is an error at the second. `Err` after an
     /// error was recorded.
@@ -426,22 +437,15 @@ impl ProbeContext<'_> {
         };
         let empty = RawBody::default();
         let layers = [&probe, server.map_or(&empty, |s| &s.body), &defaults];
-        let Some(layer) = layers.iter().find(|l| !l.keys().is_empty()) else {
+        let Some(index) = layers.iter().position(|l| !l.keys().is_empty()) else {
             return Ok(None);
         };
-        let label = self.label();
+        let layer = layers[index];
+        let label = self.layer_label(index, raw);
         let keys = layer.keys();
         if let [(first, _), (second, at), ..] = keys[..] {
             let message = format!("{label}: has both {first} and {second}; keep one");
-            let location = super::Location::of(at);
-            // A defaults or server layer is shared: say it once, not once per probe.
-            if !errors
-                .list
-                .iter()
-                .any(|e| e.message == message && e.location == location)
-            {
-                errors.at(at, message);
-            }
+            errors.at_once(at, message);
             return Err(());
         }
         if let Some(text) = &layer.body {
@@ -502,19 +506,13 @@ impl ProbeContext<'_> {
                 self.defaults.authorization.as_ref(),
             ),
         ];
-        let Some(&(basic, bearer)) = layers.iter().find(|(b, a)| b.is_some() || a.is_some()) else {
+        let Some(index) = layers.iter().position(|(b, a)| b.is_some() || a.is_some()) else {
             return Ok(None);
         };
-        let label = self.label();
+        let (basic, bearer) = layers[index];
+        let label = self.layer_label(index, raw);
         let mut fail = |at: Location, message: String| {
-            let location = super::Location::of(at);
-            if !errors
-                .list
-                .iter()
-                .any(|e| e.message == message && e.location == location)
-            {
-                errors.at(at, message);
-            }
+            errors.at_once(at, message);
             Err(())
         };
         let key = if basic.is_some() {

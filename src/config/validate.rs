@@ -47,6 +47,22 @@ impl Errors<'_> {
             message: cut(&message, MAX_MESSAGE_CHARS).into_owned(),
         });
     }
+
+    /// Like [`Errors::at`], but a problem already reported at this place with this message
+    /// is not reported again: a defaults or server layer is shared by many probes, and its
+    /// problem is said once, not once per probe.
+    pub(super) fn at_once(&mut self, location: Location, message: impl Into<String>) {
+        let message = message.into();
+        let shown = cut(&message, MAX_MESSAGE_CHARS);
+        let place = super::Location::of(location);
+        if !self
+            .list
+            .iter()
+            .any(|e| e.location == place && e.message == shown)
+        {
+            self.at(location, message);
+        }
+    }
 }
 
 /// YAML nodes (mappings, sequences, scalars) one probe may take on average within the
