@@ -610,6 +610,30 @@ async fn a_json_body_is_sent_as_json_unless_a_header_sets_the_type() {
 }
 
 #[tokio::test]
+async fn variables_in_the_strings_of_a_json_body_are_expanded_and_an_unset_one_is_an_error() {
+    // SAFETY: set once, read by this test only.
+    unsafe { std::env::set_var("JSON_BODY_TEST_DOSSIER", "998") };
+    let fake = FakeDivalto::start().await;
+    let spec = divalto_spec(
+        &fake,
+        "ok",
+        "    method: POST\n    json: {dos: '${JSON_BODY_TEST_DOSSIER}', price: '$$5', n: 1, list: ['x${JSON_BODY_TEST_DOSSIER}']}",
+    );
+    assert!(probe::run(&spec).await.success);
+    let (body, _, _) = received(&fake);
+    assert_eq!(body, r#"{"dos":"998","price":"$5","n":1,"list":["x998"]}"#);
+
+    let text = "probes:\n  - name: p\n    url: http://127.0.0.1:1/\n    json: {a: {b: '${JSON_BODY_TEST_UNSET}'}}\n";
+    let error = config::parse(Path::new("test.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("test.yaml:4:11: probes[0] \"p\".json: a.b: environment variable JSON_BODY_TEST_UNSET is not set"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn a_body_file_is_read_relative_to_the_config_and_a_probe_replaces_the_defaults_body() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("body.xml"), "<evt code=\"1102\"/>").unwrap();
@@ -758,6 +782,36 @@ async fn basic_auth_and_authorization_are_sent_inline_or_from_a_file() {
         .await
         .as_deref(),
         Some("Token no_secret_f")
+    );
+}
+
+#[test]
+fn a_password_in_the_url_and_credentials_on_the_same_probe_are_a_config_error() {
+    let text = "probes:\n  - name: p\n    url: http://u:no_secret_u@127.0.0.1:1/\n    basic_auth: {username: u, password: no_secret_b}\n";
+    let error = config::parse(Path::new("test.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("test.yaml:3:10: probes[0] \"p\": the url holds user:password@ and basic_auth is set too; keep one"),
+        "{error}"
+    );
+    assert!(!error.contains("no_secret"), "{error}");
+}
+
+#[tokio::test]
+async fn a_password_in_the_url_wins_over_credentials_of_the_defaults() {
+    let fake = FakeDivalto::start().await;
+    let text = format!(
+        "defaults:\n  authorization: {{credentials: no_secret_default}}\nprobes:\n  - name: p\n    url: http://probe:no_secret_u@{}/erp/api/v1/WebHook/X-ok\n",
+        fake.address
+    );
+    let config = config::parse(Path::new("test.yaml"), &text).unwrap();
+    assert!(probe::run(&config.probes[0]).await.success);
+    let sent = fake.last_headers().unwrap();
+    // base64 of "probe:no_secret_u"
+    assert_eq!(
+        sent.get("authorization").unwrap(),
+        "Basic cHJvYmU6bm9fc2VjcmV0X3U="
     );
 }
 

@@ -455,7 +455,10 @@ impl ProbeContext<'_> {
             )));
         }
         if let Some(json) = &layer.json {
-            let bytes = serde_json::to_vec(&json.value).map_err(|e| {
+            let expanded = expand_json_strings(&json.value, "").map_err(|e| {
+                errors.at(json.referenced, format!("{label}.json: {e}"));
+            })?;
+            let bytes = serde_json::to_vec(&expanded).map_err(|e| {
                 errors.at(
                     json.referenced,
                     format!("{label}.json: cannot be written as JSON ({e})"),
@@ -592,4 +595,40 @@ impl ProbeContext<'_> {
             ),
         }
     }
+}
+
+/// `value` with `${VAR}` expanded in every string value (keys stay as written), as in any
+/// other string of the config; `at` is the path of `value` inside the `json:` block, for
+/// the message of an unset variable.
+fn expand_json_strings(value: &serde_json::Value, at: &str) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    let inside = |key: &str| {
+        if at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    Ok(match value {
+        Value::String(text) => Value::String(super::scalars::expand_env(text).map_err(|e| {
+            if at.is_empty() {
+                e
+            } else {
+                format!("{at}: {e}")
+            }
+        })?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| expand_json_strings(item, &format!("{at}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, item)| Ok((key.clone(), expand_json_strings(item, &inside(key))?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
 }

@@ -428,6 +428,21 @@ impl ProbeContext<'_> {
         let credentials = self
             .credentials(&raw, server_raw, &headers, at, errors)
             .ok()?;
+        if target.basic_auth.is_some()
+            && let Some(url) = &raw.url
+        {
+            let key = match (&raw.basic_auth, &raw.authorization) {
+                (Some(_), _) => Some("basic_auth"),
+                (None, Some(_)) => Some("authorization"),
+                (None, None) => None,
+            };
+            if let Some(key) = key {
+                errors.at(
+                    url.referenced,
+                    format!("{label}: the url holds user:password@ and {key} is set too; keep one"),
+                );
+            }
+        }
 
         if errors.list.len() > before {
             return None;

@@ -285,13 +285,15 @@ fn build_request(
     if let Some(credentials) = proxy.and_then(|p| p.authorization.as_ref()) {
         headers.insert(PROXY_AUTHORIZATION, credentials.clone());
     }
-    // Credentials, from the URL or configured headers: never sent to another origin. A
-    // configured `Authorization` wins over the URL's.
+    // Credentials, configured or from the URL: never sent to another origin. The URL's
+    // `user:password@` is the probe's own, so it wins over `basic_auth`/`authorization`
+    // inherited from the server or the defaults (the probe setting both is a config error);
+    // a configured `Authorization` header wins over both.
     if same_origin {
-        if let Some(credentials) = &spec.target.basic_auth {
+        if let Some(credentials) = &spec.credentials {
             headers.insert(AUTHORIZATION, credentials.clone());
         }
-        if let Some(credentials) = &spec.credentials {
+        if let Some(credentials) = &spec.target.basic_auth {
             headers.insert(AUTHORIZATION, credentials.clone());
         }
         for (name, value) in &spec.headers {

@@ -39,6 +39,8 @@ struct Calls {
     by_code: Mutex<HashMap<String, u64>>,
     last_query: Mutex<Option<String>>,
     last_headers: Mutex<Option<HeaderMap>>,
+    /// The headers of the last call for each code.
+    headers_by_code: Mutex<HashMap<String, HeaderMap>>,
     last_body: Mutex<Option<Vec<u8>>>,
     /// When the last call arrived.
     last_call_at: Mutex<Option<std::time::SystemTime>>,
@@ -91,6 +93,16 @@ impl FakeDivalto {
         self.calls.last_headers.lock().unwrap().clone()
     }
 
+    /// The headers of the last call for a code ending in `suffix`.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn last_headers_for(&self, suffix: &str) -> Option<HeaderMap> {
+        let by_code = self.calls.headers_by_code.lock().unwrap();
+        by_code
+            .iter()
+            .find(|(code, _)| code.ends_with(suffix))
+            .map(|(_, headers)| headers.clone())
+    }
+
     /// The request body of the last call.
     pub fn last_body(&self) -> Option<Vec<u8>> {
         self.calls.last_body.lock().unwrap().clone()
@@ -123,6 +135,11 @@ async fn webhook(
         .entry(code.clone())
         .or_default() += 1;
     *calls.last_query.lock().unwrap() = query;
+    calls
+        .headers_by_code
+        .lock()
+        .unwrap()
+        .insert(code.clone(), headers.clone());
     *calls.last_headers.lock().unwrap() = Some(headers);
     let behaviour = code.rsplit('-').next().unwrap_or_default();
     match behaviour {
