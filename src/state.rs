@@ -78,6 +78,74 @@ impl Probes {
         // The set's lock is released before any probe's is taken.
         self.all().iter().map(|probe| probe.view(history)).collect()
     }
+
+    /// The probes `filter` keeps, by name: how many there are, and the views of those from
+    /// `offset` on (at most `limit`), each with at most `history` past results (`None`:
+    /// none, and no `history` field). Only the views of the page are built, so a small page
+    /// of a large set costs little.
+    pub fn select(
+        &self,
+        filter: &ProbeFilter,
+        offset: usize,
+        limit: usize,
+        history: Option<usize>,
+    ) -> (usize, Vec<ProbeView>) {
+        let matching: Vec<Arc<ProbeState>> = self
+            .all()
+            .into_iter()
+            .filter(|probe| filter.keeps(probe))
+            .collect();
+        let page = matching
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|probe| {
+                let mut view = probe.view(history.unwrap_or(0));
+                if history.is_none() {
+                    view.history = None;
+                }
+                view
+            })
+            .collect();
+        (matching.len(), page)
+    }
+}
+
+/// Where a probe stands, from its last result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The last run succeeded.
+    Ok,
+    /// The last run failed.
+    Failing,
+    /// No run yet.
+    Pending,
+}
+
+/// Which probes a list keeps: all the given conditions hold.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeFilter {
+    /// Only probes in this state.
+    pub health: Option<Health>,
+    /// Only probes of this server.
+    pub server: Option<String>,
+    /// Only probes whose name contains this, in any case.
+    pub name_contains: Option<String>,
+}
+
+impl ProbeFilter {
+    fn keeps(&self, probe: &ProbeState) -> bool {
+        let spec = &probe.spec;
+        self.server
+            .as_ref()
+            .is_none_or(|server| spec.server.as_ref() == Some(server))
+            && self.name_contains.as_ref().is_none_or(|part| {
+                spec.name
+                    .to_lowercase()
+                    .contains(part.to_lowercase().as_str())
+            })
+            && self.health.is_none_or(|health| probe.health() == health)
+    }
 }
 
 /// Live state of one probe, shared by its timer, its runs and the read side.
@@ -201,6 +269,15 @@ impl ProbeState {
         };
     }
 
+    /// Where the probe stands, from its last result.
+    pub fn health(&self) -> Health {
+        match lock(&self.history).last() {
+            None => Health::Pending,
+            Some(record) if record.success() => Health::Ok,
+            Some(_) => Health::Failing,
+        }
+    }
+
     /// The view of this probe, with at most `history` past results.
     pub fn view(&self, history: usize) -> ProbeView {
         let spec = &self.spec;
@@ -236,7 +313,7 @@ impl ProbeState {
             next_run: self.next_run(),
             consecutive_failures,
             last_result,
-            history: results,
+            history: Some(results),
             last_failure,
         }
     }
@@ -331,8 +408,9 @@ pub struct ProbeView {
     pub consecutive_failures: usize,
     /// The last result, with its connection's TLS and HTTP version.
     pub last_result: Option<ResultView>,
-    /// Past results, oldest first.
-    pub history: Vec<ResultView>,
+    /// Past results, oldest first; `None` when not asked for (the list's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<ResultView>>,
     /// The most recent failure within all kept results (the status page shows it while the
     /// probe is up again); not part of the API's answer.
     #[serde(skip)]

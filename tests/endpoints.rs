@@ -1203,7 +1203,7 @@ async fn the_router_serves_from_its_handles_without_the_app() {
         (&serde_json::json!(true), &serde_json::json!("stub OK"))
     );
 
-    let after = request("GET", "/api/v1/probes").await.unwrap();
+    let after = request("GET", "/api/v1/probes?history=5").await.unwrap();
     let list: serde_json::Value = serde_json::from_str(&after.body).unwrap();
     assert_eq!(list["probes"][0]["last_result"]["message"], "stub OK");
     assert_eq!(list["probes"][0]["history"].as_array().unwrap().len(), 1);

@@ -378,7 +378,7 @@ fn the_api_lists_shows_and_runs_configured_probes_only() {
         assert!(result["finished_at"].as_str().is_some());
     }
 
-    let (status, list) = exporter.get("/api/v1/probes");
+    let (status, list) = exporter.get("/api/v1/probes?history=100");
     assert_eq!(status, 200);
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     let probe = list["probes"]
@@ -771,4 +771,105 @@ fn two_hundred_reloads_leave_series_and_memory_at_their_starting_level() {
 fn base64_encode(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// `GET /api/v1/probes` with its query parameters, parsed; panics unless it answers 200.
+fn api_list(exporter: &Exporter, query: &str) -> serde_json::Value {
+    let (status, body) = exporter.get(&format!("/api/v1/probes{query}"));
+    assert_eq!(status, 200, "{query}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn names(list: &serde_json::Value) -> Vec<String> {
+    list["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_probe_list_has_no_history_unless_asked_and_filters_and_pages() {
+    let fake = fake();
+    let text = format!(
+        "servers:\n  a: {{base_url: \"{base}\"}}\n  b: {{base_url: \"{base}\"}}\nprobes:\n\
+         {a}\
+         \x20 - {{name: b-fails, server: b, code: \"{SECRET_CODE}-http400\", interval: 1s, timeout: 500ms}}\n\
+         \x20 - {{name: b-never, server: b, code: \"{SECRET_CODE}-ok\", schedule: '0 0 1 1 *', timeout: 5s}}\n",
+        base = fake.server.base_url(),
+        a = (1..=4)
+            .map(|i| format!(
+                "  - {{name: a-ok-{i}, server: a, code: \"{SECRET_CODE}-ok\", interval: 1s, timeout: 500ms}}\n"
+            ))
+            .collect::<String>(),
+    );
+    let (_dir, path) = common::write_config(&text);
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    // Two runs of every interval probe, so a history exists.
+    wait_for_api(&exporter, "a run of each interval probe", |probes| {
+        probes
+            .iter()
+            .filter(|p| p["name"] != "b-never")
+            .all(|p| p["last_result"].is_object())
+    });
+    exporter.wait_for(Duration::from_secs(15), "two runs each", |s| {
+        ["a-ok-1", "a-ok-2", "a-ok-3", "a-ok-4", "b-fails"]
+            .iter()
+            .all(|p| runs(s, p) >= 2.0)
+    });
+
+    let all = api_list(&exporter, "");
+    assert_eq!(all["total"], 6);
+    assert_eq!(names(&all).len(), 6);
+    for probe in all["probes"].as_array().unwrap() {
+        assert!(
+            probe.get("history").is_none(),
+            "history without ?history: {probe}"
+        );
+        assert!(probe.get("name").is_some());
+    }
+    let with_history = api_list(&exporter, "?history=1");
+    for probe in with_history["probes"].as_array().unwrap() {
+        let expected = if probe["name"] == "b-never" { 0 } else { 1 };
+        assert_eq!(
+            probe["history"].as_array().unwrap().len(),
+            expected,
+            "{probe}"
+        );
+    }
+    // One probe answers its whole history.
+    let (_, one) = exporter.get("/api/v1/probes/a-ok-1");
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert!(one["history"].as_array().unwrap().len() >= 2, "{one}");
+
+    assert_eq!(names(&api_list(&exporter, "?state=failing")), ["b-fails"]);
+    assert_eq!(names(&api_list(&exporter, "?state=pending")), ["b-never"]);
+    assert_eq!(
+        names(&api_list(&exporter, "?state=ok")),
+        ["a-ok-1", "a-ok-2", "a-ok-3", "a-ok-4"]
+    );
+    assert_eq!(
+        names(&api_list(&exporter, "?server=b")),
+        ["b-fails", "b-never"]
+    );
+    assert_eq!(names(&api_list(&exporter, "?q=OK-3")), ["a-ok-3"]);
+    let page = api_list(&exporter, "?server=a&offset=1&limit=2");
+    assert_eq!(names(&page), ["a-ok-2", "a-ok-3"]);
+    assert_eq!((&page["total"], &page["offset"]), (&4.into(), &1.into()));
+    assert!(names(&api_list(&exporter, "?offset=100")).is_empty());
+
+    let (status, body) = exporter.get("/api/v1/probes?state=sideways");
+    assert_eq!(status, 400, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("state: expected one of failing, ok, pending"),
+        "{body}"
+    );
+    let (status, body) = exporter.get("/api/v1/probes?history=lots");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
 }

@@ -483,6 +483,7 @@ async fn a_run_that_panics_is_an_other_failure_and_the_probe_keeps_its_schedule(
     let message = state
         .view(usize::MAX)
         .history
+        .unwrap()
         .iter()
         .find(|r| !r.success)
         .map(|r| r.message.clone())

@@ -1,19 +1,66 @@
-//! The JSON API: probes with their schedule, next run, last result and recent history, and
-//! on-demand runs of configured probes (never of a target taken from the request).
+//! The JSON API: probes with their schedule, next run, last result (and, when asked, their
+//! recent history), filtered and paged; and on-demand runs of configured probes (never of a
+//! target taken from the request).
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Handles;
-use crate::state::{ProbeView, RunNowError};
+use crate::state::{Health, ProbeFilter, ProbeView, RunNowError};
 
-/// `?history=N`: how many past results to include (default: all kept).
+/// `?history=N` on one probe: how many past results to include (default: all kept).
 #[derive(Deserialize)]
 pub struct HistoryQuery {
     history: Option<usize>,
+}
+
+/// The query of `GET /api/v1/probes`: no history unless `history=N` asks for it (at 10,000
+/// probes the histories are most of the answer), filters, and a page of the result.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// Past results per probe; absent: none.
+    history: Option<usize>,
+    /// `failing`, `ok` or `pending`.
+    #[serde(default, deserialize_with = "health")]
+    state: Option<Health>,
+    /// Only the probes of this server.
+    server: Option<String>,
+    /// Only the probes whose name contains this, in any case.
+    q: Option<String>,
+    /// Skip this many matching probes (by name).
+    #[serde(default)]
+    offset: usize,
+    /// At most this many probes.
+    limit: Option<usize>,
+}
+
+/// `state=` with the accepted values in the message (serde's own names the enum's variants
+/// in their Rust spelling).
+fn health<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Health>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.as_str() {
+        "failing" => Ok(Some(Health::Failing)),
+        "ok" => Ok(Some(Health::Ok)),
+        "pending" => Ok(Some(Health::Pending)),
+        _ => Err(serde::de::Error::custom(
+            "state: expected one of failing, ok, pending",
+        )),
+    }
+}
+
+/// The answer of `GET /api/v1/probes`, serialized straight into the body.
+#[derive(Serialize)]
+struct ProbeList {
+    /// Probes matching the filters, all pages together.
+    total: usize,
+    /// Where this page starts among them.
+    offset: usize,
+    /// This page, by name.
+    probes: Vec<ProbeView>,
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -24,22 +71,49 @@ fn unknown(name: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("unknown probe \"{name}\""))
 }
 
+/// A query string that does not parse: 400 with the reason, as JSON like every other error.
+fn bad_query(rejection: QueryRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, rejection.body_text())
+}
+
 /// `GET /api/v1/probes`.
 pub async fn list(
     State(handles): State<Handles>,
-    Query(query): Query<HistoryQuery>,
-) -> Json<serde_json::Value> {
-    let limit = query.history.unwrap_or(usize::MAX);
-    let probes: Vec<ProbeView> = handles.probes.list(limit);
-    Json(serde_json::json!({ "probes": probes }))
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
+    let filter = ProbeFilter {
+        health: query.state,
+        server: query.server,
+        name_contains: query.q.filter(|q| !q.is_empty()),
+    };
+    let (total, probes) = handles.probes.select(
+        &filter,
+        query.offset,
+        query.limit.unwrap_or(usize::MAX),
+        query.history,
+    );
+    Json(ProbeList {
+        total,
+        offset: query.offset,
+        probes,
+    })
+    .into_response()
 }
 
 /// `GET /api/v1/probes/{name}`.
 pub async fn show(
     State(handles): State<Handles>,
     Path(name): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
     let limit = query.history.unwrap_or(usize::MAX);
     match handles.probes.view(&name, limit) {
         Some(probe) => Json(probe).into_response(),

@@ -256,7 +256,7 @@ impl Row {
             }),
             consecutive_failures: probe.consecutive_failures,
             next_run: probe.next_run.map(|t| Stamp::new(t, now)),
-            chart: Chart::new(&probe.history),
+            chart: Chart::new(probe.history.as_deref().unwrap_or_default()),
             name: probe.name,
             server: probe.server,
             url: probe.url,
