@@ -277,6 +277,8 @@ def measure_exporter(workdir, nginx_port, nginx_log, probes, rate, warmup, windo
     _, elapsed_gzip, size_gzip = exporter.metrics(gzip_ok=True)
     result.update(render_s=min(renders), render_gzip_s=elapsed_gzip, size_plain=size_plain, size_gzip=size_gzip,
                   series=sum(1 for l in plain.splitlines() if l and not l.startswith("#")))
+    result["surfaces"] = measure_surfaces(exporter)
+    result["healthy_under_load"] = healthy_under_load(exporter)
     # Reload of N probes: one probe changed.
     config_path.write_text(config_text.replace("webhook-00000, server: nginx", "webhook-00000, timeout: 400ms, server: nginx"))
     started = time.perf_counter()
@@ -285,6 +287,56 @@ def measure_exporter(workdir, nginx_port, nginx_log, probes, rate, warmup, windo
     result["reload_answer"] = body.decode().strip()
     exporter.stop()
     return result
+
+
+SURFACES = ["/", "/status.json", "/api/v1/probes", "/api/v1/probes?history=100",
+            "/api/v1/probes?state=failing", "/metrics"]
+
+
+def measure_surfaces(exporter):
+    """Size and fastest of three fetches of each HTTP surface (plain and gzip)."""
+    out = {}
+    for path in SURFACES:
+        for gzip_ok in (False, True):
+            headers = {"Accept-Encoding": "gzip"} if gzip_ok else {}
+            times, size = [], 0
+            for _ in range(3):
+                started = time.perf_counter()
+                _, _, body = request(exporter.port, "GET", path, headers)
+                times.append(time.perf_counter() - started)
+                size = len(body)
+            out[(path, gzip_ok)] = (min(times), size)
+    return out
+
+
+def healthy_under_load(exporter, seconds=10):
+    """Latency of GET /-/healthy every 20 ms while two clients fetch the status page, its
+    JSON, the API with histories and /metrics in a loop (what one open page and one click on
+    "JSON API" do to everyone else)."""
+    stop = threading.Event()
+    heavy = ["/", "/status.json", "/api/v1/probes?history=100", "/metrics"]
+
+    def load(offset):
+        i = offset
+        while not stop.is_set():
+            request(exporter.port, "GET", heavy[i % len(heavy)])
+            i += 1
+
+    threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(2)]
+    for t in threads:
+        t.start()
+    latencies = []
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        started = time.perf_counter()
+        request(exporter.port, "GET", "/-/healthy")
+        latencies.append(time.perf_counter() - started)
+        time.sleep(0.02)
+    stop.set()
+    for t in threads:
+        t.join()
+    return {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "max": max(latencies),
+            "samples": len(latencies)}
 
 
 def drive_blackbox(port, target, rate, duration, stats):
@@ -422,6 +474,11 @@ def main():
                 print(f"  memory                RSS {r['rss_kib'] / 1024:.1f} MiB, peak {r['peak_rss_kib'] / 1024:.1f} MiB")
                 print(f"  /metrics              {r['series']} series, {r['size_plain'] / 1024:.0f} KiB plain in "
                       f"{r['render_s'] * 1000:.1f} ms, {r['size_gzip'] / 1024:.0f} KiB gzip in {r['render_gzip_s'] * 1000:.1f} ms")
+                for (path, gzip_ok), (elapsed, size) in r["surfaces"].items():
+                    print(f"  {'GET ' + path + (' gzip' if gzip_ok else ''):<44} {size / 1024:>9.0f} KiB in {elapsed * 1000:7.1f} ms")
+                h = r["healthy_under_load"]
+                print(f"  /-/healthy under load p50 {fmt_ms(h['p50'])}, p99 {fmt_ms(h['p99'])}, max {fmt_ms(h['max'])} "
+                      f"({h['samples']} samples while 2 clients loop over the page, its JSON, the API with histories, /metrics)")
                 print(f"  reload                {r['reload_s'] * 1000:.0f} ms ({r['reload_answer']})")
             floor = wrk_floor(nginx_port)
             if floor:
