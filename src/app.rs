@@ -94,7 +94,7 @@ impl App {
         config: &Config,
         web_config_file: Option<PathBuf>,
         runner: Runner,
-        shards: Vec<tokio::runtime::Handle>,
+        runtimes: Vec<tokio::runtime::Handle>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StartError> {
         let web = web_config_file
@@ -107,7 +107,7 @@ impl App {
             runner,
             Clock::System,
             shutdown.child_token(),
-            shards,
+            runtimes,
         );
         scheduler.apply(config);
         metrics.config_loaded(true);

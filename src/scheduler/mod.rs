@@ -60,7 +60,7 @@ struct Shared {
     run_now_min_gap: Mutex<Duration>,
     /// Runtimes the probes are spread over (each probe always on the same one, so its timer,
     /// run and connection never wake another thread); empty: the current runtime.
-    shards: Vec<tokio::runtime::Handle>,
+    runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -70,11 +70,11 @@ impl Shared {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        if self.shards.is_empty() {
+        if self.runtimes.is_empty() {
             return self.tracker.spawn(work);
         }
-        let index = runtimes::shard_of(name, self.shards.len());
-        self.tracker.spawn_on(work, &self.shards[index])
+        let index = runtimes::runtime_of(name, self.runtimes.len());
+        self.tracker.spawn_on(work, &self.runtimes[index])
     }
 }
 
@@ -136,13 +136,13 @@ impl Scheduler {
         Self::on_runtimes(metrics, runner, clock, cancel, Vec::new())
     }
 
-    /// A scheduler spreading its probes over `shards` (see [`ProbeRuntimes`]).
+    /// A scheduler spreading its probes over `runtimes` (see [`ProbeRuntimes`]).
     pub fn on_runtimes(
         metrics: Arc<Metrics>,
         runner: Runner,
         clock: Clock,
         cancel: CancellationToken,
-        shards: Vec<tokio::runtime::Handle>,
+        runtimes: Vec<tokio::runtime::Handle>,
     ) -> Self {
         let shared = Arc::new(Shared {
             metrics,
@@ -151,7 +151,7 @@ impl Scheduler {
             tracker: TaskTracker::new(),
             slots: Mutex::default(),
             run_now_min_gap: Mutex::new(crate::config::DEFAULT_RUN_NOW_MIN_GAP),
-            shards,
+            runtimes,
         });
         Self {
             shared,
