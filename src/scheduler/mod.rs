@@ -179,12 +179,19 @@ impl Scheduler {
     /// A run in flight of a removed or changed probe completes and is recorded into its old,
     /// detached state, so it never resurrects removed series.
     pub fn apply(&self, config: &Config) -> ReloadSummary {
+        self.apply_where(config, &|_| true)
+    }
+
+    /// [`Scheduler::apply`] for the probes of `config` whose name `keep` accepts (this
+    /// replica's shard, [`crate::shard`]): the others are not scheduled, not counted and
+    /// have no series, as if they were not in the config.
+    pub fn apply_where(&self, config: &Config, keep: &dyn Fn(&str) -> bool) -> ReloadSummary {
         let metrics = &self.shared.metrics;
         self.update_slots(config);
         let mut summary = ReloadSummary::default();
         let mut probes = lock(&self.probes);
         let mut old = std::mem::take(&mut *probes);
-        for spec in &config.probes {
+        for spec in config.probes.iter().filter(|spec| keep(&spec.name)) {
             let entry = match old.remove(&spec.name) {
                 Some(entry)
                     if entry.state.spec.same_settings(spec)

@@ -3,7 +3,7 @@
 //! `/metrics` parsed by a real exposition parser.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,9 @@ struct Calls {
     last_body: Mutex<Option<Vec<u8>>>,
     /// When the last call arrived.
     last_call_at: Mutex<Option<std::time::SystemTime>>,
+    /// By code, the `X-Replica` header values of its calls (which exporter called it, when
+    /// several share one config and each sets the header from its environment).
+    replicas_by_code: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl FakeDivalto {
@@ -73,6 +76,22 @@ impl FakeDivalto {
             .filter(|(code, _)| code.ends_with(behaviour))
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Every code called so far, with its number of calls.
+    pub fn calls_by_code(&self) -> HashMap<String, u64> {
+        self.calls.by_code.lock().unwrap().clone()
+    }
+
+    /// The `X-Replica` values the calls of `code` carried (`-` for a call without one).
+    pub fn replicas_calling(&self, code: &str) -> BTreeSet<String> {
+        self.calls
+            .replicas_by_code
+            .lock()
+            .unwrap()
+            .get(code)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The query string of the last call.
@@ -122,6 +141,18 @@ async fn webhook(
         .unwrap()
         .entry(code.clone())
         .or_default() += 1;
+    let replica = headers
+        .get("x-replica")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    calls
+        .replicas_by_code
+        .lock()
+        .unwrap()
+        .entry(code.clone())
+        .or_default()
+        .insert(replica);
     *calls.last_query.lock().unwrap() = query;
     *calls.last_headers.lock().unwrap() = Some(headers);
     let behaviour = code.rsplit('-').next().unwrap_or_default();
