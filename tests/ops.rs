@@ -61,6 +61,15 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[
         "absent() is empty while the exporter is a target, which it is throughout the test",
     ),
     (
+        "alert WebhookProbeRunByTwoReplicas",
+        "needs one probe exported by two replicas; the scenario's exporters share no probe",
+    ),
+    (
+        "alert WebhookExporterShardMissing",
+        "needs a sharded job with a shard down; the scenario's exporters are unsharded (shard 0 \
+         of 1 each)",
+    ),
+    (
         "annotation \"Exporter restarts\"",
         "the exporter is not restarted in this scenario (a restart would change its port, \
          hence its instance)",
