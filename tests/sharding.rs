@@ -255,11 +255,14 @@ fn an_unsharded_exporter_is_shard_0_of_1_and_runs_every_probe() {
     assert_eq!(probes_on(&scrape).len(), 5);
 }
 
+/// Flags, environment, and a part of the message expected.
+type UsageCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_shard_flags_are_usage_errors_with_a_message_saying_the_fix() {
     let (_dir, config) = common::write_config("probes: []\n");
     let config_flag = format!("--config.file={}", config.display());
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[UsageCase] = &[
         (
             &["--shard.count=3", "--shard.index=3"],
             &[],
