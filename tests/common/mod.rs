@@ -42,9 +42,10 @@ struct Calls {
     last_body: Mutex<Option<Vec<u8>>>,
     /// When the last call arrived.
     last_call_at: Mutex<Option<std::time::SystemTime>>,
-    /// By code, the `X-Replica` header values of its calls (which exporter called it, when
-    /// several share one config and each sets the header from its environment).
-    replicas_by_code: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// By code, the `X-Replica` header value of each of its calls in arrival order (which
+    /// exporter called it, when several share one config and each sets the header from its
+    /// environment).
+    replicas_by_code: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl FakeDivalto {
@@ -85,6 +86,11 @@ impl FakeDivalto {
 
     /// The `X-Replica` values the calls of `code` carried (`-` for a call without one).
     pub fn replicas_calling(&self, code: &str) -> BTreeSet<String> {
+        self.replica_sequence(code).into_iter().collect()
+    }
+
+    /// The `X-Replica` value of each call of `code`, in the order the calls arrived.
+    pub fn replica_sequence(&self, code: &str) -> Vec<String> {
         self.calls
             .replicas_by_code
             .lock()
@@ -152,7 +158,7 @@ async fn webhook(
         .unwrap()
         .entry(code.clone())
         .or_default()
-        .insert(replica);
+        .push(replica);
     *calls.last_query.lock().unwrap() = query;
     *calls.last_headers.lock().unwrap() = Some(headers);
     let behaviour = code.rsplit('-').next().unwrap_or_default();
