@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::scheduler::{Clock, ReloadSummary, Runner, Scheduler};
 use crate::server::auth::Auth;
 use crate::server::web_config::{WebConfig, WebConfigError};
+use crate::shard::{Placement, Shard};
 use crate::shutdown::Hangups;
 use crate::{demo, server, state, tls};
 
@@ -76,6 +77,8 @@ pub struct App {
     pub scheduler: Scheduler,
     /// Users allowed on the endpoints.
     pub auth: Arc<Auth>,
+    /// This replica's shard; the scheduler only ever gets the probes of it.
+    pub placement: Arc<Placement>,
     /// Headers the web config adds to every response.
     pub response_headers: Arc<server::ResponseHeaders>,
     /// TLS of the endpoints (reloaded in place), `None` for plain HTTP.
@@ -85,7 +88,8 @@ pub struct App {
 }
 
 impl App {
-    /// Starts the probes of `config` (already loaded from `source`) and reads the web config.
+    /// Starts the probes of `config` (already loaded from `source`) that `shard` runs, and
+    /// reads the web config.
     ///
     /// # Errors
     /// An invalid web config, or metrics that cannot be set up.
@@ -94,7 +98,8 @@ impl App {
         config: &Config,
         web_config_file: Option<PathBuf>,
         runner: Runner,
-        shards: Vec<tokio::runtime::Handle>,
+        runtimes: Vec<tokio::runtime::Handle>,
+        shard: Shard,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StartError> {
         let web = web_config_file
@@ -107,9 +112,12 @@ impl App {
             runner,
             Clock::System,
             shutdown.child_token(),
-            shards,
+            runtimes,
         );
-        scheduler.apply(config);
+        let placement = Arc::new(Placement::new(shard));
+        metrics.set_shard(shard.index(), shard.count());
+        scheduler.apply_where(config, &|name| placement.runs(name));
+        placement.remember(config);
         metrics.config_loaded(true);
         let auth = Arc::new(Auth::default());
         let response_headers = Arc::new(server::ResponseHeaders::default());
@@ -125,6 +133,7 @@ impl App {
             metrics,
             scheduler,
             auth,
+            placement,
             response_headers,
             tls,
             reload_lock: tokio::sync::Mutex::new(()),
@@ -157,6 +166,7 @@ impl App {
                 })
             }),
             auth: self.auth.clone(),
+            placement: self.placement.clone(),
             response_headers: self.response_headers.clone(),
         }
     }
@@ -194,7 +204,11 @@ impl App {
                 self.auth.set_users(web.users);
                 self.response_headers.set(web.headers);
             }
-            Ok(self.scheduler.apply(&config))
+            let summary = self
+                .scheduler
+                .apply_where(&config, &|name| self.placement.runs(name));
+            self.placement.remember(&config);
+            Ok(summary)
         });
         match &result {
             Ok(summary) => {
@@ -233,6 +247,8 @@ impl App {
         tracing::info!(
             address = %listener.local_addr()?,
             probes = app.scheduler.state().len(),
+            shard_index = app.placement.shard().index(),
+            shard_count = app.placement.shard().count(),
             tls = app.tls.is_some(),
             "webhook-exporter listening"
         );

@@ -33,13 +33,18 @@ pub const REVISION: &str = "revision";
 /// `rustc_version` of `webhook_exporter_build_info`.
 pub const RUSTC_VERSION: &str = "rustc_version";
 
+/// `index` of `webhook_exporter_shard_info`.
+pub const INDEX: &str = "index";
+/// `count` of `webhook_exporter_shard_info`.
+pub const COUNT: &str = "count";
+
 /// Label names Prometheus itself gives a meaning to: `quantile` (summaries), and `job` and
 /// `instance`, which it attaches to every scraped series.
 pub const PROMETHEUS: [&str; 3] = ["quantile", "job", "instance"];
 
 /// Every label name a static probe label must not take: those the families set, then
 /// Prometheus' own.
-pub const RESERVED: [&str; 16] = [
+pub const RESERVED: [&str; 18] = [
     PROBE,
     RESULT,
     REASON,
@@ -53,6 +58,8 @@ pub const RESERVED: [&str; 16] = [
     ISSUER,
     REVISION,
     RUSTC_VERSION,
+    INDEX,
+    COUNT,
     PROMETHEUS[0],
     PROMETHEUS[1],
     PROMETHEUS[2],

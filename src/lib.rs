@@ -10,6 +10,7 @@
 //! - [`state`]: the read model: each probe's live state behind methods, and owned views of it.
 //! - [`metrics`]: every metric name; records outcomes; renders `/metrics`.
 //! - [`history`]: the bounded ring buffer of recent outcomes per probe (inside [`state`]).
+//! - [`shard`]: which replica runs which probe (`--shard.*`): a stable hash of the name.
 //! - [`server`]: the HTTP endpoints (metrics, API, status page, reload) on narrow handles, auth and TLS.
 //! - [`demo`]: the embedded simulated Divalto server and its built-in config.
 //! - [`report`]: text for the `check-config` and `probe` subcommands.
@@ -39,6 +40,7 @@ pub mod report;
 pub mod schedule;
 pub mod scheduler;
 pub mod server;
+pub mod shard;
 pub mod shutdown;
 pub mod state;
 pub(crate) mod sync;

@@ -13,6 +13,7 @@ use webhook_exporter::app::{App, ConfigSource};
 use webhook_exporter::config::{self, DEFAULT_CONFIG_PATH};
 use webhook_exporter::logging::{self, LogFormat, LogLevel};
 use webhook_exporter::server::web_config::WebConfig;
+use webhook_exporter::shard::{self, Shard, ShardFlags};
 use webhook_exporter::shutdown::Hangups;
 use webhook_exporter::{ProbeRuntimes, demo, probe, report, scheduler};
 
@@ -53,6 +54,18 @@ struct Cli {
         default_value = "logfmt"
     )]
     log_format: LogFormat,
+    /// Replicas sharing this config: each runs the probes a stable hash of the name gives
+    /// its index (--shard.index or --shard.index-from-hostname); with check-config, prints
+    /// which replica runs each probe.
+    #[arg(long = "shard.count", global = true, value_name = "N")]
+    shard_count: Option<u32>,
+    /// This replica's index among --shard.count replicas, 0 to N-1.
+    #[arg(long = "shard.index", global = true, value_name = "I")]
+    shard_index: Option<u32>,
+    /// Take the index from the trailing -<number> of the host name ($HOSTNAME, else the
+    /// kernel's), as in the StatefulSet pod webhook-exporter-2.
+    #[arg(long = "shard.index-from-hostname", global = true)]
+    shard_index_from_hostname: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -89,6 +102,30 @@ fn usage_error(error: &clap::Error) -> ! {
         }
     }
     std::process::exit(error.exit_code())
+}
+
+/// This replica's shard from the `--shard.*` flags (unsharded without them); a bad
+/// combination is a usage error (exit code 2), for the commands that run probes on a
+/// schedule. `check-config` takes `--shard.count` alone, to print the split.
+fn shard_of(cli: &Cli) -> Shard {
+    let flags = ShardFlags {
+        count: cli.shard_count,
+        index: cli.shard_index,
+        index_from_hostname: cli.shard_index_from_hostname,
+    };
+    let checked = match cli.command {
+        Some(Command::CheckConfig) => match cli.shard_count {
+            Some(0) => Err(shard::ShardError::ZeroCount),
+            _ => Ok(Shard::UNSHARDED),
+        },
+        Some(Command::Probe { .. }) => Ok(Shard::UNSHARDED),
+        Some(Command::Demo) | None => flags.resolve(shard::host_name),
+    };
+    checked.unwrap_or_else(|error| {
+        usage_error(
+            &Cli::command().error(clap::error::ErrorKind::ArgumentConflict, error.to_string()),
+        )
+    })
 }
 
 /// The subcommand and `--config.file` of a command line clap refused, read leniently: a
@@ -158,16 +195,19 @@ fn main() -> ExitCode {
         Hangups::register()
     };
     let cli = Cli::parse();
+    let shard = shard_of(&cli);
     logging::init(cli.log_level, cli.log_format);
     logging::log_panics();
     runtime.block_on(async move {
         match cli.command {
-            Some(Command::CheckConfig) => {
-                check_config(&cli.config_file, cli.web_config_file.as_deref())
-            }
+            Some(Command::CheckConfig) => check_config(
+                &cli.config_file,
+                cli.web_config_file.as_deref(),
+                cli.shard_count,
+            ),
             Some(Command::Probe { ref name }) => run_probe(&cli.config_file, name).await,
-            Some(Command::Demo) => exit_code(run_demo(&cli, hangups).await),
-            None => exit_code(run_exporter(&cli, hangups).await),
+            Some(Command::Demo) => exit_code(run_demo(&cli, shard, hangups).await),
+            None => exit_code(run_exporter(&cli, shard, hangups).await),
         }
     })
 }
@@ -179,11 +219,19 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     })
 }
 
-/// `check-config`: the config, and the web config when one is given.
-fn check_config(path: &std::path::Path, web_config: Option<&std::path::Path>) -> ExitCode {
+/// `check-config`: the config, and the web config when one is given; with `shard_count`,
+/// which replica runs each probe.
+fn check_config(
+    path: &std::path::Path,
+    web_config: Option<&std::path::Path>,
+    shard_count: Option<u32>,
+) -> ExitCode {
     let mut code = match ConfigSource::File(path.to_owned()).load() {
         Ok(config) => {
             print!("{}", report::config_summary(&config, chrono::Utc::now()));
+            if let Some(count) = shard_count {
+                print!("{}", shard::assignment_report(&config, count));
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -269,7 +317,7 @@ fn bind(text: &str) -> anyhow::Result<std::net::TcpListener> {
     Err(error).with_context(|| format!("cannot listen on {address} (--web.listen-address {text})"))
 }
 
-async fn run_exporter(cli: &Cli, hangups: Hangups) -> anyhow::Result<ExitCode> {
+async fn run_exporter(cli: &Cli, shard: Shard, hangups: Hangups) -> anyhow::Result<ExitCode> {
     let source = ConfigSource::File(cli.config_file.clone());
     let config = match source.load() {
         Ok(config) => config,
@@ -280,10 +328,10 @@ async fn run_exporter(cli: &Cli, hangups: Hangups) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    serve(cli, source, &config, DEFAULT_LISTEN, hangups).await
+    serve(cli, source, &config, DEFAULT_LISTEN, shard, hangups).await
 }
 
-async fn run_demo(cli: &Cli, hangups: Hangups) -> anyhow::Result<ExitCode> {
+async fn run_demo(cli: &Cli, shard: Shard, hangups: Hangups) -> anyhow::Result<ExitCode> {
     let simulated = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot start the simulated Divalto server")?;
@@ -295,7 +343,7 @@ async fn run_demo(cli: &Cli, hangups: Hangups) -> anyhow::Result<ExitCode> {
         .load()
         .context("the built-in demo config is invalid")?;
     println!("webhook-exporter demo: simulated Divalto server on http://{simulated_address}");
-    let code = serve(cli, source, &config, "127.0.0.1:8916", hangups).await;
+    let code = serve(cli, source, &config, "127.0.0.1:8916", shard, hangups).await;
     stop_simulation.cancel();
     let _ = server.await;
     code
@@ -307,6 +355,7 @@ async fn serve(
     source: ConfigSource,
     config: &config::Config,
     default_listen: &str,
+    shard: Shard,
     hangups: Hangups,
 ) -> anyhow::Result<ExitCode> {
     let listener = bind(cli.listen_address.as_deref().unwrap_or(default_listen))?;
@@ -322,6 +371,7 @@ async fn serve(
         cli.web_config_file.clone(),
         scheduler::http_runner(),
         probe_runtimes.handles(),
+        shard,
         shutdown.clone(),
     ) {
         Ok(app) => app,

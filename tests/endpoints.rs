@@ -1175,6 +1175,7 @@ async fn the_router_serves_from_its_handles_without_the_app() {
             })
         }),
         auth: Default::default(),
+        placement: Default::default(),
         response_headers: Default::default(),
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,7 +1,9 @@
 //! The operational artifacts against the real thing: a real Prometheus scraping the real
 //! exporter evaluates every PromQL expression of the Grafana dashboard and of the alert rules
 //! (issue 6, part 6), and a real Alertmanager delivers the page for a webhook that starts
-//! failing, then the resolved notification when it recovers (part 7).
+//! failing, then the resolved notification when it recovers (part 7). Sharded replicas
+//! (issue 13): three, then four after a safe rolling scale-up, each webhook called by one
+//! replica only, and a lost replica raising the shard-missing alert.
 //!
 //! Prometheus, promtool and Alertmanager come from the Debian packages `prometheus` and
 //! `prometheus-alertmanager` (scripts/test installs them). When they are missing these tests
@@ -34,6 +36,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use common::{Exporter, FakeDivalto};
+use webhook_exporter::shard::owner;
 
 /// The dashboard under test.
 const DASHBOARD: &str = concat!(
@@ -59,6 +62,15 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[
     (
         "alert WebhookExporterAbsent",
         "absent() is empty while the exporter is a target, which it is throughout the test",
+    ),
+    (
+        "alert WebhookProbeRunByTwoReplicas",
+        "needs one probe exported by two replicas; the scenario's exporters share no probe",
+    ),
+    (
+        "alert WebhookExporterShardMissing",
+        "needs a sharded job with a shard down; the scenario's exporters are unsharded (shard 0 \
+         of 1 each)",
     ),
     (
         "annotation \"Exporter restarts\"",
@@ -1093,6 +1105,274 @@ impl Receiver {
                     && a["status"] == status
             })
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 13, 5(i): sharded replicas under a real Prometheus.
+// ---------------------------------------------------------------------------------------
+
+/// Probes of the sharding scenario.
+const SHARDED_PROBES: usize = 300;
+
+/// The webhook code of sharded probe `name` (ends in `-ok`: the fake answers success).
+fn sharded_code(name: &str) -> String {
+    format!("SHARDEDACADEMY{}0123456789-ok", name.to_uppercase())
+}
+
+/// A replica of the sharding scenario: shard `index` of `count`, its calls marked
+/// `X-Replica: index`.
+fn sharded_replica(config: &Path, index: u32, count: u32) -> Exporter {
+    Exporter::start(
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--shard.count={count}"),
+            &format!("--shard.index={index}"),
+        ],
+        &[("REPLICA", &index.to_string())],
+    )
+}
+
+/// Points Prometheus' file discovery at `replicas` (written whole, then renamed, so it never
+/// reads half a file).
+fn write_targets(path: &Path, replicas: &BTreeMap<u32, Exporter>) {
+    let targets: Vec<String> = replicas.values().map(|r| r.address.to_string()).collect();
+    let partial = path.with_extension("tmp");
+    std::fs::write(&partial, json!([{ "targets": targets }]).to_string()).unwrap();
+    std::fs::rename(&partial, path).unwrap();
+}
+
+/// The number of the query's single answer, if it has one.
+fn single_number(prometheus: &Daemon, promql: &str) -> Option<f64> {
+    let answer = prometheus.query(promql).ok()?;
+    answer.first()?["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn three_sharded_replicas_then_a_fourth_call_every_webhook_from_one_replica_and_a_lost_shard_alerts()
+ {
+    // Arrange: 300 probes every 2 s, 3 replicas, Prometheus discovering them from a file and
+    // evaluating the shipped rules with every `for:` shortened to 1 s (so a probe exported
+    // twice for a single scrape would already leave an ALERTS series).
+    let prometheus_bin = tool(&["prometheus"], "prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeDivalto::start());
+    let names: Vec<String> = (0..SHARDED_PROBES)
+        .map(|i| format!("order-{i:03}"))
+        .collect();
+    let mut config_text = format!(
+        "defaults:\n  interval: 2s\n  timeout: 1s\n  headers: {{X-Replica: \"${{REPLICA}}\"}}\n\
+         servers:\n  erp: {{base_url: \"{}\"}}\nprobes:\n",
+        fake.base_url()
+    );
+    for name in &names {
+        config_text.push_str(&format!(
+            "  - {{name: {name}, server: erp, code: {}}}\n",
+            sharded_code(name)
+        ));
+    }
+    let config = dir.path().join("webhook-exporter.yaml");
+    std::fs::write(&config, config_text).unwrap();
+    let mut replicas: BTreeMap<u32, Exporter> = (0..3)
+        .map(|index| (index, sharded_replica(&config, index, 3)))
+        .collect();
+    let targets = dir.path().join("targets.json");
+    write_targets(&targets, &replicas);
+    let rules = dir.path().join("alerts.yml");
+    std::fs::write(
+        &rules,
+        shorten_rule_timings(&std::fs::read_to_string(ALERTS).unwrap()),
+    )
+    .unwrap();
+    let prometheus_config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prometheus_config,
+        format!(
+            r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - "{rules}"
+scrape_configs:
+  - job_name: {JOB}
+    file_sd_configs:
+      - files: ["{targets}"]
+        refresh_interval: 1s
+"#,
+            rules = rules.display(),
+            targets = targets.display()
+        ),
+    )
+    .unwrap();
+    let prometheus = Daemon::start("prometheus", &prometheus_bin, dir.path(), |address| {
+        prometheus_args(&prometheus_config, dir.path(), address)
+    });
+    let started = Instant::now();
+    let every_probe_once = |count: u32| {
+        let probes = format!(
+            "count(count by (probe) (webhook_probe_info) == 1) == {SHARDED_PROBES} \
+             and on () count(webhook_exporter_shard_info{{count=\"{count}\"}}) == {count} \
+             and on () count(webhook_exporter_shard_info) == {count}"
+        );
+        wait_until(
+            Duration::from_secs(60),
+            &format!("each of {SHARDED_PROBES} probes on one replica of {count}"),
+            || single_number(&prometheus, &probes),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "{}\n{:?}",
+                prometheus.logs(),
+                prometheus.query("count by (instance) (webhook_probe_info)")
+            )
+        });
+    };
+    let called_by_owner = |count: u32| {
+        wait_until(
+            Duration::from_secs(60),
+            "every webhook called by its owner",
+            || {
+                names
+                    .iter()
+                    .all(|name| {
+                        fake.replica_sequence(&sharded_code(name))
+                            .last()
+                            .is_some_and(|last| *last == owner(name, count).to_string())
+                    })
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|| panic!("some webhook is not called by its owner under {count}"));
+    };
+
+    // Assert: under 3 shards, Prometheus sees every probe on exactly one replica, and the
+    // fake saw each webhook called by its owner only.
+    every_probe_once(3);
+    called_by_owner(3);
+    for name in &names {
+        assert_eq!(
+            fake.replicas_calling(&sharded_code(name)),
+            BTreeSet::from([owner(name, 3).to_string()]),
+            "{name}"
+        );
+    }
+    let per_shard = |count: u32| {
+        let mut sizes = vec![0usize; count as usize];
+        for name in &names {
+            sizes[owner(name, count) as usize] += 1;
+        }
+        sizes
+    };
+
+    // Act: a 4th replica joins the safe way: first every replica is restarted with
+    // --shard.count=4, one at a time (highest index first, as a StatefulSet rolls), then
+    // replica 3 starts.
+    for index in (0..3).rev() {
+        let mut old = replicas.remove(&index).unwrap();
+        assert_eq!(old.stop("TERM", Duration::from_secs(20)), Some(0));
+        drop(old);
+        replicas.insert(index, sharded_replica(&config, index, 4));
+        write_targets(&targets, &replicas);
+    }
+    replicas.insert(3, sharded_replica(&config, 3, 4));
+    write_targets(&targets, &replicas);
+
+    // Assert: under 4 shards every probe is again on one replica and called by its owner;
+    // the calls of each webhook came from its old owner, then (if it moved) from its new
+    // one, never interleaved: no two replicas called one webhook in the same period.
+    every_probe_once(4);
+    called_by_owner(4);
+    let mut moved = 0;
+    for name in &names {
+        let (before, after) = (owner(name, 3).to_string(), owner(name, 4).to_string());
+        let sequence = fake.replica_sequence(&sharded_code(name));
+        let switch = sequence
+            .iter()
+            .position(|replica| *replica != before)
+            .unwrap_or(sequence.len());
+        assert!(
+            sequence[switch..].iter().all(|replica| *replica == after),
+            "{name}: calls from {sequence:?}, owner {before} then {after}"
+        );
+        if before != after {
+            assert_eq!(after, "3", "{name} moved between old shards");
+            moved += 1;
+        }
+    }
+    let fraction = f64::from(moved) / SHARDED_PROBES as f64;
+    let (sizes3, sizes4) = (per_shard(3), per_shard(4));
+    let balance =
+        |sizes: &[usize]| *sizes.iter().max().unwrap() as f64 / *sizes.iter().min().unwrap() as f64;
+    eprintln!(
+        "3 -> 4 replicas: {moved} of {SHARDED_PROBES} probes moved ({:.1} %, 1/4 expected); \
+         probes per shard under 3: {sizes3:?} (largest/smallest {:.2}), under 4: {sizes4:?} \
+         (largest/smallest {:.2})",
+        fraction * 100.0,
+        balance(&sizes3),
+        balance(&sizes4)
+    );
+    assert!((0.15..=0.35).contains(&fraction), "{moved} moved");
+    let window = format!("{}s", started.elapsed().as_secs() + 5);
+    assert_eq!(
+        single_number(
+            &prometheus,
+            &format!("max_over_time((max(count by (probe) (webhook_probe_info)))[{window}:1s])")
+        ),
+        Some(1.0),
+        "a probe was exported by two replicas at some instant"
+    );
+    assert_eq!(
+        prometheus
+            .query(&format!(
+                "count_over_time(ALERTS{{alertname=\"WebhookProbeRunByTwoReplicas\"}}[{window}])"
+            ))
+            .unwrap(),
+        Vec::<Value>::new(),
+        "WebhookProbeRunByTwoReplicas was pending or firing at some point"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "no shard missing with 4 replicas of 4",
+        || {
+            prometheus
+                .query(r#"ALERTS{alertname="WebhookExporterShardMissing"}"#)
+                .ok()?
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|| panic!("{}", prometheus.logs()));
+
+    // Act: replica 1 is killed and disappears from discovery (a pod gone for good).
+    let mut lost = replicas.remove(&1).unwrap();
+    assert_eq!(lost.stop("KILL", Duration::from_secs(10)), None);
+    drop(lost);
+    write_targets(&targets, &replicas);
+
+    // Assert: the shard-missing alert fires, naming the count and the shards still up.
+    let firing = wait_until(
+        Duration::from_secs(60),
+        "WebhookExporterShardMissing",
+        || {
+            prometheus.get_json("/api/v1/alerts")["data"]["alerts"]
+                .as_array()?
+                .iter()
+                .find(|alert| {
+                    alert["labels"]["alertname"] == "WebhookExporterShardMissing"
+                        && alert["state"] == "firing"
+                })
+                .cloned()
+        },
+    )
+    .unwrap_or_else(|| panic!("{}", prometheus.logs()));
+    assert_eq!(firing["labels"]["count"], "4");
+    assert_eq!(firing["labels"]["severity"], "critical");
+    let description = firing["annotations"]["description"].as_str().unwrap();
+    assert!(
+        description.contains("--shard.count=4, but the shards up are 0, 2, 3 (by index)"),
+        "{description}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

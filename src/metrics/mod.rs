@@ -115,6 +115,13 @@ const BUILD_INFO: FamilyDef = def(
     &[names::VERSION, names::REVISION, names::RUSTC_VERSION],
 );
 
+const SHARD_INFO: FamilyDef = def(
+    "webhook_exporter_shard_info",
+    Kind::Gauge,
+    "This replica's shard of the probes (--shard.index of --shard.count); always 1.",
+    &[names::INDEX, names::COUNT],
+);
+
 /// Every per-probe family, in output order. The buckets of `webhook_probe_duration_seconds`
 /// come from the config (`duration_buckets`).
 pub(crate) const PROBE_FAMILIES: &[ProbeFamily] = &[
@@ -310,6 +317,8 @@ pub struct Metrics {
     pub probes_in_flight: IntGauge,
     /// `webhook_exporter_schedule_lag_seconds`.
     pub schedule_lag: Histogram,
+    /// `webhook_exporter_shard_info`: one series, replaced by [`Metrics::set_shard`].
+    shard_info: GaugeVec,
 }
 
 /// Error registering metrics: only a programming error (a duplicate name) can cause it.
@@ -353,8 +362,16 @@ impl Metrics {
                         .buckets(LAG_BUCKETS.to_vec()),
                 )?,
             )?,
+            shard_info: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(SHARD_INFO.name, SHARD_INFO.help),
+                    SHARD_INFO.labels,
+                )?,
+            )?,
             registry,
         };
+        metrics.set_shard(0, 1);
         let build_info = register(
             &metrics.registry,
             GaugeVec::new(
@@ -414,6 +431,14 @@ impl Metrics {
             self.reload_success_timestamp
                 .set(store::unix_seconds(SystemTime::now()));
         }
+    }
+
+    /// Sets `webhook_exporter_shard_info` to this replica's shard (index 0 of 1 unsharded).
+    pub fn set_shard(&self, index: u32, count: u32) {
+        self.shard_info.reset();
+        self.shard_info
+            .with_label_values(&[index.to_string(), count.to_string()])
+            .set(1.0);
     }
 
     /// Records how late a run started.

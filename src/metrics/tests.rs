@@ -198,6 +198,7 @@ fn each_family_sets_the_label_names_its_definition_lists() {
         &PROBES_IN_FLIGHT,
         &SCHEDULE_LAG,
         &BUILD_INFO,
+        &SHARD_INFO,
     ];
     let per_probe = PROBE_FAMILIES.iter().map(|family| &family.def);
     for (family, per_probe) in exporter_wide

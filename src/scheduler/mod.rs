@@ -60,7 +60,7 @@ struct Shared {
     run_now_min_gap: Mutex<Duration>,
     /// Runtimes the probes are spread over (each probe always on the same one, so its timer,
     /// run and connection never wake another thread); empty: the current runtime.
-    shards: Vec<tokio::runtime::Handle>,
+    runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -70,11 +70,11 @@ impl Shared {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        if self.shards.is_empty() {
+        if self.runtimes.is_empty() {
             return self.tracker.spawn(work);
         }
-        let index = runtimes::shard_of(name, self.shards.len());
-        self.tracker.spawn_on(work, &self.shards[index])
+        let index = runtimes::runtime_of(name, self.runtimes.len());
+        self.tracker.spawn_on(work, &self.runtimes[index])
     }
 }
 
@@ -136,13 +136,13 @@ impl Scheduler {
         Self::on_runtimes(metrics, runner, clock, cancel, Vec::new())
     }
 
-    /// A scheduler spreading its probes over `shards` (see [`ProbeRuntimes`]).
+    /// A scheduler spreading its probes over `runtimes` (see [`ProbeRuntimes`]).
     pub fn on_runtimes(
         metrics: Arc<Metrics>,
         runner: Runner,
         clock: Clock,
         cancel: CancellationToken,
-        shards: Vec<tokio::runtime::Handle>,
+        runtimes: Vec<tokio::runtime::Handle>,
     ) -> Self {
         let shared = Arc::new(Shared {
             metrics,
@@ -151,7 +151,7 @@ impl Scheduler {
             tracker: TaskTracker::new(),
             slots: Mutex::default(),
             run_now_min_gap: Mutex::new(crate::config::DEFAULT_RUN_NOW_MIN_GAP),
-            shards,
+            runtimes,
         });
         Self {
             shared,
@@ -179,12 +179,19 @@ impl Scheduler {
     /// A run in flight of a removed or changed probe completes and is recorded into its old,
     /// detached state, so it never resurrects removed series.
     pub fn apply(&self, config: &Config) -> ReloadSummary {
+        self.apply_where(config, &|_| true)
+    }
+
+    /// [`Scheduler::apply`] for the probes of `config` whose name `keep` accepts (this
+    /// replica's shard, [`crate::shard`]): the others are not scheduled, not counted and
+    /// have no series, as if they were not in the config.
+    pub fn apply_where(&self, config: &Config, keep: &dyn Fn(&str) -> bool) -> ReloadSummary {
         let metrics = &self.shared.metrics;
         self.update_slots(config);
         let mut summary = ReloadSummary::default();
         let mut probes = lock(&self.probes);
         let mut old = std::mem::take(&mut *probes);
-        for spec in &config.probes {
+        for spec in config.probes.iter().filter(|spec| keep(&spec.name)) {
             let entry = match old.remove(&spec.name) {
                 Some(entry)
                     if entry.state.spec.same_settings(spec)

@@ -61,6 +61,6 @@ impl Drop for ProbeRuntimes {
 
 /// The runtime of probe `name` among `count`: a stable hash of the name, so a probe's timer,
 /// runs and connections always share one thread.
-pub(super) fn shard_of(name: &str, count: usize) -> usize {
+pub(super) fn runtime_of(name: &str, count: usize) -> usize {
     usize::try_from(crate::schedule::stable_hash(name) % count as u64).unwrap_or(0)
 }

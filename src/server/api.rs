@@ -67,8 +67,23 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-fn unknown(name: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("unknown probe \"{name}\""))
+/// 404 for a probe this replica does not run: one of another shard is named with its owner
+/// (so a client or an operator knows which replica to ask), any other is unknown.
+fn unknown(handles: &Handles, name: &str) -> Response {
+    let Some(owner) = handles.placement.elsewhere(name) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown probe \"{name}\""));
+    };
+    let shard = handles.placement.shard();
+    let message = format!(
+        "probe \"{name}\" runs on shard {owner} of {}, not on this one (shard {})",
+        shard.count(),
+        shard.index()
+    );
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": message, "shard": owner })),
+    )
+        .into_response()
 }
 
 /// A query string that does not parse: 400 with the reason, as JSON like every other error.
@@ -117,7 +132,7 @@ pub async fn show(
     let limit = query.history.unwrap_or(usize::MAX);
     match handles.probes.view(&name, limit) {
         Some(probe) => Json(probe).into_response(),
-        None => unknown(&name),
+        None => unknown(&handles, &name),
     }
 }
 
@@ -125,7 +140,7 @@ pub async fn show(
 pub async fn run(State(handles): State<Handles>, Path(name): Path<String>) -> Response {
     match (handles.run_now)(name.clone()).await {
         Ok(result) => Json(result).into_response(),
-        Err(RunNowError::Unknown(_)) => unknown(&name),
+        Err(RunNowError::Unknown(_)) => unknown(&handles, &name),
         Err(err @ RunNowError::Running(_)) => error(StatusCode::CONFLICT, err.to_string()),
         Err(err @ RunNowError::TooSoon { .. }) => {
             let retry_after = err.retry_after_secs().unwrap_or(1).to_string();

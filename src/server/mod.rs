@@ -58,6 +58,8 @@ pub struct Handles {
     pub run_now: RunNow,
     /// Users allowed on the endpoints.
     pub auth: Arc<auth::Auth>,
+    /// This replica's shard, to name the owner of a probe another replica runs.
+    pub placement: Arc<crate::shard::Placement>,
     /// Headers the web config adds to every response.
     pub response_headers: Arc<ResponseHeaders>,
 }

@@ -3,7 +3,7 @@
 //! `/metrics` parsed by a real exposition parser.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,10 @@ struct Calls {
     last_body: Mutex<Option<Vec<u8>>>,
     /// When the last call arrived.
     last_call_at: Mutex<Option<std::time::SystemTime>>,
+    /// By code, the `X-Replica` header value of each of its calls in arrival order (which
+    /// exporter called it, when several share one config and each sets the header from its
+    /// environment).
+    replicas_by_code: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl FakeDivalto {
@@ -75,6 +79,27 @@ impl FakeDivalto {
             .filter(|(code, _)| code.ends_with(behaviour))
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Every code called so far, with its number of calls.
+    pub fn calls_by_code(&self) -> HashMap<String, u64> {
+        self.calls.by_code.lock().unwrap().clone()
+    }
+
+    /// The `X-Replica` values the calls of `code` carried (`-` for a call without one).
+    pub fn replicas_calling(&self, code: &str) -> BTreeSet<String> {
+        self.replica_sequence(code).into_iter().collect()
+    }
+
+    /// The `X-Replica` value of each call of `code`, in the order the calls arrived.
+    pub fn replica_sequence(&self, code: &str) -> Vec<String> {
+        self.calls
+            .replicas_by_code
+            .lock()
+            .unwrap()
+            .get(code)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The query string of the last call.
@@ -134,6 +159,18 @@ async fn webhook(
         .unwrap()
         .entry(code.clone())
         .or_default() += 1;
+    let replica = headers
+        .get("x-replica")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    calls
+        .replicas_by_code
+        .lock()
+        .unwrap()
+        .entry(code.clone())
+        .or_default()
+        .push(replica);
     *calls.last_query.lock().unwrap() = query;
     calls
         .headers_by_code
