@@ -48,7 +48,7 @@ src, out = sys.argv[1], sys.argv[2]
 dash = json.load(open(src))
 SUBST = {
     "__rate_interval": "5m", "__interval": "1m", "__range": "1h",
-    "window": "15m", "job": ".*", "instance": ".*", "probe": ".*",
+    "window": "15m", "site": ".*", "job": ".*", "instance": ".*", "probe": ".*",
 }
 
 def substitute(expr, where):
@@ -81,6 +81,12 @@ for v in dash.get("templating", {}).get("list", []):
 
 if not exprs:
     sys.exit("no PromQL expression found in the dashboard")
+# A central Prometheus holds many sites: a selector filtered by job but not by site would
+# mix them up (the site variable is there for that).
+unfiltered = [where for where, expr in exprs
+              if expr.count('job=~"$job"') != expr.count('site=~"$site", job=~"$job"')]
+if unfiltered:
+    sys.exit("dashboard queries filtered by $job but not by $site: " + ", ".join(unfiltered))
 with open(out, "w") as f:
     f.write("groups:\n  - name: dashboard\n    rules:\n")
     for i, (where, expr) in enumerate(exprs):
