@@ -34,6 +34,15 @@ step "promtool check config deploy/prometheus/prometheus.yml"
 cp deploy/prometheus/prometheus.yml config/alerts.yml "$tmp/"
 promtool check config "$tmp/prometheus.yml"
 
+# On-site probing: the agent's config, and the central side of the federation variant
+# (which loads alerts.yml next to it, as in the compose set-up).
+step "promtool check config deploy/prometheus/onsite-agent.yml"
+promtool check config deploy/prometheus/onsite-agent.yml
+
+step "promtool check config deploy/prometheus/central-federation.yml"
+cp deploy/prometheus/central-federation.yml "$tmp/"
+promtool check config "$tmp/central-federation.yml"
+
 step "python3 -m json.tool dashboards/webhook-exporter.json"
 python3 -m json.tool dashboards/webhook-exporter.json >/dev/null
 echo "valid JSON"
