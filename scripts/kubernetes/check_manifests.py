@@ -122,6 +122,8 @@ def check_objects(objects):
         "would run nowhere or two pods would share one",
     )
     check(flag(args, "--shard.index-from-hostname") is True, "StatefulSet: --shard.index-from-hostname is missing")
+    # The README's scale procedure patches args/3.
+    check(len(args) > 3 and args[3].startswith("--shard.count="), "StatefulSet: --shard.count is not args[3], where the README's scale procedure patches it")
     check(svc["spec"].get("clusterIP") == "None", "Service: not headless (clusterIP: None)")
     check(sts["spec"]["serviceName"] == svc["metadata"]["name"], "StatefulSet: serviceName is not the headless Service")
 
