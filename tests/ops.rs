@@ -450,6 +450,12 @@ struct Expression {
 /// Every PromQL expression of the dashboard: panel targets (rows and nested panels included),
 /// annotation queries and query variables, with the template variables substituted.
 fn dashboard_expressions() -> Vec<Expression> {
+    dashboard_expressions_with(&[])
+}
+
+/// [`dashboard_expressions`] with some variables set to a value picked in Grafana (a regex,
+/// as Grafana sends it) instead of "All".
+fn dashboard_expressions_with(picked: &[(&str, &str)]) -> Vec<Expression> {
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap())
         .unwrap_or_else(|e| panic!("{DASHBOARD}: {e}"));
     let mut variables: BTreeMap<String, String> = BUILT_IN_VARIABLES
@@ -474,6 +480,10 @@ fn dashboard_expressions() -> Vec<Expression> {
             other => panic!("variable {name}: unsupported variable type {other}"),
         };
         variables.insert(name, value);
+    }
+    for (name, value) in picked {
+        let old = variables.insert((*name).to_owned(), (*value).to_owned());
+        assert!(old.is_some(), "the dashboard has no variable {name}");
     }
 
     let mut raw = Vec::new();
@@ -1377,6 +1387,225 @@ scrape_configs:
 
 // ---------------------------------------------------------------------------------------
 // Prometheus, promtool, Alertmanager.
+// ---------------------------------------------------------------------------------------
+// Issue 13, item 5(ii): on-site probing, an agent remote-writing to a central Prometheus.
+// ---------------------------------------------------------------------------------------
+
+/// The shipped on-site agent config.
+const ONSITE_AGENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/onsite-agent.yml"
+);
+
+#[test]
+fn an_on_site_agent_delivers_the_probes_to_the_central_prometheus_with_site_and_tenant() {
+    // Arrange: the exporter probing the fake Divalto server (one webhook fine, one the ERP
+    // rejects), the central Prometheus taking remote write with the shipped alert rules
+    // (their `for:` shortened), and a Prometheus in agent mode running the shipped on-site
+    // config with only its addresses and intervals changed.
+    let prometheus_bin = tool(&["prometheus"], "prometheus");
+    let promtool = tool(&["promtool"], "prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeDivalto::start());
+    let (_config_dir, exporter_config) = common::write_config(&format!(
+        r#"
+defaults:
+  interval: 1s
+  timeout: 800ms
+servers:
+  erp:
+    base_url: "{base}"
+probes:
+  - name: onsite-refresh-customer
+    server: erp
+    code: REFRESHCUSTOMERACADEMY00000001-ok
+  - name: onsite-export-invoices
+    server: erp
+    code: EXPORTINVOICESACADEMY0000003-body400
+"#,
+        base = fake.base_url()
+    ));
+    let exporter = Exporter::start(
+        &[&format!("--config.file={}", exporter_config.display())],
+        &[],
+    );
+
+    let rules = dir.path().join("alerts.yml");
+    std::fs::write(
+        &rules,
+        shorten_rule_timings(&std::fs::read_to_string(ALERTS).unwrap()),
+    )
+    .unwrap();
+    let central_config = dir.path().join("central.yml");
+    std::fs::write(
+        &central_config,
+        format!(
+            "global:\n  evaluation_interval: 1s\nrule_files:\n  - \"{}\"\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    promtool_ok(
+        &promtool,
+        &["check", "config", &central_config.display().to_string()],
+        None,
+    );
+    let central_dir = dir.path().join("central");
+    std::fs::create_dir(&central_dir).unwrap();
+    let central = Daemon::start("central", &prometheus_bin, &central_dir, |address| {
+        let mut args = prometheus_args(&central_config, &central_dir, address);
+        args.push("--web.enable-remote-write-receiver".to_owned());
+        args
+    });
+
+    let shipped: Value = serde_saphyr::from_str(&std::fs::read_to_string(ONSITE_AGENT).unwrap())
+        .unwrap_or_else(|e| panic!("{ONSITE_AGENT}: {e}"));
+    let external = &shipped["global"]["external_labels"];
+    let site = external["site"].as_str().expect("the agent sets site");
+    let tenant = external["tenant"].as_str().expect("the agent sets tenant");
+    let mut agent_yml = shipped.clone();
+    agent_yml["global"]["scrape_interval"] = json!("1s");
+    agent_yml["scrape_configs"][0]["scrape_timeout"] = json!("1s");
+    agent_yml["scrape_configs"][0]["static_configs"] =
+        json!([{"targets": [exporter.address.to_string()]}]);
+    agent_yml["remote_write"] = json!([{
+        "url": format!("http://{}/api/v1/write", central.address),
+        "queue_config": {"batch_send_deadline": "1s"},
+    }]);
+    let agent_config = dir.path().join("agent.yml");
+    // JSON is YAML: Prometheus reads it as it is.
+    std::fs::write(&agent_config, agent_yml.to_string()).unwrap();
+    promtool_ok(
+        &promtool,
+        &["check", "config", &agent_config.display().to_string()],
+        None,
+    );
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir(&agent_dir).unwrap();
+    let agent = Daemon::start("agent", &prometheus_bin, &agent_dir, |address| {
+        vec![
+            "--enable-feature=agent".to_owned(),
+            format!("--config.file={}", agent_config.display()),
+            format!("--storage.agent.path={}", agent_dir.join("wal").display()),
+            format!("--web.listen-address={address}"),
+        ]
+    });
+    let logs = || {
+        format!(
+            "{}\n{}\nexporter:\n{}",
+            agent.logs(),
+            central.logs(),
+            exporter.logs()
+        )
+    };
+
+    // Act: wait until both probes' series have arrived centrally.
+    let arrived = wait_until(
+        Duration::from_secs(60),
+        "both probes' series in the central Prometheus",
+        || {
+            let series = central
+                .query(&format!(
+                    r#"webhook_probe_success{{site="{site}", tenant="{tenant}"}}"#
+                ))
+                .ok()?;
+            (series.len() == 2).then_some(series)
+        },
+    )
+    .unwrap_or_else(|| panic!("{}", logs()));
+
+    // Assert: the series carry site and tenant (and the job and instance of the site).
+    for series in &arrived {
+        let labels = &series["metric"];
+        assert_eq!(labels["site"], site, "{series}");
+        assert_eq!(labels["tenant"], tenant, "{series}");
+        assert_eq!(labels["job"], JOB, "{series}");
+        assert_eq!(labels["instance"], exporter.address.to_string(), "{series}");
+    }
+    // The agent's own `up` of the exporter comes along: WebhookExporterDown works centrally.
+    let up = central
+        .query(&format!(r#"up{{job="{JOB}", site="{site}"}} == 1"#))
+        .unwrap();
+    assert_eq!(
+        up.len(),
+        1,
+        "up of the on-site exporter: {up:?}\n{}",
+        logs()
+    );
+
+    // The dashboard filtered on this site lists both probes, its site variable offers the
+    // site, and filtered on another site it shows nothing of this one.
+    let probes_of = |picked: &str| -> BTreeSet<String> {
+        let expressions = dashboard_expressions_with(&[("site", picked)]);
+        let table = expressions
+            .iter()
+            .find(|e| e.location == "panel \"Probes (worst first)\" A")
+            .expect("the dashboard's probe table");
+        assert!(
+            table.promql.contains(&format!("site=~\"{picked}\"")),
+            "the probe table is not filtered by site: {}",
+            table.promql
+        );
+        central
+            .query(&table.promql)
+            .unwrap_or_else(|e| panic!("{}: {e}", table.promql))
+            .iter()
+            .filter_map(|s| s["metric"]["probe"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        probes_of(site),
+        BTreeSet::from([
+            "onsite-export-invoices".to_owned(),
+            "onsite-refresh-customer".to_owned()
+        ])
+    );
+    assert_eq!(probes_of("elsewhere"), BTreeSet::new());
+    let variable = dashboard_expressions()
+        .into_iter()
+        .find(|e| e.location == "variable \"site\"")
+        .expect("the dashboard's site variable");
+    let offered: Vec<Value> = central
+        .query(&variable.promql)
+        .unwrap()
+        .iter()
+        .map(|s| s["metric"]["site"].clone())
+        .collect();
+    assert_eq!(offered, vec![json!(site)], "{}", variable.promql);
+
+    // The central alert on the rejected webhook names the site, and its description's
+    // query (run centrally, on this site's series) finds the reason once two samples of
+    // the failure counter have arrived (annotations are rendered at every evaluation).
+    let reason = "Main failure reason over the last 15 minutes: webhook_error.";
+    let alerts = || {
+        central.get_json("/api/v1/alerts")["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let alert = wait_until(
+        Duration::from_secs(60),
+        "WebhookProbeFailing for onsite-export-invoices, centrally, with its reason",
+        || {
+            alerts().into_iter().find(|a| {
+                a["labels"]["alertname"] == "WebhookProbeFailing"
+                    && a["labels"]["probe"] == "onsite-export-invoices"
+                    && a["annotations"]["description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(reason))
+            })
+        },
+    )
+    .unwrap_or_else(|| panic!("active alerts: {:#?}\n{}", alerts(), logs()));
+    assert_eq!(alert["labels"]["site"], site);
+    assert_eq!(alert["labels"]["tenant"], tenant);
+    assert_eq!(
+        alert["annotations"]["summary"],
+        format!("Webhook probe onsite-export-invoices is failing at site {site}")
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 
 /// The first of `names` on PATH; fails (never skips) naming the Debian package to install.
