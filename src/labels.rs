@@ -32,6 +32,8 @@ pub const ISSUER: &str = "issuer";
 pub const REVISION: &str = "revision";
 /// `rustc_version` of `webhook_exporter_build_info`.
 pub const RUSTC_VERSION: &str = "rustc_version";
+/// `file` of `webhook_exporter_config_file_last_reload_successful`.
+pub const FILE: &str = "file";
 
 /// Label names Prometheus itself gives a meaning to: `quantile` (summaries), and `job` and
 /// `instance`, which it attaches to every scraped series.
@@ -39,7 +41,7 @@ pub const PROMETHEUS: [&str; 3] = ["quantile", "job", "instance"];
 
 /// Every label name a static probe label must not take: those the families set, then
 /// Prometheus' own.
-pub const RESERVED: [&str; 16] = [
+pub const RESERVED: [&str; 17] = [
     PROBE,
     RESULT,
     REASON,
@@ -53,6 +55,7 @@ pub const RESERVED: [&str; 16] = [
     ISSUER,
     REVISION,
     RUSTC_VERSION,
+    FILE,
     PROMETHEUS[0],
     PROMETHEUS[1],
     PROMETHEUS[2],

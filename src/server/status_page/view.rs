@@ -180,6 +180,8 @@ struct Row {
     name: String,
     /// Its server, which picks its table.
     server: Option<String>,
+    /// The config file it is written in.
+    file: String,
     /// The URL with its code redacted: the code is a secret.
     url: String,
     /// HTTP method.
@@ -259,6 +261,7 @@ impl Row {
             chart: Chart::new(&probe.history),
             name: probe.name,
             server: probe.server,
+            file: probe.file,
             url: probe.url,
             method: probe.method,
             schedule: probe.schedule,
