@@ -214,14 +214,16 @@ impl App {
             let summary = self.scheduler.apply(&config.config);
             self.metrics.config_files(&config.files);
             log_refused(&config.files);
+            let complete = config.is_complete();
+            let errors = config.errors();
             *good = config.good;
-            if config.is_complete() {
+            if complete {
                 Ok(summary)
             } else {
                 Err(ReloadError::Partial {
                     refused: config.files.iter().filter(|f| !f.ok()).count(),
                     summary,
-                    errors: config.errors(),
+                    errors,
                 })
             }
         });
