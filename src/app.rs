@@ -67,7 +67,9 @@ pub enum ReloadError {
     #[error("the web config turns TLS on or off: restart the exporter for that")]
     TlsToggled,
     /// Some included files were refused; the main file and the others applied.
-    #[error("{refused} file(s) refused, their last good version stays; the other files applied ({summary}):\n{errors}")]
+    #[error(
+        "{refused} file(s) refused, their last good version stays; the other files applied ({summary}):\n{errors}"
+    )]
     Partial {
         /// How many files were refused.
         refused: usize,

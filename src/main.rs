@@ -78,8 +78,12 @@ fn usage_error(error: &clap::Error) -> ! {
             let path = config_file.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
             match config::load_layout(&path, &config::GoodVersions::default(), &|_| Vec::new()) {
                 Ok(layout) => {
-                    let names: Vec<&str> =
-                        layout.config.probes.iter().map(|p| p.name.as_str()).collect();
+                    let names: Vec<&str> = layout
+                        .config
+                        .probes
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect();
                     eprintln!("known probes: {}", names.join(", "));
                 }
                 Err(_) => eprintln!(

@@ -48,7 +48,10 @@ impl Layout {
     }
 
     fn file(&self, tenant: &str) -> PathBuf {
-        self.dir.path().join("conf.d").join(format!("{tenant}.yaml"))
+        self.dir
+            .path()
+            .join("conf.d")
+            .join(format!("{tenant}.yaml"))
     }
 
     fn label(&self, tenant: &str) -> String {
@@ -59,7 +62,9 @@ impl Layout {
     fn good(&self, tenant: &str) {
         std::fs::write(
             self.file(tenant),
-            format!("probes:\n  - name: {tenant}-1\n    server: erp\n    code: \"{SECRET_CODE}-ok\"\n"),
+            format!(
+                "probes:\n  - name: {tenant}-1\n    server: erp\n    code: \"{SECRET_CODE}-ok\"\n"
+            ),
         )
         .unwrap();
     }
@@ -188,9 +193,7 @@ fn each_tenant_file_is_accepted_or_refused_on_its_own_at_start_and_on_reload() {
     std::fs::remove_file(layout.file("globex")).unwrap();
     let answer = reload(&exporter);
     assert_eq!(answer.status, 500, "{}", answer.body); // initech is still refused
-    let moved = exporter.wait_for(WAIT, "the new tenant to run", |s| {
-        runs(s, "newco-1") >= 1.0
-    });
+    let moved = exporter.wait_for(WAIT, "the new tenant to run", |s| runs(s, "newco-1") >= 1.0);
     assert!(!moved.text.contains("globex-1"), "{}", moved.text);
     assert_eq!(file_ok(&moved, &layout.label("globex")), None);
     assert_eq!(file_ok(&moved, &layout.label("newco")), Some(1.0));
@@ -226,6 +229,23 @@ fn the_api_and_the_status_page_name_each_probes_file() {
         )),
         "{page}"
     );
+
+    // Moved to another file unchanged: same counters, the new file named.
+    let before = exporter.wait_for(WAIT, "a run", |s| runs(s, "acme-1") >= 1.0);
+    std::fs::rename(layout.file("acme"), layout.file("beta")).unwrap();
+    let answer = reload(&exporter);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains("0 added, 0 removed, 0 changed, 2 unchanged"),
+        "{}",
+        answer.body
+    );
+    assert!(runs(&exporter.scrape(), "acme-1") >= runs(&before, "acme-1"));
+    let (_, body) = exporter.get("/api/v1/probes/acme-1");
+    let probe: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(probe["file"], layout.label("beta"));
 }
 
 #[test]
@@ -245,7 +265,10 @@ fn check_config_checks_every_file_and_groups_the_probes_per_file() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("{}: valid, 1 probe(s), 0 server(s)", layout.label("acme"))),
+        stdout.contains(&format!(
+            "{}: valid, 1 probe(s), 0 server(s)",
+            layout.label("acme")
+        )),
         "{stdout}"
     );
     let lines: Vec<&str> = stdout.lines().collect();

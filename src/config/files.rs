@@ -419,10 +419,7 @@ mod tests {
         let layout = dir.load(&GoodVersions::default());
         assert_eq!(names(&layout), ["m", "a1", "b1"]);
         let files: Vec<&Path> = layout.files.iter().map(|f| f.file.as_path()).collect();
-        assert_eq!(
-            files,
-            [dir.main(), dir.file("a.yaml"), dir.file("b.yaml")]
-        );
+        assert_eq!(files, [dir.main(), dir.file("a.yaml"), dir.file("b.yaml")]);
         assert!(layout.is_complete());
         let a1 = &layout.config.probes[1];
         assert_eq!(a1.origin.file, dir.file("a.yaml"));
@@ -442,7 +439,10 @@ mod tests {
         assert!(!refused.ok() && !refused.kept);
         let message = refused.errors[0].to_string();
         assert!(
-            message.starts_with(&format!("{}:5:15: history_size: belongs in the main file", dir.file("a.yaml").display())),
+            message.starts_with(&format!(
+                "{}:5:15: history_size: belongs in the main file",
+                dir.file("a.yaml").display()
+            )),
             "{message}"
         );
         assert!(layout.files[0].ok() && layout.files[2].ok());
@@ -453,16 +453,32 @@ mod tests {
     fn a_name_used_in_two_files_is_refused_naming_both_places() {
         let dir = Dir::new(MAIN);
         dir.write("a.yaml", &tenant("x"));
-        dir.write("b.yaml", &format!("servers:\n  shared: {{base_url: 'http://127.0.0.1:2/'}}\n{}", tenant("x")));
+        dir.write(
+            "b.yaml",
+            &format!(
+                "servers:\n  shared: {{base_url: 'http://127.0.0.1:2/'}}\n{}",
+                tenant("x")
+            ),
+        );
         let layout = dir.load(&GoodVersions::default());
         assert_eq!(names(&layout), ["m", "x"]);
-        let errors: Vec<String> = layout.files[2].errors.iter().map(ToString::to_string).collect();
+        let errors: Vec<String> = layout.files[2]
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let b = dir.file("b.yaml").display().to_string();
         assert_eq!(
             errors,
             [
-                format!("{b}:2:11: server \"shared\" is also defined at {}:5:11; names must be unique across all files", dir.main().display()),
-                format!("{b}:4:5: probe \"x\" is also defined at {}:2:5; names must be unique across all files", dir.file("a.yaml").display()),
+                format!(
+                    "{b}:2:11: server \"shared\" is also defined at {}:5:11; names must be unique across all files",
+                    dir.main().display()
+                ),
+                format!(
+                    "{b}:4:5: probe \"x\" is also defined at {}:2:5; names must be unique across all files",
+                    dir.file("a.yaml").display()
+                ),
             ]
         );
     }
@@ -479,14 +495,21 @@ mod tests {
         let second = dir.load(&first.good);
         assert_eq!(names(&second), ["m", "a1", "c1"]);
         assert!(second.files[1].kept && !second.files[1].ok());
-        assert!(Arc::ptr_eq(&second.config.probes[1], &first.config.probes[0 + 1]));
+        assert!(Arc::ptr_eq(
+            &second.config.probes[1],
+            &first.config.probes[0 + 1]
+        ));
         assert_eq!(second.files.len(), 3);
         // A new version may not take a name the kept version holds.
         dir.write("c.yaml", &tenant("a1"));
         let third = dir.load(&second.good);
         assert_eq!(names(&third), ["m", "a1", "c1"]);
         assert!(third.files[2].kept);
-        assert!(third.files[2].errors[0].message.contains("probe \"a1\" is also defined at"));
+        assert!(
+            third.files[2].errors[0]
+                .message
+                .contains("probe \"a1\" is also defined at")
+        );
     }
 
     #[test]
@@ -497,7 +520,10 @@ mod tests {
         let layout = dir.load(&GoodVersions::default());
         assert_eq!(names(&layout), ["m", "a1"]);
         let message = layout.files[2].errors[0].to_string();
-        assert!(message.contains("unknown server \"acme\"; define it under servers in this file or in"), "{message}");
+        assert!(
+            message.contains("unknown server \"acme\"; define it under servers in this file or in"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -506,6 +532,9 @@ mod tests {
         let errors = load_layout(&dir.main(), &GoodVersions::default(), &no_check)
             .unwrap_err()
             .to_string();
-        assert!(errors.contains("main.yaml:1:11: include: \"*/x.yaml\": only the file name may hold"), "{errors}");
+        assert!(
+            errors.contains("main.yaml:1:11: include: \"*/x.yaml\": only the file name may hold"),
+            "{errors}"
+        );
     }
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_saphyr::{Location, Spanned};
 
+use super::files::FileVersion;
 use super::merge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_ON, DEFAULT_TIMEOUT, ResolvedServer,
     TlsFiles, merge_expect, merge_maps, resolve_server,
 };
-use super::files::FileVersion;
 use super::raw::{RawConfig, RawInclude, RawProbe, RawServer};
 use super::scalars::Text;
 use super::scalars::{MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, cut, shown};
@@ -116,7 +116,9 @@ pub(super) fn parse_included(
     for (key, location) in raw.main_file_keys() {
         errors.at(
             location,
-            format!("{key}: belongs in the main file; an included file holds only servers: and probes:"),
+            format!(
+                "{key}: belongs in the main file; an included file holds only servers: and probes:"
+            ),
         );
     }
     let (servers, locations) = resolve_servers(raw.servers, &mut errors);
@@ -125,7 +127,14 @@ pub(super) fn parse_included(
         main_file: &main.version.file,
         own: Some(&servers),
     };
-    let probes = build_probes(path, &main.base_dir, raw.probes, &main.defaults, &visible, &mut errors);
+    let probes = build_probes(
+        path,
+        &main.base_dir,
+        raw.probes,
+        &main.defaults,
+        &visible,
+        &mut errors,
+    );
     if errors.list.is_empty() {
         Ok(FileVersion {
             file: path.to_owned(),
@@ -308,7 +317,10 @@ pub(super) fn build_main(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -
 fn resolve_servers(
     raw: BTreeMap<String, Spanned<RawServer>>,
     errors: &mut Errors<'_>,
-) -> (BTreeMap<String, ResolvedServer>, BTreeMap<String, Option<super::Location>>) {
+) -> (
+    BTreeMap<String, ResolvedServer>,
+    BTreeMap<String, Option<super::Location>>,
+) {
     let mut locations = BTreeMap::new();
     let servers = raw
         .into_iter()
@@ -542,7 +554,14 @@ impl ProbeContext<'_> {
                     } else {
                         "under servers".to_owned()
                     };
-                    errors.at(server_ref.referenced, format!("{label}.server: unknown server {}; define it {where_} (known: {})", shown(&server_ref.value), list_or_none(&known)));
+                    errors.at(
+                        server_ref.referenced,
+                        format!(
+                            "{label}.server: unknown server {}; define it {where_} (known: {})",
+                            shown(&server_ref.value),
+                            list_or_none(&known)
+                        ),
+                    );
                     return None;
                 }
             },

@@ -444,7 +444,9 @@ impl Metrics {
         let names: Vec<String> = files.iter().map(|f| f.file.display().to_string()).collect();
         let mut known = crate::sync::lock(&self.files);
         for gone in known.iter().filter(|name| !names.contains(name)) {
-            let _ = self.file_reload_successful.remove_label_values(&[gone.as_str()]);
+            let _ = self
+                .file_reload_successful
+                .remove_label_values(&[gone.as_str()]);
         }
         for (name, file) in names.iter().zip(files) {
             self.file_reload_successful
