@@ -83,8 +83,11 @@ pub fn config_summary(layout: &Layout, now: DateTime<Utc>) -> String {
 /// Columns of the `check-config` table.
 const COLUMNS: usize = 5;
 
+/// How a probe fills one `check-config` cell, given the time now.
+type Cell = fn(&ProbeSpec, DateTime<Utc>) -> String;
+
 /// The `check-config` columns: a title and how a probe fills it.
-fn columns() -> [(&'static str, fn(&ProbeSpec, DateTime<Utc>) -> String); COLUMNS] {
+fn columns() -> [(&'static str, Cell); COLUMNS] {
     [
         ("PROBE", |spec, _| spec.name.clone()),
         ("SCHEDULE", |spec, _| spec.schedule.to_string()),

@@ -497,7 +497,7 @@ mod tests {
         assert!(second.files[1].kept && !second.files[1].ok());
         assert!(Arc::ptr_eq(
             &second.config.probes[1],
-            &first.config.probes[0 + 1]
+            &first.config.probes[1]
         ));
         assert_eq!(second.files.len(), 3);
         // A new version may not take a name the kept version holds.
