@@ -129,6 +129,11 @@ fn each_tenant_file_is_accepted_or_refused_on_its_own_at_start_and_on_reload() {
     assert_eq!(file_ok(&start, &layout.label("acme")), Some(1.0));
     assert_eq!(file_ok(&start, &layout.label("globex")), Some(1.0));
     assert_eq!(file_ok(&start, &layout.label("initech")), Some(0.0));
+    let (_, page) = exporter.get("/");
+    assert!(
+        page.contains(&format!("refused: {}", layout.label("initech"))),
+        "{page}"
+    );
     assert_eq!(
         start.value("webhook_exporter_config_last_reload_successful", &[]),
         Some(0.0)
@@ -199,6 +204,16 @@ fn each_tenant_file_is_accepted_or_refused_on_its_own_at_start_and_on_reload() {
     assert_eq!(file_ok(&moved, &layout.label("newco")), Some(1.0));
     assert!(runs(&moved, "initech-1") >= initech_runs);
     assert!(runs(&moved, "acme-1") >= acme_runs);
+
+    // An invalid main file is refused whole: nothing changes but its own series.
+    let main_text = std::fs::read_to_string(layout.main()).unwrap();
+    std::fs::write(layout.main(), format!("{main_text}history_size: 0\n")).unwrap();
+    let answer = reload(&exporter);
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    let refused = exporter.scrape();
+    assert_eq!(file_ok(&refused, &main), Some(0.0));
+    assert_eq!(file_ok(&refused, &layout.label("newco")), Some(1.0));
+    assert!(runs(&refused, "newco-1") >= 1.0 && runs(&refused, "acme-1") >= acme_runs);
 }
 
 #[test]

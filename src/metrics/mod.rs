@@ -456,6 +456,19 @@ impl Metrics {
         *known = names;
     }
 
+    /// The files refused at the last load, in load order.
+    pub fn refused_files(&self) -> Vec<String> {
+        crate::sync::lock(&self.files)
+            .iter()
+            .filter(|name| {
+                self.file_reload_successful
+                    .get_metric_with_label_values(&[name.as_str()])
+                    .is_ok_and(|gauge| gauge.get() == 0)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Marks the main file as refused (a load that applied nothing).
     pub fn config_file_failed(&self, file: &std::path::Path) {
         let name = file.display().to_string();
