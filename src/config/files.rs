@@ -259,15 +259,14 @@ pub(super) fn layout_of(
 fn included_files(path: &Path, main: &MainFile) -> Result<Vec<PathBuf>, ConfigErrors> {
     let mut errors = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
+    // Each file by its canonical path (once per file: a layout may hold thousands).
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+    let mut seen: std::collections::HashSet<PathBuf> = std::iter::once(canonical(path)).collect();
     for pattern in &main.include {
         match super::include::expand(&main.base_dir, pattern.value.0.trim()) {
             Ok(matched) => {
                 for file in matched {
-                    if !same(&file, path) && !files.iter().any(|f| same(f, &file)) {
+                    if seen.insert(canonical(&file)) {
                         files.push(file);
                     }
                 }
@@ -524,6 +523,19 @@ mod tests {
             message.contains("unknown server \"acme\"; define it under servers in this file or in"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_file_matched_twice_is_read_once_and_the_main_file_never_includes_itself() {
+        let dir = Dir::new(&MAIN.replace(
+            "include: [\"conf.d/*.yaml\"]",
+            "include: [\"conf.d/*.yaml\", \"conf.d/a.yaml\", \"*.yaml\"]",
+        ));
+        dir.write("a.yaml", &tenant("a1"));
+        let layout = dir.load(&GoodVersions::default());
+        assert!(layout.is_complete(), "{}", layout.errors());
+        assert_eq!(names(&layout), ["m", "a1"]);
+        assert_eq!(layout.files.len(), 2);
     }
 
     #[test]
