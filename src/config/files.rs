@@ -539,6 +539,26 @@ mod tests {
     }
 
     #[test]
+    fn a_main_server_problem_refuses_the_main_file_not_the_tenants_using_it() {
+        let dir = Dir::new(&MAIN.replace(
+            "  shared: {base_url: 'http://127.0.0.1:1/erp'}\n",
+            "  shared: {base_url: 'http://127.0.0.1:1/erp', body_file: missing.json}\n",
+        ));
+        dir.write("a.yaml", &tenant("a1"));
+        let errors = load_layout(&dir.main(), &GoodVersions::default(), &no_check)
+            .unwrap_err()
+            .0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].file, dir.main());
+        assert!(
+            errors[0]
+                .message
+                .starts_with("servers.\"shared\".body_file: cannot read"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn an_include_pattern_that_cannot_expand_refuses_the_main_file() {
         let dir = Dir::new("include: [\"*/x.yaml\"]\n");
         let errors = load_layout(&dir.main(), &GoodVersions::default(), &no_check)

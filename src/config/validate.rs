@@ -291,6 +291,7 @@ pub(super) fn build_main(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -
             main_file: path,
             own: None,
         };
+        check_shared_layers(path, &base_dir, &defaults, &visible, &locations, errors);
         build_probes(path, &base_dir, raw.probes, &defaults, &visible, errors)
     };
     let version = FileVersion {
@@ -313,19 +314,50 @@ pub(super) fn build_main(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -
     }
 }
 
+/// Checks the body and credentials of the defaults and of each server of the main file on
+/// their own, so their problems are the main file's even when only included files' probes
+/// use them (a tenant's file is never refused for the main file's mistake). Said once each:
+/// the probes using them later find the same message at the same place.
+fn check_shared_layers(
+    path: &Path,
+    base_dir: &Path,
+    defaults: &RawProbe,
+    servers: &Visible<'_>,
+    locations: &BTreeMap<String, Location>,
+    errors: &mut Errors<'_>,
+) {
+    let context = ProbeContext {
+        index: 0,
+        name: "",
+        file: path,
+        base_dir,
+        defaults,
+        servers,
+    };
+    let nowhere = Location::UNKNOWN;
+    let _ = context.body(&RawProbe::default(), None, errors);
+    let _ = context.credentials(&RawProbe::default(), None, &[], nowhere, errors);
+    for (name, server) in servers.main {
+        let at = locations.get(name).copied().unwrap_or(nowhere);
+        let raw = RawProbe {
+            server: Some(Spanned::new(name.clone(), at, at)),
+            ..RawProbe::default()
+        };
+        let _ = context.body(&raw, Some(server), errors);
+        let _ = context.credentials(&raw, Some(server), &[], at, errors);
+    }
+}
+
 /// The servers of one file, checked, with where each is written.
 fn resolve_servers(
     raw: BTreeMap<String, Spanned<RawServer>>,
     errors: &mut Errors<'_>,
-) -> (
-    BTreeMap<String, ResolvedServer>,
-    BTreeMap<String, Option<super::Location>>,
-) {
+) -> (BTreeMap<String, ResolvedServer>, BTreeMap<String, Location>) {
     let mut locations = BTreeMap::new();
     let servers = raw
         .into_iter()
         .filter_map(|(name, server)| {
-            locations.insert(name.clone(), super::Location::of(server.referenced));
+            locations.insert(name.clone(), server.referenced);
             let resolved = resolve_server(&name, server, errors)?;
             Some((name, resolved))
         })
@@ -336,7 +368,7 @@ fn resolve_servers(
 /// The servers as the scheduler sees them, with their positions.
 fn server_list_ref(
     servers: &BTreeMap<String, ResolvedServer>,
-    locations: &BTreeMap<String, Option<super::Location>>,
+    locations: &BTreeMap<String, Location>,
 ) -> Vec<(Server, Option<super::Location>)> {
     servers
         .iter()
@@ -346,7 +378,7 @@ fn server_list_ref(
                     name: name.clone(),
                     max_concurrent: s.max_concurrent,
                 },
-                locations.get(name).copied().flatten(),
+                locations.get(name).copied().and_then(super::Location::of),
             )
         })
         .collect()
@@ -354,7 +386,7 @@ fn server_list_ref(
 
 fn server_list(
     servers: BTreeMap<String, ResolvedServer>,
-    locations: BTreeMap<String, Option<super::Location>>,
+    locations: BTreeMap<String, Location>,
 ) -> Vec<(Server, Option<super::Location>)> {
     server_list_ref(&servers, &locations)
 }
