@@ -10,7 +10,7 @@ use crate::probe::{Outcome, PHASE_NAMES};
 
 /// The `check-config` summary: a line per config file (valid or refused, its counts), then
 /// the probes grouped per file, one line each, URLs redacted, with the next run. The columns
-/// are one list ([`columns`]) so a new one is one more entry there.
+/// are one list (`columns`) so a new one is one more entry there.
 pub fn config_summary(layout: &Layout, now: DateTime<Utc>) -> String {
     let config = &layout.config;
     let mut out = String::new();
