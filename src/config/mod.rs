@@ -174,8 +174,9 @@ impl ProbeSpec {
 }
 
 /// Where a probe and its TLS keys are written, for messages about them after loading (a
-/// TLS file that does not parse). Always equal to another: moving a probe in the file, or
-/// adding one above it, does not change how it runs.
+/// TLS file that does not parse). Always equal to another: moving a probe in the file or to
+/// another file, or adding one above it, does not change how it runs (the scheduler keeps
+/// it running and only notes its new file for the API and the page).
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
     /// The config file the probe is written in (the main file or an included one), as
