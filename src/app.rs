@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, ConfigErrors, FileStatus, GoodVersions, Layout};
 use crate::metrics::Metrics;
 use crate::scheduler::{Clock, ReloadSummary, Runner, Scheduler};
 use crate::server::auth::Auth;
@@ -28,17 +28,19 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads and validates the config, and builds its probes' TLS clients.
+    /// Reads and validates the config files, and builds their probes' TLS clients; an
+    /// invalid included file is refused on its own (its version in `previous`, the last
+    /// load's [`Layout::good`], runs instead).
     ///
     /// # Errors
-    /// Every problem of the file, with positions.
-    pub fn load(&self) -> Result<Config, ConfigErrors> {
-        let config = match self {
-            ConfigSource::File(path) => config::load(path),
-            ConfigSource::Demo(address) => demo::config(*address),
-        }?;
-        tls::prepare(&config)?;
-        Ok(config)
+    /// Every problem of the main file, with positions: then nothing applies.
+    pub fn load(&self, previous: &GoodVersions) -> Result<Layout, ConfigErrors> {
+        let layout = match self {
+            ConfigSource::File(path) => config::load_layout(path, previous, &tls::check)?,
+            ConfigSource::Demo(address) => Layout::single(demo::config(*address)?),
+        };
+        tls::prepare(&layout.config)?;
+        Ok(layout)
     }
 }
 
@@ -65,6 +67,18 @@ pub enum ReloadError {
     /// The web config turned TLS on or off, which needs a restart.
     #[error("the web config turns TLS on or off: restart the exporter for that")]
     TlsToggled,
+    /// Some included files were refused; the main file and the others applied.
+    #[error(
+        "{refused} file(s) refused, their last good version stays; the other files applied ({summary}):\n{errors}"
+    )]
+    Partial {
+        /// How many files were refused.
+        refused: usize,
+        /// What the applied part changed.
+        summary: ReloadSummary,
+        /// Why.
+        errors: ConfigErrors,
+    },
 }
 
 /// The running exporter: config source, metrics, scheduler, auth and TLS of its endpoints.
@@ -83,19 +97,19 @@ pub struct App {
     pub response_headers: Arc<server::ResponseHeaders>,
     /// TLS of the endpoints (reloaded in place), `None` for plain HTTP.
     tls: Option<RustlsConfig>,
-    /// One reload at a time.
-    reload_lock: tokio::sync::Mutex<()>,
+    /// One reload at a time; it guards the last good version of each included file.
+    reload_lock: tokio::sync::Mutex<GoodVersions>,
 }
 
 impl App {
-    /// Starts the probes of `config` (already loaded from `source`) that `shard` runs, and
+    /// Starts the probes of `layout` (already loaded from `source`) that `shard` runs, and
     /// reads the web config.
     ///
     /// # Errors
     /// An invalid web config, or metrics that cannot be set up.
     pub fn start(
         source: ConfigSource,
-        config: &Config,
+        layout: &Layout,
         web_config_file: Option<PathBuf>,
         runner: Runner,
         runtimes: Vec<tokio::runtime::Handle>,
@@ -116,9 +130,11 @@ impl App {
         );
         let placement = Arc::new(Placement::new(shard));
         metrics.set_shard(shard.index(), shard.count());
-        scheduler.apply_where(config, &|name| placement.runs(name));
-        placement.remember(config);
-        metrics.config_loaded(true);
+        scheduler.apply_where(&layout.config, &|name| placement.runs(name));
+        placement.remember(&layout.config);
+        metrics.config_files(&layout.files);
+        metrics.config_loaded(layout.is_complete());
+        log_refused(&layout.files);
         let auth = Arc::new(Auth::default());
         let response_headers = Arc::new(server::ResponseHeaders::default());
         let mut tls = None;
@@ -136,7 +152,7 @@ impl App {
             placement,
             response_headers,
             tls,
-            reload_lock: tokio::sync::Mutex::new(()),
+            reload_lock: tokio::sync::Mutex::new(layout.good.clone()),
         }))
     }
 
@@ -176,18 +192,21 @@ impl App {
         self.tls.is_some()
     }
 
-    /// Re-reads the config (and the web config) and applies them; an invalid one changes
-    /// nothing but `webhook_exporter_config_last_reload_successful`, which becomes 0.
+    /// Re-reads the config (and the web config) and applies them; an invalid main file or
+    /// web config changes nothing but `webhook_exporter_config_last_reload_successful`,
+    /// which becomes 0. An invalid included file is refused on its own: the rest applies,
+    /// and that gauge is 0 too (not everything applied).
     ///
     /// # Errors
-    /// Why the new config was refused.
+    /// Why the new config, or part of it, was refused.
     pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
-        let _one_at_a_time = self.reload_lock.lock().await;
+        let mut good = self.reload_lock.lock().await;
         let source = self.source.clone();
         let web_file = self.web_config_file.clone();
+        let previous = good.clone();
         // File reads and cron checks block: keep them off the runtime's workers.
         let loaded = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
-            let config = source.load()?;
+            let config = source.load(&previous)?;
             let web = web_file.as_deref().map(WebConfig::load).transpose()?;
             Ok((config, web))
         })
@@ -206,9 +225,22 @@ impl App {
             }
             let summary = self
                 .scheduler
-                .apply_where(&config, &|name| self.placement.runs(name));
-            self.placement.remember(&config);
-            Ok(summary)
+                .apply_where(&config.config, &|name| self.placement.runs(name));
+            self.placement.remember(&config.config);
+            self.metrics.config_files(&config.files);
+            log_refused(&config.files);
+            let complete = config.is_complete();
+            let errors = config.errors();
+            *good = config.good;
+            if complete {
+                Ok(summary)
+            } else {
+                Err(ReloadError::Partial {
+                    refused: config.files.iter().filter(|f| !f.ok()).count(),
+                    summary,
+                    errors,
+                })
+            }
         });
         match &result {
             Ok(summary) => {
@@ -221,8 +253,21 @@ impl App {
                     "config reloaded"
                 );
             }
+            Err(ReloadError::Partial { summary, .. }) => {
+                self.metrics.config_loaded(false);
+                tracing::warn!(
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    unchanged = summary.unchanged,
+                    "config reloaded in part: refused files keep their last good version"
+                );
+            }
             Err(error) => {
                 self.metrics.config_loaded(false);
+                if let (ReloadError::Config(_), ConfigSource::File(path)) = (error, &self.source) {
+                    self.metrics.config_file_failed(path);
+                }
                 for line in error.to_string().lines() {
                     tracing::error!(error = %line, "config reload refused; the running config stays");
                 }
@@ -265,6 +310,20 @@ impl App {
         app.scheduler.shutdown().await;
         tracing::info!("webhook-exporter stopped");
         served
+    }
+}
+
+/// Logs each error of each refused included file, with its position.
+fn log_refused(files: &[FileStatus]) {
+    for file in files.iter().filter(|f| !f.ok()) {
+        let outcome = if file.kept {
+            "config file refused; its last good version stays"
+        } else {
+            "config file refused; its probes are not loaded"
+        };
+        for error in &file.errors {
+            tracing::error!(file = %file.file.display(), error = %error, "{outcome}");
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub const ISSUER: &str = "issuer";
 pub const REVISION: &str = "revision";
 /// `rustc_version` of `webhook_exporter_build_info`.
 pub const RUSTC_VERSION: &str = "rustc_version";
+/// `file` of `webhook_exporter_config_file_last_reload_successful`.
+pub const FILE: &str = "file";
 
 /// `index` of `webhook_exporter_shard_info`.
 pub const INDEX: &str = "index";
@@ -44,7 +46,7 @@ pub const PROMETHEUS: [&str; 3] = ["quantile", "job", "instance"];
 
 /// Every label name a static probe label must not take: those the families set, then
 /// Prometheus' own.
-pub const RESERVED: [&str; 18] = [
+pub const RESERVED: [&str; 19] = [
     PROBE,
     RESULT,
     REASON,
@@ -60,6 +62,7 @@ pub const RESERVED: [&str; 18] = [
     RUSTC_VERSION,
     INDEX,
     COUNT,
+    FILE,
     PROMETHEUS[0],
     PROMETHEUS[1],
     PROMETHEUS[2],

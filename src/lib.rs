@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`app`]: the running exporter: builds the pieces from flags and config, runs, reloads.
-//! - [`config`]: the only code that touches YAML; `config::load` returns a validated [`config::Config`].
+//! - [`config`]: the only code that touches YAML; `config::load_layout` reads the main file
+//!   and its `include:` files, each accepted or refused on its own, into a validated
+//!   [`config::Config`] (`config::load`: the strict form).
 //! - [`schedule`]: pure "when is the next run" for intervals (stable per-name phase) and cron.
 //! - [`scheduler`]: one timer per probe, no overlap, concurrency caps, schedule lag, reload diff.
 //! - [`probe`]: one run of one probe on a fresh connection -> [`probe::Outcome`].
@@ -21,7 +23,8 @@
 //! - [`labels`]: the label names the exporter sets (data only), read by metrics and config.
 //!
 //! # Data flow
-//! config file -> `config::load` -> `Config` -> [`scheduler::Scheduler`] (one timer per probe)
+//! config files -> `config::load_layout` (with the last good version of each included file,
+//! kept by [`app::App`]) -> `Layout` (`Config` + per-file status) -> [`scheduler::Scheduler`] (one timer per probe)
 //! -> `probe::run` -> `Outcome` -> `state::ProbeState::record` (`Metrics::record` +
 //! `History::push` + the log line) -> `/metrics` (`Metrics::render`), and
 //! [`state::Probes::list`]/[`state::Probes::view`] -> `ProbeView` -> `/api/v1/probes`, `/`.

@@ -89,9 +89,14 @@ fn usage_error(error: &clap::Error) -> ! {
         let (subcommand, config_file) = scan_args(std::env::args().skip(1));
         if subcommand.as_deref() == Some("probe") {
             let path = config_file.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
-            match config::load(&path) {
-                Ok(config) => {
-                    let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+            match config::load_layout(&path, &config::GoodVersions::default(), &|_| Vec::new()) {
+                Ok(layout) => {
+                    let names: Vec<&str> = layout
+                        .config
+                        .probes
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect();
                     eprintln!("known probes: {}", names.join(", "));
                 }
                 Err(_) => eprintln!(
@@ -219,20 +224,26 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     })
 }
 
-/// `check-config`: the config, and the web config when one is given; with `shard_count`,
-/// which replica runs each probe.
+/// `check-config`: every config file (exit 1 when any has an error), and the web config
+/// when one is given; with `shard_count`, which replica runs each probe.
 fn check_config(
     path: &std::path::Path,
     web_config: Option<&std::path::Path>,
     shard_count: Option<u32>,
 ) -> ExitCode {
-    let mut code = match ConfigSource::File(path.to_owned()).load() {
-        Ok(config) => {
-            print!("{}", report::config_summary(&config, chrono::Utc::now()));
+    let mut code = match ConfigSource::File(path.to_owned()).load(&config::GoodVersions::default())
+    {
+        Ok(layout) => {
+            print!("{}", report::config_summary(&layout, chrono::Utc::now()));
             if let Some(count) = shard_count {
-                print!("{}", shard::assignment_report(&config, count));
+                print!("{}", shard::assignment_report(&layout.config, count));
             }
-            ExitCode::SUCCESS
+            if layout.is_complete() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}", layout.errors());
+                ExitCode::FAILURE
+            }
         }
         Err(errors) => {
             eprintln!("{errors}");
@@ -257,8 +268,14 @@ fn check_config(
 }
 
 async fn run_probe(path: &std::path::Path, name: &str) -> ExitCode {
-    let config = match ConfigSource::File(path.to_owned()).load() {
-        Ok(config) => config,
+    let config = match ConfigSource::File(path.to_owned()).load(&config::GoodVersions::default()) {
+        Ok(layout) => {
+            // A refused tenant file does not stop probing the others: say why it is out.
+            if !layout.is_complete() {
+                eprintln!("{}", layout.errors());
+            }
+            layout.config
+        }
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::FAILURE;
@@ -319,8 +336,8 @@ fn bind(text: &str) -> anyhow::Result<std::net::TcpListener> {
 
 async fn run_exporter(cli: &Cli, shard: Shard, hangups: Hangups) -> anyhow::Result<ExitCode> {
     let source = ConfigSource::File(cli.config_file.clone());
-    let config = match source.load() {
-        Ok(config) => config,
+    let config = match source.load(&config::GoodVersions::default()) {
+        Ok(layout) => layout,
         Err(errors) => {
             for error in &errors.0 {
                 tracing::error!(error = %error, "invalid config");
@@ -340,7 +357,7 @@ async fn run_demo(cli: &Cli, shard: Shard, hangups: Hangups) -> anyhow::Result<E
     let server = demo::spawn_server(simulated, stop_simulation.clone());
     let source = ConfigSource::Demo(simulated_address);
     let config = source
-        .load()
+        .load(&config::GoodVersions::default())
         .context("the built-in demo config is invalid")?;
     println!("webhook-exporter demo: simulated Divalto server on http://{simulated_address}");
     let code = serve(cli, source, &config, "127.0.0.1:8916", shard, hangups).await;
@@ -353,7 +370,7 @@ async fn run_demo(cli: &Cli, shard: Shard, hangups: Hangups) -> anyhow::Result<E
 async fn serve(
     cli: &Cli,
     source: ConfigSource,
-    config: &config::Config,
+    config: &config::Layout,
     default_listen: &str,
     shard: Shard,
     hangups: Hangups,

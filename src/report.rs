@@ -5,62 +5,122 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Config, ProbeSpec};
+use crate::config::{FileStatus, Layout, ProbeSpec};
 use crate::probe::{Outcome, PHASE_NAMES};
 
-/// The `check-config` summary: one line per probe, URLs redacted, with the next run.
-pub fn config_summary(config: &Config, now: DateTime<Utc>) -> String {
+/// The `check-config` summary: a line per config file (valid or refused, its counts), then
+/// the probes grouped per file, one line each, URLs redacted, with the next run. The columns
+/// are one list (`columns`) so a new one is one more entry there.
+pub fn config_summary(layout: &Layout, now: DateTime<Utc>) -> String {
+    let config = &layout.config;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}: valid, {} probe(s), {} server(s), max_concurrent_probes {}",
-        config.source.display(),
-        config.probes.len(),
-        config.servers.len(),
-        config.max_concurrent_probes
-    );
-    let rows: Vec<[String; 5]> = config
-        .probes
-        .iter()
-        .map(|spec| {
-            let next = spec.schedule.next_after(&spec.name, now).map_or_else(
-                || "never".to_owned(),
-                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    let probes_of = |file: &FileStatus| {
+        config
+            .probes
+            .iter()
+            .filter(|spec| spec.origin.file == file.file)
+            .collect::<Vec<_>>()
+    };
+    for (i, file) in layout.files.iter().enumerate() {
+        let probes = probes_of(file).len();
+        let verdict = if file.ok() {
+            "valid".to_owned()
+        } else {
+            format!("refused, {} error(s) (on stderr)", file.errors.len())
+        };
+        let _ = write!(
+            out,
+            "{}: {verdict}, {probes} probe(s), {} server(s)",
+            file.file.display(),
+            file.servers,
+        );
+        if i == 0 {
+            let _ = write!(
+                out,
+                ", max_concurrent_probes {}; in all {} probe(s), {} server(s)",
+                config.max_concurrent_probes,
+                config.probes.len(),
+                config.servers.len()
             );
-            [
-                spec.name.clone(),
-                spec.schedule.to_string(),
-                next,
-                format!(
-                    "{} {}",
-                    spec.method,
-                    humantime::format_duration(spec.timeout)
-                ),
-                spec.target.redacted(),
-            ]
-        })
-        .collect();
-    let header = ["PROBE", "SCHEDULE", "NEXT RUN", "METHOD TIMEOUT", "URL"].map(str::to_owned);
+        }
+        out.push('\n');
+    }
+    if layout.files.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}: valid, {} probe(s), {} server(s), max_concurrent_probes {}",
+            config.source.display(),
+            config.probes.len(),
+            config.servers.len(),
+            config.max_concurrent_probes
+        );
+    }
+    let header = columns().map(|(title, _)| title.to_owned());
+    let mut groups: Vec<(String, Vec<[String; COLUMNS]>)> = Vec::new();
+    for spec in &config.probes {
+        let row = columns().map(|(_, cell)| cell(spec, now));
+        let file = spec.origin.file.display().to_string();
+        match groups.iter_mut().find(|(f, _)| *f == file) {
+            Some((_, rows)) => rows.push(row),
+            None => groups.push((file, vec![row])),
+        }
+    }
     let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
+    for row in groups.iter().flat_map(|(_, rows)| rows) {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            line.push_str(cell);
-            if i + 1 < row.len() {
-                // Padded by hand: `{:<width$}` panics on widths over 65,535, and a probe name
-                // may be longer than that.
-                let padding = width - cell.chars().count() + 2;
-                line.extend(std::iter::repeat_n(' ', padding));
-            }
+    for (file, rows) in &groups {
+        let _ = writeln!(out, "\n{file}");
+        for row in std::iter::once(&header).chain(rows) {
+            let _ = writeln!(out, "{}", padded(row, &widths));
         }
-        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
+}
+
+/// Columns of the `check-config` table.
+const COLUMNS: usize = 5;
+
+/// How a probe fills one `check-config` cell, given the time now.
+type Cell = fn(&ProbeSpec, DateTime<Utc>) -> String;
+
+/// The `check-config` columns: a title and how a probe fills it.
+fn columns() -> [(&'static str, Cell); COLUMNS] {
+    [
+        ("PROBE", |spec, _| spec.name.clone()),
+        ("SCHEDULE", |spec, _| spec.schedule.to_string()),
+        ("NEXT RUN", |spec, now| {
+            spec.schedule.next_after(&spec.name, now).map_or_else(
+                || "never".to_owned(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            )
+        }),
+        ("METHOD TIMEOUT", |spec, _| {
+            format!(
+                "{} {}",
+                spec.method,
+                humantime::format_duration(spec.timeout)
+            )
+        }),
+        ("URL", |spec, _| spec.target.redacted()),
+    ]
+}
+
+/// The cells of a row, each padded to its column's width but the last.
+fn padded(row: &[String], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+        line.push_str(cell);
+        if i + 1 < row.len() {
+            // Padded by hand: `{:<width$}` panics on widths over 65,535, and a probe name
+            // may be longer than that.
+            let padding = width - cell.chars().count() + 2;
+            line.extend(std::iter::repeat_n(' ', padding));
+        }
+    }
+    line.trim_end().to_owned()
 }
 
 fn millis(d: Duration) -> String {

@@ -165,6 +165,9 @@ pub struct ProbeState {
     running: AtomicBool,
     /// Next planned run, for the API and the status page.
     next_run: Mutex<Option<DateTime<Utc>>>,
+    /// The config file the probe is written in: it may move to another file without a
+    /// restart (the file is no setting), so it is kept apart from the spec.
+    file: Mutex<String>,
     /// When the last run (scheduled or on-demand) started calling the target: on-demand
     /// runs keep `run_now_min_gap` from it.
     last_start: Mutex<Option<Instant>>,
@@ -187,6 +190,7 @@ impl ProbeState {
         history_size: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
+            file: Mutex::new(spec.origin.file.display().to_string()),
             spec,
             metrics,
             registry,
@@ -213,6 +217,16 @@ impl ProbeState {
         *lock(&self.next_run) = next;
         self.metrics
             .set_next_run(next.map(std::time::SystemTime::from));
+    }
+
+    /// The config file the probe is written in.
+    pub fn file(&self) -> String {
+        lock(&self.file).clone()
+    }
+
+    /// Notes the file the probe is written in now (a reload kept it while it moved).
+    pub(crate) fn set_file(&self, file: &std::path::Path) {
+        *lock(&self.file) = file.display().to_string();
     }
 
     /// Changes how many results are kept (a reload), dropping the oldest beyond it.
@@ -304,6 +318,7 @@ impl ProbeState {
         ProbeView {
             name: spec.name.clone(),
             server: spec.server.clone(),
+            file: self.file(),
             url: spec.target.redacted(),
             method: spec.method.to_string(),
             schedule: spec.schedule.to_string(),
@@ -389,6 +404,8 @@ pub struct ProbeView {
     pub name: String,
     /// Its server, if it has one.
     pub server: Option<String>,
+    /// The config file it is written in (the main file or an included one).
+    pub file: String,
     /// The URL with its code redacted: the code is a secret.
     pub url: String,
     /// HTTP method.

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::scalars::{MAX_DETAIL_CHARS, cut};
-use crate::config::{Config, ConfigError, ConfigErrors, TlsFile, TlsSettings};
+use crate::config::{Config, ConfigError, ConfigErrors, ProbeSpec, TlsFile, TlsSettings};
 
 /// The `tls` key a [`TlsConfigError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,14 +235,29 @@ pub fn client(settings: &TlsSettings) -> Result<Arc<ClientTls>, TlsConfigError> 
 }
 
 /// Builds (or finds) the TLS client of every probe of `config`, so its runs only look them
-/// up; a file that does not parse is an error at the key that names it.
+/// up; a file that does not parse is an error at the key that names it. Clients no probe
+/// of this config or the one before uses are dropped.
 ///
 /// # Errors
 /// Every probe whose TLS files cannot be used, as `file:line:col: probes[i] "name".tls.key: …`.
 pub fn prepare(config: &Config) -> Result<(), ConfigErrors> {
     cache().generation += 1;
+    let errors = check(&config.probes);
+    let mut cache = cache();
+    let keep_from = cache.generation.saturating_sub(1);
+    cache.clients.retain(|_, (_, used)| *used >= keep_from);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Builds (or finds) the TLS client of each of `probes` (one config file's, at load time, so
+/// a bad key refuses that file only); the problems, each in the probe's file.
+pub fn check(probes: &[Arc<ProbeSpec>]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    for spec in &config.probes {
+    for spec in probes {
         if let Err(failure) = client(&spec.tls) {
             let origin = &spec.origin;
             let location = match failure.field {
@@ -253,7 +268,7 @@ pub fn prepare(config: &Config) -> Result<(), ConfigErrors> {
             }
             .or(origin.probe);
             errors.push(ConfigError {
-                file: config.source.clone(),
+                file: origin.file.clone(),
                 location,
                 message: format!(
                     "{}.tls.{}: {}",
@@ -264,14 +279,7 @@ pub fn prepare(config: &Config) -> Result<(), ConfigErrors> {
             });
         }
     }
-    let mut cache = cache();
-    let keep_from = cache.generation.saturating_sub(1);
-    cache.clients.retain(|_, (_, used)| *used >= keep_from);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    errors
 }
 
 /// The certificates a server presented, leaf first, as captured during the handshake.

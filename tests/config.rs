@@ -323,12 +323,29 @@ fn the_example_config_is_accepted_by_check_config() {
         &[
             ("REFRESH_CUSTOMER_CODE", common::SECRET_CODE),
             ("ORDER_SYNC_CODE", "SYNCCOMMANDESACADEMY0000000000042"),
+            ("ACME_STOCK_CODE", "ACMESTOCKWEBHOOK00000000000000000001"),
+            ("GLOBEX_INVOICE_CODE", "GLOBEXINVOICES000000000000000000002"),
         ],
         None,
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("valid, 3 probe(s), 2 server(s)"),
+        stdout.contains("webhook-exporter.yaml: valid, 3 probe(s), 2 server(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("in all 5 probe(s), 4 server(s)"),
+        "{stdout}"
+    );
+    for tenant in ["tenant-acme.yaml", "tenant-globex.yaml"] {
+        assert!(
+            stdout.contains(&format!("conf.d/{tenant}: valid, 1 probe(s), 1 server(s)")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("ACMESTOCKWEBHOOK00000000000000000001")
+            && !stdout.contains("GLOBEXINVOICES000000000000000000002"),
         "{stdout}"
     );
     assert!(

@@ -3,6 +3,7 @@
 //! After this module nothing is a bare string standing for a URL, a duration, a schedule, a
 //! method or a regex: the rest of the program works with checked types.
 
+mod files;
 pub mod include;
 mod merge;
 pub mod proxy;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+pub use files::{Check, FileStatus, GoodVersions, Layout, load_layout};
 pub use proxy::{ProxyConfig, ProxyEndpoint};
 pub use scalars::{DivaltoMode, FailureReason, RegexValue, StatusMatcher};
 pub use secret::Secret;
@@ -172,11 +174,15 @@ impl ProbeSpec {
 }
 
 /// Where a probe and its TLS keys are written, for messages about them after loading (a
-/// TLS file that does not parse). Always equal to another: moving a probe in the file, or
-/// adding one above it, does not change how it runs.
+/// TLS file that does not parse). Always equal to another: moving a probe in the file or to
+/// another file, or adding one above it, does not change how it runs (the scheduler keeps
+/// it running and only notes its new file for the API and the page).
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
-    /// `probes[2] "refresh-customer"`: how messages name the probe.
+    /// The config file the probe is written in (the main file or an included one), as
+    /// messages, the API and the status page name it.
+    pub file: PathBuf,
+    /// `probes[2] "refresh-customer"`: how messages name the probe (the index is in its file).
     pub label: String,
     /// The probe's entry.
     pub probe: Option<Location>,
@@ -379,11 +385,20 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads, parses and validates the config file at `path`.
+/// Reads, parses and validates the config file at `path` and the files it includes, all of
+/// them: the strict form of [`load_layout`] (nothing refused on its own).
 ///
 /// # Errors
 /// Every problem found, each with the file, line and column and the fix.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_layout(path, &GoodVersions::default(), &|_| Vec::new())?.into_complete()
+}
+
+/// The text of a config file.
+///
+/// # Errors
+/// It cannot be read or is not UTF-8.
+fn read_text(path: &Path) -> Result<String, ConfigErrors> {
     let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
@@ -402,7 +417,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             ),
         }])
     })?;
-    parse(path, text)
+    Ok(text.to_owned())
 }
 
 /// 1-based line and column (in characters) of byte `offset`, all bytes before it being valid
@@ -418,12 +433,13 @@ fn position_of(bytes: &[u8], offset: usize) -> Location {
     }
 }
 
-/// Parses and validates config text; `path` is used in messages and to resolve nothing else.
+/// Parses and validates config text; `path` is used in messages and to resolve relative
+/// paths (files read at load, `include:` patterns), which are all relative to its folder.
 ///
 /// # Errors
 /// As [`load`].
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    validate::parse(path, text)
+    files::layout_of(path, text, &GoodVersions::default(), &|_| Vec::new())?.into_complete()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
 use super::scalars::{
@@ -38,6 +39,51 @@ pub struct RawConfig {
     /// one contiguous block of them while the file is read).
     #[serde(default)]
     pub probes: Vec<Spanned<Box<RawProbe>>>,
+    /// Patterns of more files holding `servers:` and `probes:` (one file per tenant),
+    /// relative to this file's folder.
+    pub include: Option<Vec<Spanned<Text>>>,
+}
+
+/// An included file: only `servers:` and `probes:`. The keys of the main file are read (and
+/// ignored) so the error can say where they belong instead of "unknown field".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInclude {
+    /// Named Divalto REST bases of this file.
+    #[serde(default)]
+    pub servers: BTreeMap<String, Spanned<RawServer>>,
+    /// The probes of this file.
+    #[serde(default)]
+    pub probes: Vec<Spanned<Box<RawProbe>>>,
+    /// Main-file keys, refused with a message each.
+    pub max_concurrent_probes: Option<Spanned<IgnoredAny>>,
+    /// See `max_concurrent_probes`.
+    pub history_size: Option<Spanned<IgnoredAny>>,
+    /// See `max_concurrent_probes`.
+    pub run_now_min_gap: Option<Spanned<IgnoredAny>>,
+    /// See `max_concurrent_probes`.
+    pub duration_buckets: Option<Spanned<IgnoredAny>>,
+    /// See `max_concurrent_probes`.
+    pub defaults: Option<Spanned<IgnoredAny>>,
+    /// See `max_concurrent_probes` (an included file includes nothing more).
+    pub include: Option<Spanned<IgnoredAny>>,
+}
+
+impl RawInclude {
+    /// The main-file keys this file sets, with their positions.
+    pub fn main_file_keys(&self) -> Vec<(&'static str, serde_saphyr::Location)> {
+        [
+            ("max_concurrent_probes", &self.max_concurrent_probes),
+            ("history_size", &self.history_size),
+            ("run_now_min_gap", &self.run_now_min_gap),
+            ("duration_buckets", &self.duration_buckets),
+            ("defaults", &self.defaults),
+            ("include", &self.include),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| (key, v.referenced)))
+        .collect()
+    }
 }
 
 /// A Divalto REST base shared by probes.

@@ -10,14 +10,16 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_saphyr::{Location, Spanned};
 
+use super::files::FileVersion;
 use super::merge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_ON, DEFAULT_TIMEOUT, ResolvedServer,
     TlsFiles, merge_expect, merge_maps, resolve_server,
 };
-use super::raw::{RawConfig, RawProbe};
+use super::raw::{RawConfig, RawInclude, RawProbe, RawServer};
+use super::scalars::Text;
 use super::scalars::{MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, cut, shown};
 use super::{
-    Config, ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES,
+    ConfigError, ConfigErrors, DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CONCURRENT_PROBES,
     MAX_HISTORY_SIZE, MAX_PROBES, Origin, ProbeSpec, Server,
 };
 use crate::schedule::Schedule;
@@ -83,26 +85,76 @@ pub(super) fn yaml_options() -> serde_saphyr::Options {
     }
 }
 
-/// Parses `text` (the content of `path`) and validates it.
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig =
-        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_owned(),
-                location: e.location().and_then(super::Location::of),
-                message: yaml_message(&e),
-            }])
-        })?;
+/// Parses `text` (the content of the main file `path`) and validates it on its own; the
+/// included files are read by [`super::files`].
+pub(super) fn parse_main(path: &Path, text: &str) -> Result<MainFile, ConfigErrors> {
+    let raw: RawConfig = from_yaml(path, text)?;
     let mut errors = Errors {
         file: path,
         list: Vec::new(),
     };
-    let config = build(path, raw, &mut errors);
+    let main = build_main(path, raw, &mut errors);
     if errors.list.is_empty() {
-        Ok(config)
+        Ok(main)
     } else {
         Err(ConfigErrors(errors.list))
     }
+}
+
+/// Parses `text` (the content of the included file `path`) and validates it against the
+/// main file (its defaults and servers).
+pub(super) fn parse_included(
+    path: &Path,
+    text: &str,
+    main: &MainFile,
+) -> Result<FileVersion, Vec<ConfigError>> {
+    let raw: RawInclude = from_yaml(path, text).map_err(|e| e.0)?;
+    let mut errors = Errors {
+        file: path,
+        list: Vec::new(),
+    };
+    for (key, location) in raw.main_file_keys() {
+        errors.at(
+            location,
+            format!(
+                "{key}: belongs in the main file; an included file holds only servers: and probes:"
+            ),
+        );
+    }
+    let (servers, locations) = resolve_servers(raw.servers, &mut errors);
+    let visible = Visible {
+        main: &main.servers,
+        main_file: &main.version.file,
+        own: Some(&servers),
+    };
+    let probes = build_probes(
+        path,
+        &main.base_dir,
+        raw.probes,
+        &main.defaults,
+        &visible,
+        &mut errors,
+    );
+    if errors.list.is_empty() {
+        Ok(FileVersion {
+            file: path.to_owned(),
+            servers: server_list(servers, locations),
+            probes,
+        })
+    } else {
+        Err(errors.list)
+    }
+}
+
+/// A YAML document read into `T`, the parser's error placed in `path`.
+fn from_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigErrors> {
+    serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            location: e.location().and_then(super::Location::of),
+            message: yaml_message(&e),
+        }])
+    })
 }
 
 /// The message of a YAML error without its position (we print that ourselves) and with a
@@ -161,7 +213,26 @@ pub(super) fn strip_position_suffix(message: &str) -> &str {
     }
 }
 
-pub(super) fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Config {
+/// The main file, validated on its own: its settings, its servers and probes, and what the
+/// included files build on (the defaults, the servers, the folder paths are relative to).
+pub(super) struct MainFile {
+    pub(super) settings: Settings,
+    pub(super) base_dir: PathBuf,
+    pub(super) defaults: RawProbe,
+    pub(super) servers: BTreeMap<String, ResolvedServer>,
+    pub(super) version: FileVersion,
+    pub(super) include: Vec<Spanned<Text>>,
+}
+
+/// The settings only the main file sets.
+pub(super) struct Settings {
+    pub(super) max_concurrent_probes: usize,
+    pub(super) history_size: usize,
+    pub(super) run_now_min_gap: Duration,
+    pub(super) duration_buckets: Vec<f64>,
+}
+
+pub(super) fn build_main(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> MainFile {
     let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
 
     let max_concurrent_probes = positive(
@@ -213,54 +284,142 @@ pub(super) fn build(path: &Path, raw: RawConfig, errors: &mut Errors<'_>) -> Con
         d.value
     }).unwrap_or_default();
 
-    let servers: BTreeMap<String, ResolvedServer> = raw
-        .servers
+    let (servers, locations) = resolve_servers(raw.servers, errors);
+    let probes = {
+        let visible = Visible {
+            main: &servers,
+            main_file: path,
+            own: None,
+        };
+        check_shared_layers(path, &base_dir, &defaults, &visible, &locations, errors);
+        build_probes(path, &base_dir, raw.probes, &defaults, &visible, errors)
+    };
+    let version = FileVersion {
+        file: path.to_owned(),
+        servers: server_list_ref(&servers, &locations),
+        probes,
+    };
+    MainFile {
+        settings: Settings {
+            max_concurrent_probes,
+            history_size,
+            run_now_min_gap,
+            duration_buckets,
+        },
+        base_dir,
+        defaults,
+        servers,
+        version,
+        include: raw.include.unwrap_or_default(),
+    }
+}
+
+/// Checks the body and credentials of the defaults and of each server of the main file on
+/// their own, so their problems are the main file's even when only included files' probes
+/// use them (a tenant's file is never refused for the main file's mistake). Said once each:
+/// the probes using them later find the same message at the same place.
+fn check_shared_layers(
+    path: &Path,
+    base_dir: &Path,
+    defaults: &RawProbe,
+    servers: &Visible<'_>,
+    locations: &BTreeMap<String, Location>,
+    errors: &mut Errors<'_>,
+) {
+    let context = ProbeContext {
+        index: 0,
+        name: "",
+        file: path,
+        base_dir,
+        defaults,
+        servers,
+    };
+    let nowhere = Location::UNKNOWN;
+    let _ = context.body(&RawProbe::default(), None, errors);
+    let _ = context.credentials(&RawProbe::default(), None, &[], nowhere, errors);
+    for (name, server) in servers.main {
+        let at = locations.get(name).copied().unwrap_or(nowhere);
+        let raw = RawProbe {
+            server: Some(Spanned::new(name.clone(), at, at)),
+            ..RawProbe::default()
+        };
+        let _ = context.body(&raw, Some(server), errors);
+        let _ = context.credentials(&raw, Some(server), &[], at, errors);
+    }
+}
+
+/// The servers of one file, checked, with where each is written.
+fn resolve_servers(
+    raw: BTreeMap<String, Spanned<RawServer>>,
+    errors: &mut Errors<'_>,
+) -> (BTreeMap<String, ResolvedServer>, BTreeMap<String, Location>) {
+    let mut locations = BTreeMap::new();
+    let servers = raw
         .into_iter()
         .filter_map(|(name, server)| {
+            locations.insert(name.clone(), server.referenced);
             let resolved = resolve_server(&name, server, errors)?;
             Some((name, resolved))
         })
         .collect();
+    (servers, locations)
+}
 
+/// The servers as the scheduler sees them, with their positions.
+fn server_list_ref(
+    servers: &BTreeMap<String, ResolvedServer>,
+    locations: &BTreeMap<String, Location>,
+) -> Vec<(Server, Option<super::Location>)> {
+    servers
+        .iter()
+        .map(|(name, s)| {
+            (
+                Server {
+                    name: name.clone(),
+                    max_concurrent: s.max_concurrent,
+                },
+                locations.get(name).copied().and_then(super::Location::of),
+            )
+        })
+        .collect()
+}
+
+fn server_list(
+    servers: BTreeMap<String, ResolvedServer>,
+    locations: BTreeMap<String, Location>,
+) -> Vec<(Server, Option<super::Location>)> {
+    server_list_ref(&servers, &locations)
+}
+
+/// The probes of one file, each built on the main file's defaults and the servers it sees.
+fn build_probes(
+    path: &Path,
+    base_dir: &Path,
+    raw: Vec<Spanned<Box<RawProbe>>>,
+    defaults: &RawProbe,
+    servers: &Visible<'_>,
+    errors: &mut Errors<'_>,
+) -> Vec<Arc<ProbeSpec>> {
     let mut tls_files = TlsFiles::default();
     let mut seen = HashSet::new();
     let mut probes = Vec::new();
-    for (index, probe) in raw.probes.into_iter().enumerate() {
+    for (index, probe) in raw.into_iter().enumerate() {
         let Some(name) = probe_name(index, &probe, &mut seen, errors) else {
             continue;
         };
         let context = ProbeContext {
             index,
             name: &name,
-            base_dir: &base_dir,
-            defaults: &defaults,
-            servers: &servers,
+            file: path,
+            base_dir,
+            defaults,
+            servers,
         };
         if let Some(spec) = context.build(probe, &mut tls_files, errors) {
             probes.push(Arc::new(spec));
         }
     }
-
-    Config {
-        source: path.to_owned(),
-        max_concurrent_probes,
-        history_size,
-        run_now_min_gap,
-        duration_buckets,
-        servers: servers
-            .into_iter()
-            .map(|(name, s)| {
-                (
-                    name.clone(),
-                    Server {
-                        name,
-                        max_concurrent: s.max_concurrent,
-                    },
-                )
-            })
-            .collect(),
-        probes,
-    }
+    probes
 }
 
 /// A duration where zero (`0s`, `0ms`, ...) is allowed: it turns a limit off.
@@ -358,9 +517,38 @@ pub(super) fn probe_name(
 pub(super) struct ProbeContext<'a> {
     pub(super) index: usize,
     pub(super) name: &'a str,
+    /// The file the probe is written in.
+    pub(super) file: &'a Path,
     pub(super) base_dir: &'a Path,
     pub(super) defaults: &'a RawProbe,
-    pub(super) servers: &'a BTreeMap<String, ResolvedServer>,
+    pub(super) servers: &'a Visible<'a>,
+}
+
+/// The servers a probe may use: those of the main file and of its own file. A server of
+/// another included file is not visible, so a tenant's typo never refuses another tenant.
+pub(super) struct Visible<'a> {
+    pub(super) main: &'a BTreeMap<String, ResolvedServer>,
+    pub(super) main_file: &'a Path,
+    pub(super) own: Option<&'a BTreeMap<String, ResolvedServer>>,
+}
+
+impl Visible<'_> {
+    fn get(&self, name: &str) -> Option<&ResolvedServer> {
+        self.own
+            .and_then(|own| own.get(name))
+            .or_else(|| self.main.get(name))
+    }
+
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .main
+            .keys()
+            .chain(self.own.into_iter().flat_map(BTreeMap::keys))
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 impl ProbeContext<'_> {
@@ -391,8 +579,21 @@ impl ProbeContext<'_> {
             Some(server_ref) => match self.servers.get(&server_ref.value) {
                 Some(server) => Some((server_ref.value.clone(), server)),
                 None => {
-                    let known: Vec<&str> = self.servers.keys().map(String::as_str).collect();
-                    errors.at(server_ref.referenced, format!("{label}.server: unknown server {}; define it under servers (known: {})", shown(&server_ref.value), list_or_none(&known)));
+                    let known = self.servers.names();
+                    let main = self.servers.main_file.display();
+                    let where_ = if self.servers.own.is_some() {
+                        format!("under servers in this file or in {main}")
+                    } else {
+                        "under servers".to_owned()
+                    };
+                    errors.at(
+                        server_ref.referenced,
+                        format!(
+                            "{label}.server: unknown server {}; define it {where_} (known: {})",
+                            shown(&server_ref.value),
+                            list_or_none(&known)
+                        ),
+                    );
                     return None;
                 }
             },
@@ -482,6 +683,7 @@ impl ProbeContext<'_> {
             expect,
             proxy,
             origin: Origin {
+                file: self.file.to_owned(),
                 label,
                 probe: tls_origin.probe,
                 ca_file: tls_origin.ca_file,

@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
-use crate::config::ProbeSpec;
+use crate::config::{FileStatus, ProbeSpec};
 use crate::probe::Outcome;
 
 pub mod names;
@@ -78,6 +79,12 @@ const CONFIG_LAST_RELOAD_SUCCESSFUL: FamilyDef = def(
     Kind::Gauge,
     "1 if the last config load or reload succeeded.",
     &[],
+);
+const CONFIG_FILE_LAST_RELOAD_SUCCESSFUL: FamilyDef = def(
+    "webhook_exporter_config_file_last_reload_successful",
+    Kind::Gauge,
+    "1 if the config file applied at the last load or reload, 0 if it was refused.",
+    &[names::FILE],
 );
 const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: FamilyDef = def(
     "webhook_exporter_config_last_reload_success_timestamp_seconds",
@@ -311,6 +318,10 @@ pub struct Metrics {
     pub reload_successful: IntGauge,
     /// `webhook_exporter_config_last_reload_success_timestamp_seconds`.
     pub reload_success_timestamp: Gauge,
+    /// `webhook_exporter_config_file_last_reload_successful`, with the files it has series
+    /// for (a file gone from the config loses its series).
+    file_reload_successful: IntGaugeVec,
+    files: std::sync::Mutex<Vec<String>>,
     /// `webhook_exporter_probes_configured`.
     pub probes_configured: IntGauge,
     /// `webhook_exporter_probes_in_flight`.
@@ -353,6 +364,17 @@ impl Metrics {
                     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.help,
                 )?,
             )?,
+            file_reload_successful: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        CONFIG_FILE_LAST_RELOAD_SUCCESSFUL.name,
+                        CONFIG_FILE_LAST_RELOAD_SUCCESSFUL.help,
+                    ),
+                    CONFIG_FILE_LAST_RELOAD_SUCCESSFUL.labels,
+                )?,
+            )?,
+            files: std::sync::Mutex::default(),
             probes_configured: int_gauge(&registry, &PROBES_CONFIGURED)?,
             probes_in_flight: int_gauge(&registry, &PROBES_IN_FLIGHT)?,
             schedule_lag: register(
@@ -439,6 +461,49 @@ impl Metrics {
         self.shard_info
             .with_label_values(&[index.to_string(), count.to_string()])
             .set(1.0);
+    }
+
+    /// Marks how each file fared in a load that applied: 1 or 0 per file, and no series
+    /// for a file no longer in the config.
+    pub fn config_files(&self, files: &[FileStatus]) {
+        let names: Vec<String> = files.iter().map(|f| f.file.display().to_string()).collect();
+        let mut known = crate::sync::lock(&self.files);
+        for gone in known.iter().filter(|name| !names.contains(name)) {
+            let _ = self
+                .file_reload_successful
+                .remove_label_values(&[gone.as_str()]);
+        }
+        for (name, file) in names.iter().zip(files) {
+            self.file_reload_successful
+                .with_label_values(&[name.as_str()])
+                .set(i64::from(file.ok()));
+        }
+        *known = names;
+    }
+
+    /// The files refused at the last load, in load order.
+    pub fn refused_files(&self) -> Vec<String> {
+        crate::sync::lock(&self.files)
+            .iter()
+            .filter(|name| {
+                self.file_reload_successful
+                    .get_metric_with_label_values(&[name.as_str()])
+                    .is_ok_and(|gauge| gauge.get() == 0)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Marks the main file as refused (a load that applied nothing).
+    pub fn config_file_failed(&self, file: &std::path::Path) {
+        let name = file.display().to_string();
+        self.file_reload_successful
+            .with_label_values(&[name.as_str()])
+            .set(0);
+        let mut known = crate::sync::lock(&self.files);
+        if !known.contains(&name) {
+            known.push(name);
+        }
     }
 
     /// Records how late a run started.

@@ -198,6 +198,7 @@ impl Scheduler {
                         && entry.state.metrics.has_buckets(&config.duration_buckets) =>
                 {
                     entry.state.set_history_capacity(config.history_size);
+                    entry.state.set_file(&spec.origin.file);
                     summary.unchanged += 1;
                     entry
                 }

@@ -35,6 +35,7 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>) -> StatusPage {
         version: env!("CARGO_PKG_VERSION"),
         generated: Stamp::new(now, now),
         reload_successful: handles.metrics.reload_successful.get() == 1,
+        refused_files: handles.metrics.refused_files(),
         reload_time,
         summary,
         groups: group(rows),
@@ -78,6 +79,8 @@ pub(super) struct StatusPage {
     generated: Stamp,
     /// Whether the last config load or reload was accepted.
     reload_successful: bool,
+    /// The config files refused at the last load (the operator's next fix).
+    refused_files: Vec<String>,
     /// Last successful config load.
     reload_time: Option<Stamp>,
     /// The counts at the top.
@@ -180,6 +183,8 @@ struct Row {
     name: String,
     /// Its server, which picks its table.
     server: Option<String>,
+    /// The config file it is written in.
+    file: String,
     /// The URL with its code redacted: the code is a secret.
     url: String,
     /// HTTP method.
@@ -259,6 +264,7 @@ impl Row {
             chart: Chart::new(probe.history.as_deref().unwrap_or_default()),
             name: probe.name,
             server: probe.server,
+            file: probe.file,
             url: probe.url,
             method: probe.method,
             schedule: probe.schedule,
