@@ -12,7 +12,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::merge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_ON, DEFAULT_TIMEOUT, ResolvedServer,
-    TlsFiles, merge_expect, merge_maps, resolve_server,
+    TlsFiles, merge_expect, merge_maintenance, merge_maps, resolve_server,
 };
 use super::raw::{RawConfig, RawProbe};
 use super::scalars::{MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, cut, shown};
@@ -424,6 +424,7 @@ impl ProbeContext<'_> {
         let (tls, tls_origin) = self.tls(&raw, server_raw, tls_files, at, errors)?;
         let proxy = self.proxy(&raw, server_raw, at, errors)?;
         let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
+        let maintenance = merge_maintenance(defaults, server_raw, &raw);
         let body = self.body(&raw, server_raw, errors).ok()?;
         let credentials = self
             .credentials(&raw, server_raw, &headers, at, errors)
@@ -475,6 +476,7 @@ impl ProbeContext<'_> {
             },
             body,
             credentials,
+            maintenance,
         })
     }
 
