@@ -9,12 +9,30 @@ use webhook_exporter::config;
 
 /// Each `tests/fixtures/invalid-*.yaml` with the exact error expected, `file:line:col: message`.
 const INVALID: &[(&str, &str)] = &[
-    ("invalid-maintenance-cron-never.yaml", "TODO"),
-    ("invalid-maintenance-timezone.yaml", "TODO"),
-    ("invalid-maintenance-mode.yaml", "TODO"),
-    ("invalid-maintenance-unknown-key.yaml", "TODO"),
-    ("invalid-maintenance-duration.yaml", "TODO"),
-    ("invalid-maintenance-no-duration.yaml", "TODO"),
+    (
+        "invalid-maintenance-cron-never.yaml",
+        "5:20: invalid cron expression \"0 22 30 2 *\": it never fires (no date from now on matches all its fields); check the day, month and year",
+    ),
+    (
+        "invalid-maintenance-timezone.yaml",
+        "7:19: unknown time zone \"Europe/Lutece\": use an IANA name such as Europe/Paris or UTC",
+    ),
+    (
+        "invalid-maintenance-mode.yaml",
+        "5:54: invalid maintenance mode \"pause\": use skip (no scheduled run while open) or mute (runs go on, alerts stay silent)",
+    ),
+    (
+        "invalid-maintenance-unknown-key.yaml",
+        "5:48: unknown field `zone`, expected one of schedule, duration, timezone, mode; check the spelling or remove the key",
+    ),
+    (
+        "invalid-maintenance-duration.yaml",
+        "3:42: duration \"0s\" is zero: it must be positive",
+    ),
+    (
+        "invalid-maintenance-no-duration.yaml",
+        "5:10: missing field `duration`; add it (see the configuration reference in the README)",
+    ),
     (
         "invalid-unknown-key.yaml",
         "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json, basic_auth, authorization, maintenance; check the spelling or remove the key",

@@ -799,12 +799,12 @@ async fn in_mute_mode_runs_go_on_inside_a_window_and_the_gauge_still_flips() {
     let open = common::Scrape::parse(&harness.metrics.encode())
         .value("webhook_probe_maintenance", &[("probe", "p")]);
     assert_eq!(open, Some(1.0));
+    let view = harness.scheduler.probe("p").unwrap().view(0);
+    assert_eq!(view.maintenance_mode, Some("mute"));
     tokio::time::sleep(Duration::from_secs(165)).await; // to 10:03:00
     let starts = starts_of(&harness.calls, "p");
     assert_eq!(starts.len(), 18, "{starts:?}");
     assert!(starts.iter().any(|s| second_of_minute(*s) < 30.0));
-    let view = harness.scheduler.probe("p").unwrap().view(0);
-    assert_eq!(view.maintenance_mode, Some("mute"));
     harness.scheduler.shutdown().await;
 }
 

@@ -121,6 +121,8 @@ pub(super) fn yaml_message(error: &serde_saphyr::Error) -> String {
         )
     } else if message.contains("unknown field") {
         format!("{message}; check the spelling or remove the key")
+    } else if message.contains("missing field") {
+        format!("{message}; add it (see the configuration reference in the README)")
     } else if message.contains("duplicate") {
         format!("{message}; each key may appear once")
     } else {
