@@ -668,3 +668,29 @@ fn check_config_shows_each_probes_windows_and_next_opening_and_the_next_run_afte
     );
     assert!(!stdout.contains("SECRETWEBHOOKCODE12345"), "{stdout}");
 }
+
+#[test]
+fn the_probe_subcommand_runs_inside_a_window_and_says_one_is_open() {
+    let (_dir, path) = common::write_config(&format!(
+        "probes:\n  - name: p\n    url: http://127.0.0.1:{}/\n    timeout: 1s\n    maintenance: [{{schedule: '* * * * *', duration: 2m}}]\n",
+        common::closed_port()
+    ));
+    let (code, stdout, stderr) = common::run_binary(
+        &["probe", "p", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "the closed port fails the run: {stdout}{stderr}");
+    assert!(
+        stdout.contains("  maintenance   a window is open until 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(scheduled runs are skipped); this on-demand run went on"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("verdict       failure (reason connect)"),
+        "{stdout}"
+    );
+}

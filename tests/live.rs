@@ -785,9 +785,13 @@ fn a_skip_window_stops_scheduled_calls_while_open_and_the_gauge_and_on_demand_ru
     // 250 ms. The fake sees calls only in the closed halves of each cycle.
     let fake = fake();
     let probe = format!(
-        "{{name: windowed, server: fake, code: \"{SECRET_CODE}-ok\", interval: 250ms, timeout: 200ms, maintenance: [{{schedule: '*/4 * * * * *', duration: 2s}}]}}"
+        "{{name: windowed, server: fake, code: \"{SECRET_CODE}W-ok\", interval: 250ms, timeout: 200ms, maintenance: [{{schedule: '*/4 * * * * *', duration: 2s}}]}}"
     );
-    let text = format!("run_now_min_gap: 0s\n{}", config(&fake, &[&probe]));
+    // Always in a mute window (opening every second for two): runs go on, the page says so.
+    let muted = format!(
+        "{{name: muted, server: fake, code: \"{SECRET_CODE}M-ok\", interval: 1s, timeout: 500ms, maintenance: [{{schedule: '* * * * * *', duration: 2s, mode: mute}}]}}"
+    );
+    let text = format!("run_now_min_gap: 0s\n{}", config(&fake, &[&probe, &muted]));
     let (_dir, path) = common::write_config(&text);
     let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
     let gauge =
@@ -818,12 +822,12 @@ fn a_skip_window_stops_scheduled_calls_while_open_and_the_gauge_and_on_demand_ru
         answered_in_window.is_some(),
         "no run-now answer said a window was open"
     );
-    let before_run_now = fake.server.arrivals("-ok").len();
+    let before_run_now = fake.server.arrivals("W-ok").len();
     std::thread::sleep(Duration::from_secs(4));
     let view: serde_json::Value =
         serde_json::from_str(&exporter.get("/api/v1/probes/windowed?history=0").1).unwrap();
     assert!(view.get("maintenance_until").is_some(), "{view}");
-    let arrivals = fake.server.arrivals("-ok");
+    let arrivals = fake.server.arrivals("W-ok");
     // Every scheduled call arrived in a closed half (a call planned just before the next
     // window opens may arrive a few milliseconds into it); the on-demand ones are left out
     // by checking only the calls of the last 4 s.
@@ -841,5 +845,19 @@ fn a_skip_window_stops_scheduled_calls_while_open_and_the_gauge_and_on_demand_ru
         scrape.value("webhook_probe_skipped_total", &[("probe", "windowed")]),
         Some(0.0)
     );
+    // The muted probe runs on, and the API and the page say it is in maintenance.
+    assert!(runs(&scrape, "muted") >= 2.0, "{}", scrape.text);
+    assert_eq!(
+        scrape.value("webhook_probe_maintenance", &[("probe", "muted")]),
+        Some(1.0)
+    );
+    let muted: serde_json::Value =
+        serde_json::from_str(&exporter.get("/api/v1/probes/muted?history=0").1).unwrap();
+    assert_eq!(muted["maintenance_mode"], "mute", "{muted}");
+    assert!(muted["maintenance_until"].is_string(), "{muted}");
+    let (status, page) = exporter.get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("in maintenance (mute) until"), "{page}");
     assert!(!exporter.logs().contains(SECRET_CODE));
+    assert!(!page.contains(SECRET_CODE));
 }
