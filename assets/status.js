@@ -103,7 +103,11 @@
     cell(row, "c-failures").textContent = String(probe.consecutive_failures);
 
     cell(row, "c-next").replaceChildren(
-      ...(probe.next_run ? stamp(probe.next_run) : [h("span", { class: "none" }, "none planned")]));
+      ...(probe.next_run ? stamp(probe.next_run) : [h("span", { class: "none" }, "none planned")]),
+      ...(probe.maintenance_until ? [h("span", { class: "maintenance" },
+        "in maintenance (" + probe.maintenance_mode + ") until ",
+        h("time", { datetime: probe.maintenance_until.iso, title: probe.maintenance_until.text },
+          probe.maintenance_until.text))] : []));
 
     cell(row, "c-history").replaceChildren(chart(probe.chart));
   }

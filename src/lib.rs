@@ -6,8 +6,10 @@
 //! - [`config`]: the only code that touches YAML; `config::load_layout` reads the main file
 //!   and its `include:` files, each accepted or refused on its own, into a validated
 //!   [`config::Config`] (`config::load`: the strict form).
-//! - [`schedule`]: pure "when is the next run" for intervals (stable per-name phase) and cron.
-//! - [`scheduler`]: one timer per probe, no overlap, concurrency caps, schedule lag, reload diff.
+//! - [`schedule`]: pure "when is the next run" for intervals (stable per-name phase) and cron,
+//!   and maintenance windows (open spans, next opening, the next start outside a skip window).
+//! - [`scheduler`]: one timer per probe, no overlap, concurrency caps, schedule lag, reload diff,
+//!   and for probes with maintenance windows a task that flips their gauge at each edge.
 //! - [`probe`]: one run of one probe on a fresh connection -> [`probe::Outcome`].
 //! - [`state`]: the read model: each probe's live state behind methods, and owned views of it.
 //! - [`metrics`]: every metric name; records outcomes; renders `/metrics`.

@@ -289,8 +289,9 @@ async fn run_probe(path: &std::path::Path, name: &str) -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let started = chrono::Utc::now();
     let outcome = probe::run(spec).await;
-    print!("{}", report::probe_trace(spec, &outcome));
+    print!("{}", report::probe_trace(spec, &outcome, started));
     if outcome.success {
         ExitCode::SUCCESS
     } else {

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{FileStatus, Layout, ProbeSpec};
 use crate::probe::{Outcome, PHASE_NAMES};
+use crate::schedule::{NextStart, maintenance};
 
 /// The `check-config` summary: a line per config file (valid or refused, its counts), then
 /// the probes grouped per file, one line each, URLs redacted, with the next run. The columns
@@ -77,6 +78,18 @@ pub fn config_summary(layout: &Layout, now: DateTime<Utc>) -> String {
             let _ = writeln!(out, "{}", padded(row, &widths));
         }
     }
+    for spec in config.probes.iter().filter(|s| !s.maintenance.is_empty()) {
+        let _ = writeln!(out, "maintenance of {}:", spec.name);
+        for window in &spec.maintenance {
+            let next = window
+                .next_opening(now)
+                .map_or_else(|| "never".to_owned(), utc_text);
+            let _ = writeln!(out, "  {window}, next opening {next}");
+        }
+        if let Some(until) = maintenance::open_until(&spec.maintenance, now) {
+            let _ = writeln!(out, "  open now, until {}", utc_text(until));
+        }
+    }
     out
 }
 
@@ -91,11 +104,11 @@ fn columns() -> [(&'static str, Cell); COLUMNS] {
     [
         ("PROBE", |spec, _| spec.name.clone()),
         ("SCHEDULE", |spec, _| spec.schedule.to_string()),
-        ("NEXT RUN", |spec, now| {
-            spec.schedule.next_after(&spec.name, now).map_or_else(
-                || "never".to_owned(),
-                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            )
+        // The next run that will start: after any skip window open then.
+        ("NEXT RUN", |spec, now| match spec.next_start(now) {
+            NextStart::At(t) => utc_text(t),
+            NextStart::Blocked(_) => "none (maintenance)".to_owned(),
+            NextStart::Never => "never".to_owned(),
         }),
         ("METHOD TIMEOUT", |spec, _| {
             format!(
@@ -123,14 +136,31 @@ fn padded(row: &[String], widths: &[usize]) -> String {
     line.trim_end().to_owned()
 }
 
+fn utc_text(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 fn millis(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The step-by-step trace printed by `probe NAME`.
-pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
+/// The step-by-step trace printed by `probe NAME`; `started` is when the run began (a
+/// maintenance window open then is noted: the on-demand run went on anyway).
+pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome, started: DateTime<Utc>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "probe {}", spec.name);
+    if let Some(until) = maintenance::open_until(&spec.maintenance, started) {
+        let _ = writeln!(
+            out,
+            "  maintenance   a window is open until {} (scheduled runs {}); this on-demand run went on",
+            utc_text(until),
+            if maintenance::skips_at(&spec.maintenance, started) {
+                "are skipped"
+            } else {
+                "go on, muted"
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "  request       {} {}",

@@ -1,6 +1,9 @@
 //! When a probe should run: pure functions of the schedule, the probe name and a wall-clock
 //! instant. No tasks, no timers (those are [`crate::scheduler`]'s job), so every rule here is
-//! testable with plain dates.
+//! testable with plain dates. Maintenance windows, which move scheduled runs, are in
+//! [`maintenance`].
+
+pub mod maintenance;
 
 use std::fmt;
 use std::time::Duration;
@@ -8,6 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
+
+pub use maintenance::{MaintenanceMode, MaintenanceWindow, NextStart};
 
 /// How often a probe runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

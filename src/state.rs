@@ -168,6 +168,8 @@ pub struct ProbeState {
     /// The config file the probe is written in: it may move to another file without a
     /// restart (the file is no setting), so it is kept apart from the spec.
     file: Mutex<String>,
+    /// The maintenance window open now, kept by the scheduler at each window edge.
+    maintenance: Mutex<Option<OpenWindow>>,
     /// When the last run (scheduled or on-demand) started calling the target: on-demand
     /// runs keep `run_now_min_gap` from it.
     last_start: Mutex<Option<Instant>>,
@@ -198,6 +200,7 @@ impl ProbeState {
             last_connection: Mutex::default(),
             running: AtomicBool::new(false),
             next_run: Mutex::new(None),
+            maintenance: Mutex::new(None),
             last_start: Mutex::new(None),
         })
     }
@@ -227,6 +230,17 @@ impl ProbeState {
     /// Notes the file the probe is written in now (a reload kept it while it moved).
     pub(crate) fn set_file(&self, file: &std::path::Path) {
         *lock(&self.file) = file.display().to_string();
+    }
+
+    /// The maintenance window open now, if any.
+    pub fn maintenance(&self) -> Option<OpenWindow> {
+        *lock(&self.maintenance)
+    }
+
+    /// Sets the maintenance window open now (`None`: none is), and its gauge.
+    pub(crate) fn set_maintenance(&self, open: Option<OpenWindow>) {
+        *lock(&self.maintenance) = open;
+        self.metrics.set_maintenance(open.is_some());
     }
 
     /// Changes how many results are kept (a reload), dropping the oldest beyond it.
@@ -315,6 +329,7 @@ impl ProbeState {
                 .map(ResultView::from);
             (last, results, consecutive, failure)
         };
+        let maintenance = self.maintenance();
         ProbeView {
             name: spec.name.clone(),
             server: spec.server.clone(),
@@ -326,11 +341,29 @@ impl ProbeState {
             labels: spec.labels.clone(),
             running: self.is_running(),
             next_run: self.next_run(),
+            maintenance_until: maintenance.map(|m| m.until),
+            maintenance_mode: maintenance.map(|m| m.mode()),
             consecutive_failures,
             last_result,
             history: Some(results),
             last_failure,
         }
+    }
+}
+
+/// A maintenance window open now, merged with the windows it overlaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenWindow {
+    /// When the merged open span ends.
+    pub until: DateTime<Utc>,
+    /// Whether a `skip` window is open (scheduled runs do not start), not only `mute` ones.
+    pub skip: bool,
+}
+
+impl OpenWindow {
+    /// `skip` or `mute`: what the open windows do now.
+    pub fn mode(&self) -> &'static str {
+        if self.skip { "skip" } else { "mute" }
     }
 }
 
@@ -421,6 +454,11 @@ pub struct ProbeView {
     /// The next planned run.
     #[serde(serialize_with = "rfc3339_seconds")]
     pub next_run: Option<DateTime<Utc>>,
+    /// While a maintenance window is open: when it closes (`null` otherwise).
+    #[serde(serialize_with = "rfc3339_seconds")]
+    pub maintenance_until: Option<DateTime<Utc>>,
+    /// While a maintenance window is open: `skip` (scheduled runs do not start) or `mute`.
+    pub maintenance_mode: Option<&'static str>,
     /// Failed runs since the last success, within the kept results.
     pub consecutive_failures: usize,
     /// The last result, with its connection's TLS and HTTP version.
@@ -432,6 +470,34 @@ pub struct ProbeView {
     /// probe is up again); not part of the API's answer.
     #[serde(skip)]
     pub last_failure: Option<ResultView>,
+}
+
+/// The answer of an on-demand run: its result, and whether it ran inside a maintenance
+/// window (on-demand runs still run then; the caller is told).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunAnswer {
+    /// The run's result object.
+    #[serde(flatten)]
+    pub result: ResultView,
+    /// A maintenance window of the probe was open when the run was asked for.
+    pub maintenance: bool,
+    /// When that window closes (absent outside a window).
+    #[serde(
+        serialize_with = "rfc3339_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub maintenance_until: Option<DateTime<Utc>>,
+}
+
+impl RunAnswer {
+    /// `result`, run while `window` was open (or none was).
+    pub fn new(result: ResultView, window: Option<OpenWindow>) -> Self {
+        Self {
+            result,
+            maintenance: window.is_some(),
+            maintenance_until: window.map(|w| w.until),
+        }
+    }
 }
 
 /// One result, as the contract's "result object".

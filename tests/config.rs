@@ -10,8 +10,32 @@ use webhook_exporter::config;
 /// Each `tests/fixtures/invalid-*.yaml` with the exact error expected, `file:line:col: message`.
 const INVALID: &[(&str, &str)] = &[
     (
+        "invalid-maintenance-cron-never.yaml",
+        "5:20: invalid cron expression \"0 22 30 2 *\": it never fires (no date from now on matches all its fields); check the day, month and year",
+    ),
+    (
+        "invalid-maintenance-timezone.yaml",
+        "7:19: unknown time zone \"Europe/Lutece\": use an IANA name such as Europe/Paris or UTC",
+    ),
+    (
+        "invalid-maintenance-mode.yaml",
+        "5:54: invalid maintenance mode \"pause\": use skip (no scheduled run while open) or mute (runs go on, alerts stay silent)",
+    ),
+    (
+        "invalid-maintenance-unknown-key.yaml",
+        "5:48: unknown field `zone`, expected one of schedule, duration, timezone, mode; check the spelling or remove the key",
+    ),
+    (
+        "invalid-maintenance-duration.yaml",
+        "3:42: duration \"0s\" is zero: it must be positive",
+    ),
+    (
+        "invalid-maintenance-no-duration.yaml",
+        "5:10: missing field `duration`; add it (see the configuration reference in the README)",
+    ),
+    (
         "invalid-unknown-key.yaml",
-        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json, basic_auth, authorization; check the spelling or remove the key",
+        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json, basic_auth, authorization, maintenance; check the spelling or remove the key",
     ),
     (
         "invalid-duplicate-key.yaml",
@@ -596,5 +620,94 @@ fn a_problem_of_the_defaults_is_reported_once_not_once_per_probe() {
     assert!(
         messages[0].contains("has both body and json"),
         "{messages:#?}"
+    );
+}
+
+#[test]
+fn maintenance_windows_come_whole_from_the_most_specific_layer_and_an_empty_list_clears_them() {
+    use webhook_exporter::schedule::MaintenanceMode;
+    let text = "defaults:\n  maintenance:\n    - {schedule: '0 22 * * *', duration: 2h, timezone: Europe/Paris}\nservers:\n  erp:\n    base_url: http://127.0.0.1:1/erp\n    maintenance:\n      - {schedule: '0 1 * * *', duration: 30m, mode: mute}\n      - {schedule: '0 3 * * 0', duration: 1h}\nprobes:\n  - {name: inherits, url: 'http://127.0.0.1:1/a'}\n  - {name: from-server, server: erp, code: ABC}\n  - {name: own, server: erp, code: DEF, maintenance: [{schedule: '*/5 * * * *', duration: 1m}]}\n  - {name: none, url: 'http://127.0.0.1:1/b', maintenance: []}\n";
+    let config = config::parse(Path::new("t.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let windows = |name: &str| {
+        config
+            .probes
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .maintenance
+            .clone()
+    };
+    let inherited = windows("inherits");
+    assert_eq!(inherited.len(), 1);
+    assert_eq!(inherited[0].zone, chrono_tz::Europe::Paris);
+    assert_eq!(inherited[0].mode, MaintenanceMode::Skip, "skip by default");
+    assert_eq!(inherited[0].duration, std::time::Duration::from_secs(7200));
+    let from_server = windows("from-server");
+    assert_eq!(
+        from_server.len(),
+        2,
+        "the server's list replaces the defaults'"
+    );
+    assert_eq!(from_server[0].mode, MaintenanceMode::Mute);
+    assert_eq!(from_server[1].zone, chrono_tz::UTC, "UTC by default");
+    let own = windows("own");
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].source, "*/5 * * * *");
+    assert!(
+        windows("none").is_empty(),
+        "[] clears the inherited windows"
+    );
+}
+
+#[test]
+fn check_config_shows_each_probes_windows_and_next_opening_and_the_next_run_after_them() {
+    let (_dir, path) = common::write_config(
+        "probes:\n  - name: nightly\n    url: http://127.0.0.1:1/WebHook/SECRETWEBHOOKCODE12345\n    maintenance:\n      - {schedule: '0 22 * * *', duration: 2h, timezone: Europe/Paris}\n      - {schedule: '* * * * *', duration: 2m, mode: mute}\n",
+    );
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("maintenance of nightly:"), "{stdout}");
+    assert!(
+        stdout.contains("  0 22 * * * Europe/Paris for 2h (skip), next opening 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  * * * * * UTC for 2m (mute), next opening 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  open now, until 20"),
+        "the mute window is always open: {stdout}"
+    );
+    assert!(!stdout.contains("SECRETWEBHOOKCODE12345"), "{stdout}");
+}
+
+#[test]
+fn the_probe_subcommand_runs_inside_a_window_and_says_one_is_open() {
+    let (_dir, path) = common::write_config(&format!(
+        "probes:\n  - name: p\n    url: http://127.0.0.1:{}/\n    timeout: 1s\n    maintenance: [{{schedule: '* * * * *', duration: 2m}}]\n",
+        common::closed_port()
+    ));
+    let (code, stdout, stderr) = common::run_binary(
+        &["probe", "p", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "the closed port fails the run: {stdout}{stderr}");
+    assert!(
+        stdout.contains("  maintenance   a window is open until 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(scheduled runs are skipped); this on-demand run went on"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("verdict       failure (reason connect)"),
+        "{stdout}"
     );
 }

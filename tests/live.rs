@@ -873,3 +873,92 @@ fn the_probe_list_has_no_history_unless_asked_and_filters_and_pages() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("\"error\""), "{body}");
 }
+
+/// Seconds into the current 4-second cycle of the wall clock (0.0..4.0).
+fn into_cycle(at: std::time::SystemTime) -> f64 {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+    (since.as_millis() % 4_000) as f64 / 1_000.0
+}
+
+#[test]
+fn a_skip_window_stops_scheduled_calls_while_open_and_the_gauge_and_on_demand_runs_say_so() {
+    // A window opening every 4 s (at seconds 0, 4, 8, ...) for 2 s; the probe runs every
+    // 250 ms. The fake sees calls only in the closed halves of each cycle.
+    let fake = fake();
+    let probe = format!(
+        "{{name: windowed, server: fake, code: \"{SECRET_CODE}W-ok\", interval: 250ms, timeout: 200ms, maintenance: [{{schedule: '*/4 * * * * *', duration: 2s}}]}}"
+    );
+    // Always in a mute window (opening every second for two): runs go on, the page says so.
+    let muted = format!(
+        "{{name: muted, server: fake, code: \"{SECRET_CODE}M-ok\", interval: 1s, timeout: 500ms, maintenance: [{{schedule: '* * * * * *', duration: 2s, mode: mute}}]}}"
+    );
+    let text = format!("run_now_min_gap: 0s\n{}", config(&fake, &[&probe, &muted]));
+    let (_dir, path) = common::write_config(&text);
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let gauge =
+        |scrape: &Scrape| scrape.value("webhook_probe_maintenance", &[("probe", "windowed")]);
+    exporter.wait_for(Duration::from_secs(10), "the window open", |s| {
+        gauge(s) == Some(1.0)
+    });
+    exporter.wait_for(Duration::from_secs(10), "the window closed", |s| {
+        gauge(s) == Some(0.0)
+    });
+    // An on-demand run inside a window runs, and says a window is open.
+    let mut answered_in_window = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered_in_window.is_none() && Instant::now() < deadline {
+        exporter.wait_for(Duration::from_secs(10), "the window open", |s| {
+            gauge(s) == Some(1.0)
+        });
+        let answer = post(&exporter, "/api/v1/probes/windowed/run");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(json["success"], true, "{json}");
+        if json["maintenance"] == true {
+            assert!(json["maintenance_until"].is_string(), "{json}");
+            answered_in_window = Some(json);
+        }
+    }
+    assert!(
+        answered_in_window.is_some(),
+        "no run-now answer said a window was open"
+    );
+    let before_run_now = fake.server.arrivals("W-ok").len();
+    std::thread::sleep(Duration::from_secs(4));
+    let view: serde_json::Value =
+        serde_json::from_str(&exporter.get("/api/v1/probes/windowed?history=0").1).unwrap();
+    assert!(view.get("maintenance_until").is_some(), "{view}");
+    let arrivals = fake.server.arrivals("W-ok");
+    // Every scheduled call arrived in a closed half (a call planned just before the next
+    // window opens may arrive a few milliseconds into it); the on-demand ones are left out
+    // by checking only the calls of the last 4 s.
+    let scheduled = &arrivals[before_run_now..];
+    assert!(scheduled.len() >= 4, "{} calls in 4 s", scheduled.len());
+    for at in scheduled {
+        let phase = into_cycle(*at);
+        assert!(
+            !(0.1..2.0).contains(&phase),
+            "a scheduled call {phase:.3} s into a cycle, inside the window"
+        );
+    }
+    let scrape = exporter.scrape();
+    assert_eq!(
+        scrape.value("webhook_probe_skipped_total", &[("probe", "windowed")]),
+        Some(0.0)
+    );
+    // The muted probe runs on, and the API and the page say it is in maintenance.
+    assert!(runs(&scrape, "muted") >= 2.0, "{}", scrape.text);
+    assert_eq!(
+        scrape.value("webhook_probe_maintenance", &[("probe", "muted")]),
+        Some(1.0)
+    );
+    let muted: serde_json::Value =
+        serde_json::from_str(&exporter.get("/api/v1/probes/muted?history=0").1).unwrap();
+    assert_eq!(muted["maintenance_mode"], "mute", "{muted}");
+    assert!(muted["maintenance_until"].is_string(), "{muted}");
+    let (status, page) = exporter.get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("in maintenance (mute) until"), "{page}");
+    assert!(!exporter.logs().contains(SECRET_CODE));
+    assert!(!page.contains(SECRET_CODE));
+}

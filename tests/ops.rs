@@ -372,6 +372,13 @@ probes:
     url: "https://localhost:{tls_port}/health"
     tls: {{ca_file: "{ca}"}}
     expect: {{status: ["2xx"], divalto: "off"}}
+  # Always in a mute window (one opening every minute, lasting two): runs go on, its
+  # alerts stay silent, the dashboard shades its maintenance.
+  - name: nightly-batch-muted
+    server: erp
+    code: NIGHTLYBATCHACADEMY00000000007-ok
+    maintenance:
+      - {{schedule: "* * * * *", duration: 2m, mode: mute}}
 "#,
         ca = ca.display()
     )
@@ -757,6 +764,42 @@ fn metric_name(selector: &str) -> String {
                 .map(|matcher| matcher.value)
         })
         .unwrap_or_default()
+}
+
+#[test]
+fn the_dashboard_shades_maintenance_and_every_probe_alert_is_silent_during_it() {
+    let maintenance = dashboard_expressions()
+        .into_iter()
+        .find(|e| e.location == "annotation \"Maintenance windows\"")
+        .expect("a \"Maintenance windows\" annotation in the dashboard");
+    promql_parser::parser::parse(&maintenance.promql)
+        .unwrap_or_else(|e| panic!("{}: {e}", maintenance.promql));
+    assert!(
+        maintenance.promql.trim_end().ends_with("== 1"),
+        "shades only open windows: {}",
+        maintenance.promql
+    );
+    assert!(
+        vector_selectors(&maintenance.promql)
+            .iter()
+            .any(|s| metric_name(s) == "webhook_probe_maintenance"),
+        "{}",
+        maintenance.promql
+    );
+    // Every alert on a probe's series ends with the maintenance silence.
+    let silence = "unless on (site, job, instance, probe) webhook_probe_maintenance == 1";
+    let rules = read_rules(&std::fs::read_to_string(ALERTS).unwrap());
+    for rule in rules.groups.iter().flat_map(|g| &g.rules) {
+        let Some(alert) = &rule.alert else { continue };
+        // Two replicas calling one webhook matters in maintenance too (mute mode runs on).
+        if alert.starts_with("WebhookProbe") && alert != "WebhookProbeRunByTwoReplicas" {
+            assert!(
+                rule.expr.trim_end().ends_with(silence),
+                "{alert} is not silenced during maintenance: {}",
+                rule.expr
+            );
+        }
+    }
 }
 
 #[test]

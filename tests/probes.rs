@@ -697,7 +697,7 @@ async fn the_probe_trace_and_check_config_give_the_body_size_never_the_body() {
         "    method: POST\n    json: {evenement: {codeevt: 1102, token: no_secret_body}}\n    authorization: {credentials: no_secret_token}",
     );
     let outcome = probe::run(&spec).await;
-    let trace = webhook_exporter::report::probe_trace(&spec, &outcome);
+    let trace = webhook_exporter::report::probe_trace(&spec, &outcome, chrono::Utc::now());
     assert!(
         trace.contains("  body          55 bytes (json) (content hidden)"),
         "{trace}"

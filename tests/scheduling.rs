@@ -731,3 +731,110 @@ async fn the_next_run_gauge_is_the_planned_start_of_the_next_scheduled_run() {
     // Stopped: no next run.
     assert_eq!(next_of("nightly"), None);
 }
+
+/// The second of the minute `t` falls in (0..60), as a float.
+fn second_of_minute(t: DateTime<Utc>) -> f64 {
+    (t.timestamp_nanos_opt().unwrap() % 60_000_000_000) as f64 / 1e9
+}
+
+/// A config of one interval probe (every 10 s) with a window opening every minute for 30 s.
+fn windowed(mode: &str) -> String {
+    format!(
+        "probes:\n  - name: p\n    url: 'http://127.0.0.1:1/'\n    interval: 10s\n    timeout: 1s\n    maintenance:\n      - {{schedule: '* * * * *', duration: 30s, mode: {mode}}}\n"
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_skip_mode_no_scheduled_run_starts_inside_a_window_and_none_is_counted_skipped() {
+    let wall = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+    let harness = start(&windowed("skip"), wall, Duration::from_millis(5));
+    let gauge = |metrics: &Metrics| {
+        common::Scrape::parse(&metrics.encode())
+            .value("webhook_probe_maintenance", &[("probe", "p")])
+    };
+    // 10:00:15: inside the first window.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(gauge(&harness.metrics), Some(1.0), "open at :15");
+    // 10:00:45: outside.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(gauge(&harness.metrics), Some(0.0), "closed at :45");
+    // To 10:03:00.5: inside the fourth window, which holds no run.
+    tokio::time::sleep(Duration::from_millis(135_500)).await;
+    let starts = starts_of(&harness.calls, "p");
+    // Three minutes, three runs outside each window (at :3x, :4x, :5x), none inside.
+    assert_eq!(starts.len(), 9, "{starts:?}");
+    for start in &starts {
+        assert!(
+            second_of_minute(*start) >= 30.0,
+            "a run inside a window: {start}"
+        );
+    }
+    let scrape = common::Scrape::parse(&harness.metrics.encode());
+    assert_eq!(
+        scrape.value("webhook_probe_skipped_total", &[("probe", "p")]),
+        Some(0.0)
+    );
+    // The next run announced is the first one after the window now open.
+    let next = scrape
+        .value(
+            "webhook_probe_next_run_timestamp_seconds",
+            &[("probe", "p")],
+        )
+        .unwrap();
+    let next = DateTime::from_timestamp_micros((next * 1e6) as i64).unwrap();
+    assert!(second_of_minute(next) >= 30.0, "{next}");
+    assert!(next > wall + chrono::TimeDelta::minutes(3));
+    let view = harness.scheduler.probe("p").unwrap().view(0);
+    assert_eq!(
+        view.maintenance_until,
+        Some(wall + chrono::TimeDelta::seconds(3 * 60 + 30))
+    );
+    harness.scheduler.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_mute_mode_runs_go_on_inside_a_window_and_the_gauge_still_flips() {
+    let wall = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+    let harness = start(&windowed("mute"), wall, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let open = common::Scrape::parse(&harness.metrics.encode())
+        .value("webhook_probe_maintenance", &[("probe", "p")]);
+    assert_eq!(open, Some(1.0));
+    let view = harness.scheduler.probe("p").unwrap().view(0);
+    assert_eq!(view.maintenance_mode, Some("mute"));
+    tokio::time::sleep(Duration::from_secs(165)).await; // to 10:03:00
+    let starts = starts_of(&harness.calls, "p");
+    assert_eq!(starts.len(), 18, "{starts:?}");
+    assert!(starts.iter().any(|s| second_of_minute(*s) < 30.0));
+    harness.scheduler.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_without_windows_reads_maintenance_zero() {
+    let wall = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+    let harness = start(
+        "probes:\n  - {name: plain, url: 'http://127.0.0.1:1/', interval: 10s, timeout: 1s}\n",
+        wall,
+        Duration::from_millis(5),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let scrape = common::Scrape::parse(&harness.metrics.encode());
+    assert_eq!(
+        scrape.value("webhook_probe_maintenance", &[("probe", "plain")]),
+        Some(0.0)
+    );
+    harness.scheduler.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_on_demand_run_inside_a_skip_window_still_runs() {
+    let wall = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+    let harness = start(&windowed("skip"), wall, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let state = harness.scheduler.probe("p").unwrap();
+    assert!(state.maintenance().is_some_and(|w| w.skip));
+    let outcome = harness.scheduler.run_now("p").await.unwrap();
+    assert!(outcome.success);
+    assert_eq!(starts_of(&harness.calls, "p").len(), 1);
+    harness.scheduler.shutdown().await;
+}

@@ -10,7 +10,9 @@ use http::{HeaderName, HeaderValue};
 use serde_saphyr::{Location, Spanned};
 use url::Url;
 
-use super::raw::{RawAuthorization, RawBasicAuth, RawExpect, RawProbe, RawServer, RawTls};
+use super::raw::{
+    RawAuthorization, RawBasicAuth, RawExpect, RawMaintenance, RawProbe, RawServer, RawTls,
+};
 use super::scalars::{
     DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut, shown,
 };
@@ -47,6 +49,7 @@ pub(super) struct ResolvedServer {
     pub(super) body: RawBody,
     pub(super) basic_auth: Option<Spanned<RawBasicAuth>>,
     pub(super) authorization: Option<Spanned<RawAuthorization>>,
+    pub(super) maintenance: Option<Vec<RawMaintenance>>,
 }
 
 /// The proxy keys of one layer (defaults, server or probe).
@@ -114,7 +117,32 @@ pub(super) fn resolve_server(
         },
         basic_auth: raw.basic_auth,
         authorization: raw.authorization,
+        maintenance: raw.maintenance,
     })
+}
+
+/// The maintenance windows: the list of the most specific layer that sets one, whole (an
+/// empty list on a probe clears those of its server or the defaults).
+pub(super) fn merge_maintenance(
+    defaults: &RawProbe,
+    server: Option<&ResolvedServer>,
+    probe: &RawProbe,
+) -> Vec<crate::schedule::MaintenanceWindow> {
+    let list = probe
+        .maintenance
+        .as_ref()
+        .or_else(|| server.and_then(|s| s.maintenance.as_ref()))
+        .or(defaults.maintenance.as_ref());
+    list.into_iter()
+        .flatten()
+        .map(|w| crate::schedule::MaintenanceWindow {
+            source: w.schedule.source.clone(),
+            cron: Box::new(w.schedule.cron.clone()),
+            zone: w.timezone.map_or(chrono_tz::UTC, |z| z.0),
+            duration: w.duration.0,
+            mode: w.mode.map(|m| m.0).unwrap_or_default(),
+        })
+        .collect()
 }
 
 pub(super) fn text_map<K>(

@@ -27,7 +27,7 @@ pub use scalars::{DivaltoMode, FailureReason, RegexValue, StatusMatcher};
 pub use secret::Secret;
 pub use target::Target;
 
-use crate::schedule::Schedule;
+use crate::schedule::{MaintenanceWindow, Schedule};
 
 /// Path used when `--config.file` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/webhook-exporter.yaml";
@@ -119,6 +119,9 @@ pub struct ProbeSpec {
     /// The `Authorization` value from `basic_auth` or `authorization` (sensitive: its
     /// `Debug` hides it), sent to the probe's own origin only.
     pub credentials: Option<HeaderValue>,
+    /// Windows when the ERP must be left alone: `skip` ones stop scheduled runs, every one
+    /// sets `webhook_probe_maintenance` (the shipped alerts stay silent).
+    pub maintenance: Vec<MaintenanceWindow>,
 }
 
 /// A request body as sent, held as bytes; formats as its size only (a body may carry an
@@ -164,6 +167,16 @@ impl ProbeSpec {
     /// does not count.
     pub fn same_settings(&self, other: &ProbeSpec) -> bool {
         self == other
+    }
+
+    /// When the next scheduled run after `after` starts, `skip` windows considered.
+    pub fn next_start(&self, after: chrono::DateTime<chrono::Utc>) -> crate::schedule::NextStart {
+        crate::schedule::maintenance::next_start(
+            &self.schedule,
+            &self.name,
+            &self.maintenance,
+            after,
+        )
     }
 
     /// `text` with every secret of this probe redacted: for messages that might quote the

@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 
 use super::scalars::{
     ByteSize, CronValue, DivaltoMode, DurationValue, FailureReason, HeaderKey, LabelKey,
-    MethodValue, RegexValue, SecretText, StatusMatcher, Text, TimeZoneValue,
+    MaintenanceModeValue, MethodValue, RegexValue, SecretText, StatusMatcher, Text, TimeZoneValue,
 };
 
 /// The whole file.
@@ -122,6 +122,8 @@ pub struct RawServer {
     pub basic_auth: Option<Spanned<RawBasicAuth>>,
     /// `Authorization: <type> <credentials>` for every probe of the server.
     pub authorization: Option<Spanned<RawAuthorization>>,
+    /// Maintenance windows of every probe of the server (a list: replaces, never merges).
+    pub maintenance: Option<Vec<RawMaintenance>>,
 }
 
 /// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
@@ -184,6 +186,24 @@ pub struct RawProbe {
     pub basic_auth: Option<Spanned<RawBasicAuth>>,
     /// `Authorization: <type> <credentials>` toward the target.
     pub authorization: Option<Spanned<RawAuthorization>>,
+    /// Windows when the ERP must not be called (a list: replaces, never merges; `[]` clears
+    /// the windows of the server or the defaults).
+    pub maintenance: Option<Vec<RawMaintenance>>,
+}
+
+/// One maintenance window: opens when `schedule` fires, stays open `duration`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    /// When it opens: a cron expression (checked to fire again at decode time).
+    pub schedule: CronValue,
+    /// How long it stays open (positive).
+    pub duration: DurationValue,
+    /// The zone of `schedule` (UTC by default, not the probe's `timezone`: a window is the
+    /// ERP's, a schedule the probe's).
+    pub timezone: Option<TimeZoneValue>,
+    /// `skip` (default) or `mute`.
+    pub mode: Option<MaintenanceModeValue>,
 }
 
 /// Prometheus' `basic_auth`: a username and exactly one of password, password_file.

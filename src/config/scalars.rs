@@ -685,6 +685,24 @@ impl<'de> Deserialize<'de> for TimeZoneValue {
     }
 }
 
+/// `mode` of a maintenance window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceModeValue(pub crate::schedule::MaintenanceMode);
+
+impl<'de> Deserialize<'de> for MaintenanceModeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::schedule::MaintenanceMode;
+        parsed(d, |text| match text.to_ascii_lowercase().as_str() {
+            "skip" => Ok(MaintenanceModeValue(MaintenanceMode::Skip)),
+            "mute" => Ok(MaintenanceModeValue(MaintenanceMode::Mute)),
+            _ => Err(format!(
+                "invalid maintenance mode {}: use skip (no scheduled run while open) or mute (runs go on, alerts stay silent)",
+                shown(text)
+            )),
+        })
+    }
+}
+
 /// A cron expression, checked at load time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CronValue {

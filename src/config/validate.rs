@@ -13,7 +13,7 @@ use serde_saphyr::{Location, Spanned};
 use super::files::FileVersion;
 use super::merge::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_ON, DEFAULT_TIMEOUT, ResolvedServer,
-    TlsFiles, merge_expect, merge_maps, resolve_server,
+    TlsFiles, merge_expect, merge_maintenance, merge_maps, resolve_server,
 };
 use super::raw::{RawConfig, RawInclude, RawProbe, RawServer};
 use super::scalars::Text;
@@ -173,6 +173,8 @@ pub(super) fn yaml_message(error: &serde_saphyr::Error) -> String {
         )
     } else if message.contains("unknown field") {
         format!("{message}; check the spelling or remove the key")
+    } else if message.contains("missing field") {
+        format!("{message}; add it (see the configuration reference in the README)")
     } else if message.contains("duplicate") {
         format!("{message}; each key may appear once")
     } else {
@@ -625,6 +627,7 @@ impl ProbeContext<'_> {
         let (tls, tls_origin) = self.tls(&raw, server_raw, tls_files, at, errors)?;
         let proxy = self.proxy(&raw, server_raw, at, errors)?;
         let expect = merge_expect(defaults.expect.as_ref(), raw.expect.as_ref());
+        let maintenance = merge_maintenance(defaults, server_raw, &raw);
         let body = self.body(&raw, server_raw, errors).ok()?;
         let credentials = self
             .credentials(&raw, server_raw, &headers, at, errors)
@@ -692,6 +695,7 @@ impl ProbeContext<'_> {
             },
             body,
             credentials,
+            maintenance,
         })
     }
 

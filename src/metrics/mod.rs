@@ -303,6 +303,15 @@ pub(crate) const PROBE_FAMILIES: &[ProbeFamily] = &[
         ),
         write: text::next_run,
     },
+    ProbeFamily {
+        def: def(
+            "webhook_probe_maintenance",
+            Kind::Gauge,
+            "1 while a maintenance window of the probe is open, else 0.",
+            &[],
+        ),
+        write: text::maintenance,
+    },
 ];
 
 /// Git revision and compiler, filled in by `build.rs`.

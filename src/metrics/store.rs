@@ -109,6 +109,11 @@ impl ProbeMetrics {
         lock(&self.values).next_run = next.map(unix_seconds);
     }
 
+    /// Sets whether a maintenance window of the probe is open.
+    pub(crate) fn set_maintenance(&self, open: bool) {
+        lock(&self.values).maintenance = open;
+    }
+
     /// Records a finished run.
     pub(super) fn record(&self, outcome: &Outcome) {
         let finished = unix_seconds(outcome.finished_at);
@@ -187,6 +192,8 @@ pub(super) struct ProbeValues {
     pub(super) count: u64,
     /// Planned start of the next scheduled run (Unix time), `None` when none is planned.
     pub(super) next_run: Option<f64>,
+    /// A maintenance window is open (`webhook_probe_maintenance`).
+    pub(super) maintenance: bool,
 }
 
 /// What the last run showed.

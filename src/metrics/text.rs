@@ -207,6 +207,11 @@ pub(super) fn probe_info(out: &mut String, family: &FamilyDef, _: &Rendering, ro
     sample(out, family, "", &row.labels, &row.probe.info_labels, 1);
 }
 
+pub(super) fn maintenance(out: &mut String, family: &FamilyDef, _: &Rendering, row: &Row) {
+    let open = u8::from(row.values.maintenance);
+    sample(out, family, "", &row.labels, "", open);
+}
+
 pub(super) fn next_run(out: &mut String, family: &FamilyDef, _: &Rendering, row: &Row) {
     if let Some(at) = row.values.next_run {
         sample(out, family, "", &row.labels, "", at);

@@ -31,7 +31,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ProbeSpec};
 use crate::metrics::Metrics;
 use crate::probe::Outcome;
-use crate::state::Probes;
+use crate::schedule::{MaintenanceMode, MaintenanceWindow, NextStart, maintenance};
+use crate::state::{OpenWindow, Probes};
 pub use crate::state::{ProbeState, RunNowError};
 use crate::sync::lock;
 
@@ -244,6 +245,10 @@ impl Scheduler {
         let cancel = self.cancel.child_token();
         let timer = timer(state.clone(), self.shared.clone(), cancel.clone());
         self.shared.spawn(&state.spec.name, timer);
+        if !state.spec.maintenance.is_empty() {
+            let edges = maintenance_edges(state.clone(), self.shared.clone(), cancel.clone());
+            self.shared.spawn(&state.spec.name, edges);
+        }
         Entry { state, cancel }
     }
 
@@ -317,11 +322,27 @@ impl Scheduler {
 }
 
 /// The timer of one probe: sleep to the planned instant, start a run or skip it, repeat.
+/// Planned instants inside a `skip` maintenance window are never planned at all (so never
+/// counted as skipped): the plan jumps to the first one after the window.
 async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: CancellationToken) {
     let spec = state.spec.clone();
-    let next_after = |wall: DateTime<Utc>| spec.schedule.next_after(&spec.name, wall);
-    let mut planned = next_after(shared.clock.now());
-    while let Some(wall) = planned {
+    let plan = |wall: DateTime<Utc>| spec.next_start(wall);
+    let mut planned = plan(shared.clock.now());
+    loop {
+        let wall = match planned {
+            NextStart::Never => break,
+            NextStart::Blocked(resume) => {
+                // An always-open skip window: nothing to plan before `resume`.
+                state.set_next_run(None);
+                tokio::select! {
+                    () = tokio::time::sleep_until(shared.clock.instant_at(resume)) => {}
+                    () = cancel.cancelled() => break,
+                }
+                planned = plan(resume.max(shared.clock.now()));
+                continue;
+            }
+            NextStart::At(wall) => wall,
+        };
         state.set_next_run(Some(wall));
         let deadline = shared.clock.instant_at(wall);
         tokio::select! {
@@ -329,7 +350,7 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
             () = cancel.cancelled() => break,
         }
         // The next slot after this one; if the timer woke late, no burst of catch-up runs.
-        planned = next_after(wall.max(shared.clock.now()));
+        planned = plan(wall.max(shared.clock.now()));
         let Some(claim) = state.try_claim() else {
             state.metrics.skipped();
             tracing::debug!(probe = %spec.name, "previous run still going: planned run skipped");
@@ -342,15 +363,25 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
         // hold one.
         let mut run = Box::pin(run(claim, shared.clone(), Some(deadline), cancel.clone()));
         loop {
-            let next = planned.map(|wall| (wall, shared.clock.instant_at(wall)));
-            state.set_next_run(planned);
+            // (wall, instant, whether passing it skips a planned run)
+            let next = match planned {
+                NextStart::At(wall) => Some((wall, true)),
+                NextStart::Blocked(resume) => Some((resume, false)),
+                NextStart::Never => None,
+            }
+            .map(|(wall, counted)| (wall, shared.clock.instant_at(wall), counted));
+            state.set_next_run(planned.at());
             tokio::select! {
                 biased;
                 _ = &mut run => break,
-                () = sleep_until_some(next.map(|(_, at)| at)) => {
-                    state.metrics.skipped();
-                    tracing::debug!(probe = %spec.name, "run still going: planned run skipped");
-                    planned = next.and_then(|(wall, _)| next_after(wall));
+                () = sleep_until_some(next.map(|(_, at, _)| at)) => {
+                    if let Some((wall, _, counted)) = next {
+                        if counted {
+                            state.metrics.skipped();
+                            tracing::debug!(probe = %spec.name, "run still going: planned run skipped");
+                        }
+                        planned = plan(wall);
+                    }
                 }
                 () = cancel.cancelled() => {
                     run.await;
@@ -361,6 +392,47 @@ async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: Cancellation
         }
     }
     state.set_next_run(None);
+}
+
+/// Keeps a probe's maintenance state (`webhook_probe_maintenance`, the API's
+/// `maintenance_until`) right: wakes at each edge of its merged windows, run or no run.
+async fn maintenance_edges(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: CancellationToken) {
+    let windows = &state.spec.maintenance;
+    loop {
+        let now = shared.clock.now();
+        let until = maintenance::open_until(windows, now);
+        state.set_maintenance(until.map(|until| OpenWindow {
+            until,
+            skip: maintenance::skips_at(windows, now),
+        }));
+        // A skip window may open inside a mute one (or close before it): wake then too.
+        let Some(wake) = until
+            .or_else(|| maintenance::next_opening(windows, now))
+            .map(|edge| next_mode_change(windows, now).map_or(edge, |change| change.min(edge)))
+        else {
+            break;
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(shared.clock.instant_at(wake)) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// While windows are open, the next instant the open span's mode (skip or mute) may change:
+/// the next opening or end of a skip window. `None` when no window is open or none of them
+/// skips.
+fn next_mode_change(windows: &[MaintenanceWindow], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    maintenance::open_until(windows, now)?;
+    let skip: Vec<MaintenanceWindow> = windows
+        .iter()
+        .filter(|w| w.mode == MaintenanceMode::Skip)
+        .cloned()
+        .collect();
+    if skip.is_empty() || skip.len() == windows.len() {
+        return None;
+    }
+    maintenance::open_until(&skip, now).or_else(|| maintenance::next_opening(&skip, now))
 }
 
 /// Sleeps until `deadline`, or forever without one.

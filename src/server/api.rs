@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::Handles;
-use crate::state::{Health, ProbeFilter, ProbeView, RunNowError};
+use crate::state::{Health, ProbeFilter, ProbeView, RunAnswer, RunNowError};
 
 /// `?history=N` on one probe: how many past results to include (default: all kept).
 #[derive(Deserialize)]
@@ -136,10 +136,13 @@ pub async fn show(
     }
 }
 
-/// `POST /api/v1/probes/{name}/run`: runs it now and answers the result.
+/// `POST /api/v1/probes/{name}/run`: runs it now and answers the result, with
+/// `"maintenance": true` and `maintenance_until` when a window of the probe is open (the run
+/// still happens: on-demand runs are the operator's own).
 pub async fn run(State(handles): State<Handles>, Path(name): Path<String>) -> Response {
+    let window = handles.probes.get(&name).and_then(|p| p.maintenance());
     match (handles.run_now)(name.clone()).await {
-        Ok(result) => Json(result).into_response(),
+        Ok(result) => Json(RunAnswer::new(result, window)).into_response(),
         Err(RunNowError::Unknown(_)) => unknown(&handles, &name),
         Err(err @ RunNowError::Running(_)) => error(StatusCode::CONFLICT, err.to_string()),
         Err(err @ RunNowError::TooSoon { .. }) => {

@@ -48,6 +48,8 @@ struct Calls {
     /// exporter called it, when several share one config and each sets the header from its
     /// environment).
     replicas_by_code: Mutex<HashMap<String, Vec<String>>>,
+    /// When each call arrived, with its code.
+    arrivals: Mutex<Vec<(String, std::time::SystemTime)>>,
 }
 
 impl FakeDivalto {
@@ -113,6 +115,18 @@ impl FakeDivalto {
         *self.calls.last_call_at.lock().unwrap()
     }
 
+    /// When each call for a code ending in `behaviour` arrived (wall clock), oldest first.
+    pub fn arrivals(&self, behaviour: &str) -> Vec<std::time::SystemTime> {
+        self.calls
+            .arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(code, _)| code.ends_with(behaviour))
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
     /// The headers of the last call.
     pub fn last_headers(&self) -> Option<HeaderMap> {
         self.calls.last_headers.lock().unwrap().clone()
@@ -151,7 +165,9 @@ async fn webhook(
     body: axum::body::Bytes,
 ) -> Response {
     *calls.last_body.lock().unwrap() = Some(body.to_vec());
-    *calls.last_call_at.lock().unwrap() = Some(std::time::SystemTime::now());
+    let now = std::time::SystemTime::now();
+    *calls.last_call_at.lock().unwrap() = Some(now);
+    calls.arrivals.lock().unwrap().push((code.clone(), now));
     let call = calls.total.fetch_add(1, Ordering::SeqCst);
     *calls
         .by_code

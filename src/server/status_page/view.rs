@@ -203,6 +203,10 @@ struct Row {
     consecutive_failures: usize,
     /// The next planned run.
     next_run: Option<Stamp>,
+    /// While a maintenance window is open: when it closes.
+    maintenance_until: Option<Stamp>,
+    /// `skip` or `mute`, while a window is open.
+    maintenance_mode: &'static str,
     /// The recent runs.
     chart: Chart,
 }
@@ -261,6 +265,8 @@ impl Row {
             }),
             consecutive_failures: probe.consecutive_failures,
             next_run: probe.next_run.map(|t| Stamp::new(t, now)),
+            maintenance_until: probe.maintenance_until.map(|t| Stamp::new(t, now)),
+            maintenance_mode: probe.maintenance_mode.unwrap_or(""),
             chart: Chart::new(probe.history.as_deref().unwrap_or_default()),
             name: probe.name,
             server: probe.server,
