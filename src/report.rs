@@ -94,7 +94,7 @@ pub fn config_summary(layout: &Layout, now: DateTime<Utc>) -> String {
 }
 
 /// Columns of the `check-config` table.
-const COLUMNS: usize = 5;
+const COLUMNS: usize = 8;
 
 /// How a probe fills one `check-config` cell, given the time now.
 type Cell = fn(&ProbeSpec, DateTime<Utc>) -> String;
@@ -117,8 +117,50 @@ fn columns() -> [(&'static str, Cell); COLUMNS] {
                 humantime::format_duration(spec.timeout)
             )
         }),
+        // Sizes and schemes only: a body or a credential is never shown.
+        ("BODY", |spec, _| match &spec.body {
+            None => "-".to_owned(),
+            Some(body) if body.json => format!("{} B json", body.len()),
+            Some(body) => format!("{} B", body.len()),
+        }),
+        ("CREDENTIALS", |spec, _| credentials_set(spec)),
+        ("MAINTENANCE", |spec, now| maintenance_cell(spec, now)),
         ("URL", |spec, _| spec.target.redacted()),
     ]
+}
+
+/// Which credentials a probe sends, by scheme (`Basic`, `Bearer`, `Basic (url)` for a
+/// `user:password@` in its URL), `-` for none.
+fn credentials_set(spec: &ProbeSpec) -> String {
+    let scheme = |value: &http::HeaderValue| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(' ').next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    // The URL's own password wins over inherited credentials, as the request sends it.
+    match (&spec.target.basic_auth, &spec.credentials) {
+        (Some(_), _) => "Basic (url)".to_owned(),
+        (None, Some(value)) => scheme(value),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+/// `-`, `open until T`, or how many windows and the next opening.
+fn maintenance_cell(spec: &ProbeSpec, now: DateTime<Utc>) -> String {
+    if spec.maintenance.is_empty() {
+        return "-".to_owned();
+    }
+    if let Some(until) = maintenance::open_until(&spec.maintenance, now) {
+        return format!("open until {}", utc_text(until));
+    }
+    let count = spec.maintenance.len();
+    let windows = if count == 1 { "window" } else { "windows" };
+    let next = maintenance::next_opening(&spec.maintenance, now)
+        .map_or_else(|| "never".to_owned(), utc_text);
+    format!("{count} {windows}, next opening {next}")
 }
 
 /// The cells of a row, each padded to its column's width but the last.

@@ -711,3 +711,71 @@ fn the_probe_subcommand_runs_inside_a_window_and_says_one_is_open() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_config_shows_each_probes_body_size_credentials_and_maintenance_never_their_values() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "no_secret_token_file\n").unwrap();
+    let path = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &path,
+        "probes:\n\
+         \x20 - {name: with-json, url: 'http://127.0.0.1:1/a', method: POST, json: {evenement: {codeevt: 1102}}, basic_auth: {username: u, password: no_secret_pass}}\n\
+         \x20 - {name: with-body, url: 'http://127.0.0.1:1/b', method: POST, body: no_secret_body, authorization: {credentials_file: token}}\n\
+         \x20 - {name: in-url, url: 'http://u:no_secret_url@127.0.0.1:1/c'}\n\
+         \x20 - name: plain\n\
+         \x20   url: 'http://127.0.0.1:1/d'\n\
+         \x20   maintenance: [{schedule: '0 22 * * *', duration: 2h, timezone: Europe/Paris}]\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("PROBE"))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        header.contains("BODY CREDENTIALS MAINTENANCE URL"),
+        "{header}"
+    );
+    assert!(
+        row("with-json").contains(" 30 B json Basic - "),
+        "{}",
+        row("with-json")
+    );
+    assert!(
+        row("with-body").contains(" 14 B Bearer - "),
+        "{}",
+        row("with-body")
+    );
+    assert!(
+        row("in-url").contains(" - Basic (url) - "),
+        "{}",
+        row("in-url")
+    );
+    assert!(
+        row("plain").contains(" - - 1 window, next opening 20"),
+        "{}",
+        row("plain")
+    );
+    assert!(
+        !format!("{stdout}{stderr}").contains("no_secret"),
+        "{stdout}"
+    );
+}
