@@ -105,18 +105,21 @@ pub async fn list(
         server: query.server,
         name_contains: query.q.filter(|q| !q.is_empty()),
     };
-    let (total, probes) = handles.probes.select(
-        &filter,
-        query.offset,
-        query.limit.unwrap_or(usize::MAX),
-        query.history,
-    );
-    Json(ProbeList {
-        total,
-        offset: query.offset,
-        probes,
+    super::off_the_serving_thread(move || {
+        let (total, probes) = handles.probes.select(
+            &filter,
+            query.offset,
+            query.limit.unwrap_or(usize::MAX),
+            query.history,
+        );
+        Json(ProbeList {
+            total,
+            offset: query.offset,
+            probes,
+        })
+        .into_response()
     })
-    .into_response()
+    .await
 }
 
 /// `GET /api/v1/probes/{name}`.
@@ -130,10 +133,12 @@ pub async fn show(
         Err(rejection) => return bad_query(rejection),
     };
     let limit = query.history.unwrap_or(usize::MAX);
-    match handles.probes.view(&name, limit) {
+    // One probe with a history of up to 10,000 results: built off the serving thread too.
+    super::off_the_serving_thread(move || match handles.probes.view(&name, limit) {
         Some(probe) => Json(probe).into_response(),
         None => unknown(&handles, &name),
-    }
+    })
+    .await
 }
 
 /// `POST /api/v1/probes/{name}/run`: runs it now and answers the result, with

@@ -211,6 +211,31 @@ impl http_body::Body for MetricsBody {
     }
 }
 
+/// Large answers built at once (the page, its JSON, the probe list) at most this many at a
+/// time: each may hold tens of MB at 10,000 probes, and more builders would only share the
+/// same two cores.
+const HEAVY_BUILDERS: usize = 2;
+
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HEAVY_BUILDERS);
+
+/// Builds a large answer with `work` on the blocking pool, not on the thread that serves
+/// every request: while a 10,000-probe page is rendered and serialized, `/-/healthy`,
+/// `/-/ready` and `/metrics` are still answered. A panic in `work` answers 500.
+pub(crate) async fn off_the_serving_thread(
+    work: impl FnOnce() -> Response + Send + 'static,
+) -> Response {
+    // The semaphore is never closed, so acquiring only waits.
+    let _turn = HEAVY.acquire().await;
+    match tokio::task::spawn_blocking(work).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while building the answer\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn healthy() -> &'static str {
     "Healthy\n"
 }

@@ -37,7 +37,11 @@ const STYLE: &str = include_str!("../../../assets/status.css");
 
 /// `GET /`: the status page.
 pub async fn page(State(handles): State<Handles>) -> Response {
-    match view::build(&handles, Utc::now()).render() {
+    super::off_the_serving_thread(move || render_page(&handles)).await
+}
+
+fn render_page(handles: &Handles) -> Response {
+    match view::build(handles, Utc::now()).render() {
         Ok(html) => respond("text/html; charset=utf-8", "no-store", html),
         Err(error) => {
             tracing::error!(%error, "cannot render the status page");
@@ -55,11 +59,14 @@ pub async fn page(State(handles): State<Handles>) -> Response {
 /// `GET /status.json`: the page's view model, every string formatted as the page shows it,
 /// for the script to insert.
 pub async fn json(State(handles): State<Handles>) -> Response {
-    let mut response = Json(view::build(&handles, Utc::now())).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    super::off_the_serving_thread(move || {
+        let mut response = Json(view::build(&handles, Utc::now())).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    })
+    .await
 }
 
 /// `GET /assets/{file}`: the page's script and style sheet, embedded in the binary.
