@@ -68,6 +68,7 @@ fn an_empty_config_still_lists_every_family_once() {
 fn full_outcome(success: bool) -> Outcome {
     let now = SystemTime::now();
     Outcome {
+        run_id: crate::probe::RunId::next(),
         success,
         reason: (!success).then_some(FailureReason::WebhookError),
         message: "Divalto code 400".into(),
