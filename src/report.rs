@@ -71,6 +71,7 @@ fn millis(d: Duration) -> String {
 pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "probe {}", spec.name);
+    let _ = writeln!(out, "  run id        {}", outcome.run_id);
     let _ = writeln!(
         out,
         "  request       {} {}",

@@ -95,6 +95,11 @@ fn full_outcome(success: bool) -> Outcome {
 
 /// A page where every family has samples: one probe labelled `team=erp`, two full runs.
 fn full_page() -> String {
+    full_page_as(Format::Text)
+}
+
+/// [`full_page`] in `format`.
+fn full_page_as(format: Format) -> String {
     let config = crate::config::parse(
         std::path::Path::new("t.yaml"),
         "probes:\n  - {name: a, url: 'https://127.0.0.1:1/', labels: {team: erp}}\n",
@@ -108,7 +113,7 @@ fn full_page() -> String {
     metrics.record(&probe, &full_outcome(false));
     probe.skipped();
     probe.set_next_run(Some(std::time::SystemTime::now()));
-    metrics.encode()
+    metrics.render_as(format).collect()
 }
 
 #[test]
@@ -224,4 +229,110 @@ fn each_family_sets_the_label_names_its_definition_lists() {
             .collect();
         assert_eq!(on_page, expected, "{}", family.name);
     }
+}
+
+/// Parses an OpenMetrics page with `openmetrics-parser`, which refuses a `# UNIT` on a
+/// histogram (the OpenMetrics specification forbids units on info and stateset families
+/// only): those lines are checked here, then left out of what it parses.
+fn parse_openmetrics(
+    page: &str,
+) -> openmetrics_parser::MetricsExposition<
+    openmetrics_parser::OpenMetricsType,
+    openmetrics_parser::OpenMetricsValue,
+> {
+    let mut histograms = BTreeSet::new();
+    let mut kept = String::new();
+    for line in page.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" histogram"))
+        {
+            histograms.insert(name.to_owned());
+        }
+        match line.strip_prefix("# UNIT ") {
+            Some(rest) if histograms.contains(rest.split(' ').next().unwrap_or("")) => {
+                let (name, unit) = rest.split_once(' ').unwrap();
+                assert!(name.ends_with(&format!("_{unit}")), "{line}");
+            }
+            _ => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    openmetrics_parser::openmetrics::parse_openmetrics(&kept)
+        .unwrap_or_else(|e| panic!("{e:?}\n{page}"))
+}
+
+#[test]
+fn every_counter_is_named_with_total_as_openmetrics_requires() {
+    // A counter without it would be a different series in OpenMetrics than in text.
+    let registry = Metrics::new().unwrap().registry.gather();
+    let exporter_wide = registry
+        .iter()
+        .filter(|f| f.get_field_type() == prometheus::proto::MetricType::COUNTER)
+        .map(|f| f.name().to_owned());
+    let per_probe = PROBE_FAMILIES
+        .iter()
+        .filter(|f| f.def.kind == Kind::Counter)
+        .map(|f| f.def.name.to_owned());
+    let counters: Vec<String> = exporter_wide.chain(per_probe).collect();
+    assert!(counters.len() >= 4, "{counters:?}");
+    for name in counters {
+        assert!(name.ends_with("_total"), "{name}");
+    }
+}
+
+#[test]
+fn a_full_openmetrics_page_parses_with_every_family_and_exemplars_naming_the_runs() {
+    // Arrange: the full page, in OpenMetrics.
+    let page = full_page_as(Format::OpenMetrics);
+
+    // Act
+    let exposition = parse_openmetrics(&page);
+
+    // Assert: every family under its OpenMetrics name, with its samples.
+    assert!(page.ends_with("\n# EOF\n"));
+    assert_eq!(page.matches("# EOF").count(), 1);
+    for family in PROBE_FAMILIES {
+        let name = openmetrics::family_name(family.def.name, family.def.kind.as_str());
+        let samples = exposition
+            .families
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .iter_samples()
+            .count();
+        assert!(samples > 0, "{name}");
+    }
+    assert!(page.contains("# UNIT webhook_probe_duration_seconds seconds\n"));
+    assert!(page.contains("# UNIT webhook_exporter_schedule_lag_seconds seconds\n"));
+    assert_eq!(
+        exposition.families["webhook_probe_last_duration_seconds"].unit,
+        "seconds"
+    );
+    assert_eq!(exposition.families["process_cpu_seconds"].unit, "seconds");
+    // Two runs of 5 ms: the 0.1 bucket holds the latest; the failure's webhook_error count.
+    let bucket_exemplars: Vec<String> = page
+        .lines()
+        .filter(|l| l.starts_with("webhook_probe_duration_seconds_bucket") && l.contains(" # {"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(bucket_exemplars.len(), 1, "{bucket_exemplars:?}");
+    assert!(
+        bucket_exemplars[0].contains("le=\"0.1\"} 2 # {run_id=\""),
+        "{bucket_exemplars:?}"
+    );
+    assert!(
+        bucket_exemplars[0].contains("\"} 0.005 "),
+        "{bucket_exemplars:?}"
+    );
+    let failure_exemplars: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("webhook_probe_failures_total") && l.contains(" # {"))
+        .collect();
+    assert_eq!(failure_exemplars.len(), 1, "{failure_exemplars:?}");
+    assert!(failure_exemplars[0].contains("reason=\"webhook_error\"} 1 # {run_id=\""));
+    // Nothing else carries one, and the text format none at all.
+    assert_eq!(page.matches(" # {").count(), 2);
+    assert!(!full_page().contains(" # {"));
 }

@@ -1,6 +1,6 @@
 //! The JSON API: probes with their schedule, next run, last result (and, when asked, their
-//! recent history), filtered and paged; and on-demand runs of configured probes (never of a
-//! target taken from the request).
+//! recent history), filtered and paged; one run by its id; and on-demand runs of configured
+//! probes (never of a target taken from the request).
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::Handles;
+use crate::probe::RunId;
 use crate::state::{Health, ProbeFilter, ProbeView, RunNowError};
 
 /// `?history=N` on one probe: how many past results to include (default: all kept).
@@ -118,6 +119,25 @@ pub async fn show(
     match handles.probes.view(&name, limit) {
         Some(probe) => Json(probe).into_response(),
         None => unknown(&name),
+    }
+}
+
+/// `GET /api/v1/runs/{run_id}`: that run's result and probe, while it is in the probe's
+/// history; 404 otherwise (an id that is not one included: no run can have it).
+pub async fn show_run(State(handles): State<Handles>, Path(id): Path<String>) -> Response {
+    let found = id
+        .parse::<RunId>()
+        .ok()
+        .and_then(|id| handles.probes.find_run(id));
+    match found {
+        Some(run) => Json(run).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no run \"{}\" in any probe's history (a run id is 16 hex digits; a run is kept while it is among its probe's last history_size results)",
+                id.escape_debug()
+            ),
+        ),
     }
 }
 
