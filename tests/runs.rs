@@ -467,3 +467,47 @@ fn plain_text_stays_the_default_and_carries_no_exemplar() {
     let answer = openmetrics(&exporter, "application/openmetrics-text; version=0.0.1");
     assert!(answer.body.ends_with("# EOF\n"));
 }
+
+/// `/metrics` over a bare HTTP/1.0 connection (so the body is not chunked) asking for gzip:
+/// the headers and the body, gunzipped.
+fn gzipped_metrics(exporter: &Exporter, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(exporter.address).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: localhost\r\nAccept: {accept}\r\nAccept-Encoding: gzip\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut body = String::new();
+    flate2::read::GzDecoder::new(&answer[end + 4..])
+        .read_to_string(&mut body)
+        .unwrap();
+    (head, body)
+}
+
+#[test]
+fn both_formats_are_gzipped_when_asked() {
+    let fake = fake();
+    let (_dir, _, exporter) = start(&fake, &[]);
+    wait_for_history(&exporter, 1);
+
+    let (head, text) = gzipped_metrics(&exporter, "text/plain");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(text.contains("# TYPE webhook_probe_runs_total counter\n"));
+
+    let (head, openmetrics) = gzipped_metrics(&exporter, "application/openmetrics-text");
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(openmetrics.ends_with("# EOF\n"));
+    parse_openmetrics(&openmetrics);
+}
