@@ -897,6 +897,35 @@ fn a_real_prometheus_stores_exemplars_that_name_runs_the_api_answers() {
     assert_eq!(up[0]["value"][1], "1", "{up:?}");
 }
 
+#[test]
+fn the_dashboard_has_a_latency_panel_showing_exemplars() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let mut panels = Vec::new();
+    let mut stack: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = stack.pop() {
+        if let Some(inner) = panel["panels"].as_array() {
+            stack.extend(inner);
+        }
+        panels.push(panel);
+    }
+    let with_exemplars: Vec<&str> = panels
+        .iter()
+        .filter(|panel| {
+            panel["targets"].as_array().is_some_and(|targets| {
+                targets.iter().any(|t| {
+                    t["exemplar"] == true
+                        && t["expr"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("webhook_probe_duration_seconds_bucket"))
+                })
+            })
+        })
+        .filter_map(|panel| panel["title"].as_str())
+        .collect();
+    assert_eq!(with_exemplars.len(), 1, "{with_exemplars:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Part 7: the alerting chain, exporter -> Prometheus -> Alertmanager -> receiver.
 // ---------------------------------------------------------------------------------------
