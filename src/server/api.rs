@@ -123,19 +123,21 @@ pub async fn show(
 }
 
 /// `GET /api/v1/runs/{run_id}`: that run's result and probe, while it is in the probe's
-/// history; 404 otherwise (an id that is not one included: no run can have it).
+/// history; 404 otherwise (a text that is not a run id included: no run can have it, and
+/// it is not echoed back, whatever was pasted there).
 pub async fn show_run(State(handles): State<Handles>, Path(id): Path<String>) -> Response {
-    let found = id
-        .parse::<RunId>()
-        .ok()
-        .and_then(|id| handles.probes.find_run(id));
-    match found {
+    let Ok(id) = id.parse::<RunId>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no run has that id: a run id is 16 hex digits".to_owned(),
+        );
+    };
+    match handles.probes.find_run(id) {
         Some(run) => Json(run).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!(
-                "no run \"{}\" in any probe's history (a run id is 16 hex digits; a run is kept while it is among its probe's last history_size results)",
-                id.escape_debug()
+                "no run \"{id}\" in any probe's history (a run is kept while it is among its probe's last history_size results)"
             ),
         ),
     }
