@@ -336,3 +336,36 @@ fn a_full_openmetrics_page_parses_with_every_family_and_exemplars_naming_the_run
     assert_eq!(page.matches(" # {").count(), 2);
     assert!(!full_page().contains(" # {"));
 }
+
+/// Measures the page at 10,000 probes in both formats (`cargo test --lib -- --ignored
+/// --nocapture rendering_ten_thousand`): what OpenMetrics and its exemplars cost over the
+/// text format, and the text format against an older build.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn rendering_ten_thousand_probes_in_both_formats() {
+    let mut text = String::from("probes:\n");
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "  - {{name: p{i:05}, url: 'http://127.0.0.1:1/'}}\n"
+        ));
+    }
+    let config = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+    let metrics = Metrics::new().unwrap();
+    let buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    for spec in &config.probes {
+        let probe = metrics.register_probe(spec, &buckets);
+        metrics.record(&probe, &full_outcome(true));
+        metrics.record(&probe, &full_outcome(false));
+    }
+    for format in [Format::Text, Format::OpenMetrics].repeat(3) {
+        let started = std::time::Instant::now();
+        let bytes: usize = metrics.render_as(format).map(|piece| piece.len()).sum();
+        println!(
+            "{format:?}: {} KiB in {:?}",
+            bytes / 1024,
+            started.elapsed()
+        );
+    }
+}
