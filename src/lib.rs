@@ -6,9 +6,11 @@
 //! - [`config`]: the only code that touches YAML; `config::load` returns a validated [`config::Config`].
 //! - [`schedule`]: pure "when is the next run" for intervals (stable per-name phase) and cron.
 //! - [`scheduler`]: one timer per probe, no overlap, concurrency caps, schedule lag, reload diff.
-//! - [`probe`]: one run of one probe on a fresh connection -> [`probe::Outcome`].
+//! - [`probe`]: one run of one probe on a fresh connection -> [`probe::Outcome`], with its
+//!   [`probe::RunId`].
 //! - [`state`]: the read model: each probe's live state behind methods, and owned views of it.
-//! - [`metrics`]: every metric name; records outcomes; renders `/metrics`.
+//! - [`metrics`]: every metric name; records outcomes; renders `/metrics` (Prometheus text, or
+//!   OpenMetrics with exemplars naming runs).
 //! - [`history`]: the bounded ring buffer of recent outcomes per probe (inside [`state`]).
 //! - [`server`]: the HTTP endpoints (metrics, API, status page, reload) on narrow handles, auth and TLS.
 //! - [`demo`]: the embedded simulated Divalto server and its built-in config.
@@ -23,7 +25,8 @@
 //! config file -> `config::load` -> `Config` -> [`scheduler::Scheduler`] (one timer per probe)
 //! -> `probe::run` -> `Outcome` -> `state::ProbeState::record` (`Metrics::record` +
 //! `History::push` + the log line) -> `/metrics` (`Metrics::render`), and
-//! [`state::Probes::list`]/[`state::Probes::view`] -> `ProbeView` -> `/api/v1/probes`, `/`.
+//! [`state::Probes::list`]/[`state::Probes::view`] -> `ProbeView` -> `/api/v1/probes`, `/`;
+//! [`state::Probes::find_run`] -> `/api/v1/runs/{run_id}`.
 //! [`app::App`] ties them together, hands the router its [`server::Handles`] and owns
 //! reloads (SIGHUP, `POST /-/reload`).
 
