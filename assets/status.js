@@ -84,7 +84,9 @@
     if (last) {
       if (last.reason) result.push(h("strong", { class: "reason" }, last.reason), " ");
       if (last.detail) result.push(h("span", { class: "detail" }, last.detail), " ");
-      result.push(h("span", { class: "message" }, last.message));
+      result.push(h("span", { class: "message" }, last.message), " ",
+        h("a", { class: "run-id", href: "/api/v1/runs/" + last.run_id, title: "this run in the API" },
+          "run " + last.run_id));
     } else {
       result.push(h("span", { class: "none" }, "no result yet"));
     }

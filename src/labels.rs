@@ -40,6 +40,10 @@ pub const INDEX: &str = "index";
 /// `count` of `webhook_exporter_shard_info`.
 pub const COUNT: &str = "count";
 
+/// `run_id` of the exemplars in OpenMetrics output. An exemplar's labels are apart from its
+/// series' labels, so a static label may take this name: it is not in [`RESERVED`].
+pub const RUN_ID: &str = "run_id";
+
 /// Label names Prometheus itself gives a meaning to: `quantile` (summaries), and `job` and
 /// `instance`, which it attaches to every scraped series.
 pub const PROMETHEUS: [&str; 3] = ["quantile", "job", "instance"];

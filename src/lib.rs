@@ -10,9 +10,11 @@
 //!   and maintenance windows (open spans, next opening, the next start outside a skip window).
 //! - [`scheduler`]: one timer per probe, no overlap, concurrency caps, schedule lag, reload diff,
 //!   and for probes with maintenance windows a task that flips their gauge at each edge.
-//! - [`probe`]: one run of one probe on a fresh connection -> [`probe::Outcome`].
+//! - [`probe`]: one run of one probe on a fresh connection -> [`probe::Outcome`], with its
+//!   [`probe::RunId`].
 //! - [`state`]: the read model: each probe's live state behind methods, and owned views of it.
-//! - [`metrics`]: every metric name; records outcomes; renders `/metrics`.
+//! - [`metrics`]: every metric name; records outcomes; renders `/metrics` (Prometheus text, or
+//!   OpenMetrics with exemplars naming runs).
 //! - [`history`]: the bounded ring buffer of recent outcomes per probe (inside [`state`]).
 //! - [`shard`]: which replica runs which probe (`--shard.*`): a stable hash of the name.
 //! - [`server`]: the HTTP endpoints (metrics, API, status page, reload) on narrow handles, auth and TLS.
@@ -29,7 +31,8 @@
 //! kept by [`app::App`]) -> `Layout` (`Config` + per-file status) -> [`scheduler::Scheduler`] (one timer per probe)
 //! -> `probe::run` -> `Outcome` -> `state::ProbeState::record` (`Metrics::record` +
 //! `History::push` + the log line) -> `/metrics` (`Metrics::render`), and
-//! [`state::Probes::list`]/[`state::Probes::view`] -> `ProbeView` -> `/api/v1/probes`, `/`.
+//! [`state::Probes::list`]/[`state::Probes::view`] -> `ProbeView` -> `/api/v1/probes`, `/`;
+//! [`state::Probes::find_run`] -> `/api/v1/runs/{run_id}`.
 //! [`app::App`] ties them together, hands the router its [`server::Handles`] and owns
 //! reloads (SIGHUP, `POST /-/reload`).
 

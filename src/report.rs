@@ -191,6 +191,7 @@ fn millis(d: Duration) -> String {
 pub fn probe_trace(spec: &ProbeSpec, outcome: &Outcome, started: DateTime<Utc>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "probe {}", spec.name);
+    let _ = writeln!(out, "  run id        {}", outcome.run_id);
     if let Some(until) = maintenance::open_until(&spec.maintenance, started) {
         let _ = writeln!(
             out,

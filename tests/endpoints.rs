@@ -1132,6 +1132,7 @@ async fn the_router_serves_from_its_handles_without_the_app() {
         Box::pin(async {
             let now = std::time::SystemTime::now();
             Outcome {
+                run_id: webhook_exporter::probe::RunId::next(),
                 success: true,
                 reason: None,
                 message: "stub OK".into(),

@@ -841,6 +841,157 @@ fn the_selector_scanner_is_exact_on_modifiers_subqueries_comments_and_grouping_k
 }
 
 // ---------------------------------------------------------------------------------------
+// Issue 15 item 3: exemplars from a graph to the run.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_real_prometheus_stores_exemplars_that_name_runs_the_api_answers() {
+    // Arrange: a succeeding and a failing webhook; Prometheus with exemplar storage,
+    // scraping as it does by default (OpenMetrics first in its Accept header, gzip).
+    let prometheus_bin = tool(&["prometheus"], "prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeDivalto::start());
+    let exporter_config = dir.path().join("webhook-exporter.yaml");
+    std::fs::write(
+        &exporter_config,
+        format!(
+            "defaults: {{interval: 1s, timeout: 900ms}}\nservers:\n  fake: {{base_url: \"{}\"}}\nprobes:\n  - {{name: ok, server: fake, code: \"{SECRET}-ok\"}}\n  - {{name: failing, server: fake, code: \"{SECRET}-body400\"}}\n",
+            fake.base_url(),
+            SECRET = common::SECRET_CODE,
+        ),
+    )
+    .unwrap();
+    let exporter = Exporter::start(
+        &[&format!("--config.file={}", exporter_config.display())],
+        &[],
+    );
+    let prometheus_config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prometheus_config,
+        prometheus_yml(&[exporter.address], ALERTS, None),
+    )
+    .unwrap();
+    let prometheus = Daemon::start("prometheus", &prometheus_bin, dir.path(), |address| {
+        let mut args = prometheus_args(&prometheus_config, dir.path(), address);
+        args.push("--enable-feature=exemplar-storage".to_owned());
+        args
+    });
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
+
+    // Act: the exemplars of both families, once each probe has some.
+    let exemplars = |query: &str| -> Vec<(String, String)> {
+        let encoded: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+        let until = since + 3600;
+        let answer = prometheus.get_json(&format!(
+            "/api/v1/query_exemplars?query={encoded}&start={since}&end={until}"
+        ));
+        let mut found = Vec::new();
+        for series in answer["data"].as_array().unwrap() {
+            let probe = series["seriesLabels"]["probe"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            for exemplar in series["exemplars"].as_array().unwrap() {
+                let id = exemplar["labels"]["run_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                found.push((probe.clone(), id));
+            }
+        }
+        found
+    };
+    let durations = wait_until(
+        Duration::from_secs(30),
+        "Prometheus stored duration exemplars of both probes",
+        || {
+            let found = exemplars("webhook_probe_duration_seconds_bucket");
+            ["ok", "failing"]
+                .iter()
+                .all(|probe| found.iter().any(|(p, _)| p == probe))
+                .then_some(found)
+        },
+    )
+    .unwrap_or_else(|| panic!("{}", prometheus.logs()));
+    let failures = wait_until(
+        Duration::from_secs(15),
+        "Prometheus stored a failure exemplar",
+        || {
+            let found = exemplars(r#"webhook_probe_failures_total{reason="webhook_error"}"#);
+            (!found.is_empty()).then_some(found)
+        },
+    )
+    .unwrap_or_else(|| panic!("{}", prometheus.logs()));
+
+    // Assert: every exemplar names a 16-hex run id; the newest of each probe is answered by
+    // the API under that probe (older ones may have left the history since).
+    assert!(
+        failures.iter().all(|(probe, _)| probe == "failing"),
+        "{failures:?}"
+    );
+    let all: Vec<&(String, String)> = durations.iter().chain(&failures).collect();
+    for (_, id) in &all {
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    let mut answered = BTreeSet::new();
+    for (probe, id) in &all {
+        let (status, body) = exporter.get(&format!("/api/v1/runs/{id}"));
+        if status == 200 {
+            let run: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(run["probe"], probe.as_str(), "{run}");
+            assert_eq!(run["run_id"], id.as_str());
+            answered.insert(probe.as_str());
+        }
+    }
+    assert_eq!(
+        answered,
+        BTreeSet::from(["ok", "failing"]),
+        "{all:?}\n{}",
+        exporter.logs()
+    );
+    // No scrape error: Prometheus read the OpenMetrics page whole.
+    let up = prometheus.query("up").unwrap();
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+}
+
+#[test]
+fn the_dashboard_has_a_latency_panel_showing_exemplars() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let mut panels = Vec::new();
+    let mut stack: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = stack.pop() {
+        if let Some(inner) = panel["panels"].as_array() {
+            stack.extend(inner);
+        }
+        panels.push(panel);
+    }
+    let with_exemplars: Vec<&str> = panels
+        .iter()
+        .filter(|panel| {
+            panel["targets"].as_array().is_some_and(|targets| {
+                targets.iter().any(|t| {
+                    t["exemplar"] == true
+                        && t["expr"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("webhook_probe_duration_seconds_bucket"))
+                })
+            })
+        })
+        .filter_map(|panel| panel["title"].as_str())
+        .collect();
+    assert_eq!(with_exemplars.len(), 1, "{with_exemplars:?}");
+}
+
+// ---------------------------------------------------------------------------------------
 // Part 7: the alerting chain, exporter -> Prometheus -> Alertmanager -> receiver.
 // ---------------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ fn stub_by(
 
 fn success(busy: Duration) -> Outcome {
     Outcome {
+        run_id: webhook_exporter::probe::RunId::next(),
         success: true,
         reason: None,
         message: "OK".into(),

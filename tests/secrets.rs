@@ -1,6 +1,7 @@
 //! No secret toward a target — a password (inline, from a variable or a file), a bearer
 //! token, a header value, a request body, a password in a URL — on any output surface of the
-//! real binary: `/metrics`, the API (list, one probe, a run's answer), the status page and
+//! real binary: `/metrics` (both formats), the API (list, one probe, a run's answer, one run),
+//! the status page and
 //! its JSON, the logs at debug level, a refused reload's error, `check-config` and the
 //! `probe` trace. The fake Divalto server checks that each secret was really sent, so an
 //! empty surface or a probe that never ran cannot make the test pass.
@@ -179,8 +180,21 @@ fn no_credential_header_value_or_body_reaches_any_output_surface() {
         "/api/v1/probes/file-password/run",
         &[],
     );
+    let probe: serde_json::Value =
+        serde_json::from_str(&exporter.get("/api/v1/probes/file-password").1).unwrap();
+    let run_id = probe["last_result"]["run_id"].as_str().unwrap().to_owned();
+    let run_path = format!("/api/v1/runs/{run_id}");
+    let openmetrics = common::http_request(
+        exporter.address,
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text")],
+    );
+    assert!(openmetrics.body.ends_with("# EOF\n"));
     let mut surfaces = vec![
         ("metrics", exporter.get("/metrics").1),
+        ("metrics in OpenMetrics", openmetrics.body),
+        ("one run", exporter.get(&run_path).1),
         ("probe list", exporter.get("/api/v1/probes?history=10").1),
         ("status page", exporter.get("/").1),
         ("status page JSON", exporter.get("/status.json").1),

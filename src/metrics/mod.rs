@@ -17,6 +17,7 @@ use crate::config::{FileStatus, ProbeSpec};
 use crate::probe::Outcome;
 
 pub mod names;
+mod openmetrics;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,25 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// The exposition formats `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format, version 0.0.4: the default.
+    Text,
+    /// OpenMetrics 1.0 text, with exemplars naming runs.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a page in this format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
         }
     }
 }
@@ -446,13 +466,26 @@ impl Metrics {
         self.render().collect()
     }
 
-    /// Starts rendering the page: a snapshot now, written piece by piece as it is read.
+    /// Starts rendering the page in the text format: a snapshot now, written piece by
+    /// piece as it is read.
     pub fn render(&self) -> Rendering {
-        let mut buffer = Vec::new();
-        // Encoding into a Vec cannot fail on I/O, and every family is well-formed.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        let head = String::from_utf8(buffer).unwrap_or_default();
-        Rendering::new(head, self.probes.snapshot())
+        self.render_as(Format::Text)
+    }
+
+    /// Starts rendering the page in `format`: a snapshot now, written piece by piece as it
+    /// is read.
+    pub fn render_as(&self, format: Format) -> Rendering {
+        let families = self.registry.gather();
+        let head = match format {
+            Format::Text => {
+                let mut buffer = Vec::new();
+                // Encoding into a Vec cannot fail on I/O, and every family is well-formed.
+                let _ = TextEncoder::new().encode(&families, &mut buffer);
+                String::from_utf8(buffer).unwrap_or_default()
+            }
+            Format::OpenMetrics => openmetrics::encode_families(&families),
+        };
+        Rendering::new(head, self.probes.snapshot(), format)
     }
 
     /// Marks the outcome of a config load or reload.

@@ -11,7 +11,7 @@ use crate::sync::{lock, read, write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::ProbeSpec;
-use crate::probe::{FailureReason, Outcome};
+use crate::probe::{FailureReason, Outcome, RunId};
 
 use super::names;
 use super::text::push_label;
@@ -47,7 +47,7 @@ impl Store {
             spec: spec.clone(),
             info_labels,
             values: Mutex::new(ProbeValues {
-                buckets: vec![0; buckets.len()],
+                buckets: vec![Bucket::default(); buckets.len() + 1],
                 ..ProbeValues::default()
             }),
             buckets,
@@ -119,8 +119,20 @@ impl ProbeMetrics {
         let finished = unix_seconds(outcome.finished_at);
         let seconds = outcome.duration.as_secs_f64();
         let mut values = lock(&self.values);
-        if let Some(bucket) = self.buckets.iter().position(|bound| seconds <= *bound) {
-            values.buckets[bucket] += 1;
+        // Above every bound: the overflow bucket, last.
+        let landed = self
+            .buckets
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.buckets.len());
+        let exemplar = |value| Exemplar {
+            run_id: outcome.run_id,
+            value,
+            timestamp: finished,
+        };
+        if let Some(bucket) = values.buckets.get_mut(landed) {
+            bucket.count += 1;
+            bucket.exemplar = Some(exemplar(seconds));
         }
         values.sum += seconds;
         values.count += 1;
@@ -165,7 +177,9 @@ impl ProbeMetrics {
             Some(reason) => {
                 values.runs[1] += 1;
                 values.consecutive_failures += 1;
-                values.failures[reason_index(reason)] += 1;
+                let index = reason_index(reason);
+                values.failures[index] += 1;
+                values.failure_exemplars[index] = Some(exemplar(1.0));
             }
         }
     }
@@ -181,19 +195,42 @@ pub(super) struct ProbeValues {
     pub(super) runs: [u64; 2],
     /// Failed runs, in [`FailureReason::ALL`] order.
     pub(super) failures: [u64; FailureReason::ALL.len()],
+    /// The latest failed run of each reason (an increment of one), same order.
+    pub(super) failure_exemplars: [Option<Exemplar>; FailureReason::ALL.len()],
     pub(super) skipped: u64,
     /// Extra attempts used by retries.
     pub(super) retries: u64,
     pub(super) tls: Option<TlsSeen>,
     pub(super) consecutive_failures: u64,
-    /// Observations per bucket (not cumulative); the `+Inf` bucket is `count`.
-    pub(super) buckets: Vec<u64>,
+    /// Observations per bucket (not cumulative), one per bound then the overflow above
+    /// them all (the `+Inf` bucket's count is `count`); one vector, copied whole per scrape,
+    /// with each bucket's exemplar beside its count.
+    pub(super) buckets: Vec<Bucket>,
     pub(super) sum: f64,
     pub(super) count: u64,
     /// Planned start of the next scheduled run (Unix time), `None` when none is planned.
     pub(super) next_run: Option<f64>,
     /// A maintenance window is open (`webhook_probe_maintenance`).
     pub(super) maintenance: bool,
+}
+
+/// One bucket of the duration histogram.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Bucket {
+    /// Runs whose duration landed here (not cumulative).
+    pub(super) count: u64,
+    /// The latest of them.
+    pub(super) exemplar: Option<Exemplar>,
+}
+
+/// A run attached to a sample in OpenMetrics output, so a graph leads to the run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Exemplar {
+    pub(super) run_id: RunId,
+    /// The observed duration (histogram) or the increment, 1 (failures counter).
+    pub(super) value: f64,
+    /// End of the run (Unix time).
+    pub(super) timestamp: f64,
 }
 
 /// What the last run showed.

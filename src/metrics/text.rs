@@ -1,4 +1,6 @@
-//! The per-probe families in the Prometheus text format (version 0.0.4), written by hand.
+//! The per-probe families in the Prometheus text format (version 0.0.4) or OpenMetrics 1.0
+//! (the same sample lines, with exemplars; headers and the end marker from
+//! `openmetrics.rs`), written by hand.
 //!
 //! Why by hand rather than through the `prometheus` crate's encoder: speed and memory at
 //! 10,000 probes. That encoder only takes `MetricFamily` protobuf objects, so a custom
@@ -17,8 +19,9 @@ use std::sync::{Arc, LazyLock};
 
 use crate::probe::{FailureReason, PHASE_NAMES};
 
-use super::store::{LastRun, ProbeMetrics, ProbeValues};
-use super::{FamilyDef, PROBE_FAMILIES, names};
+use super::openmetrics;
+use super::store::{Exemplar, LastRun, ProbeMetrics, ProbeValues};
+use super::{FamilyDef, Format, PROBE_FAMILIES, names};
 
 /// `result` labels of `webhook_probe_runs_total`, in [`ProbeValues::runs`] order.
 static RESULT_LABELS: LazyLock<[String; 2]> =
@@ -57,9 +60,14 @@ fn label_pair(name: &str, value: &str) -> String {
     pair
 }
 
-fn header(out: &mut String, family: &FamilyDef) {
+fn header(out: &mut String, family: &FamilyDef, format: Format) {
     let (name, kind, help) = (family.name, family.kind.as_str(), family.help);
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    match format {
+        Format::Text => {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+        Format::OpenMetrics => openmetrics::header(out, name, kind, help),
+    }
 }
 
 /// Writes one sample line of `family`: `name{labels,extra} value`, the name followed by
@@ -72,9 +80,26 @@ fn sample(
     extra: &str,
     value: impl std::fmt::Display,
 ) {
+    sample_with(out, family, suffix, labels, extra, value, None);
+}
+
+/// [`sample`] with an exemplar (given only for OpenMetrics output).
+fn sample_with(
+    out: &mut String,
+    family: &FamilyDef,
+    suffix: &str,
+    labels: &str,
+    extra: &str,
+    value: impl std::fmt::Display,
+    exemplar: Option<&Exemplar>,
+) {
     let name = family.name;
     let separator = if extra.is_empty() { "" } else { "," };
-    let _ = writeln!(out, "{name}{suffix}{{{labels}{separator}{extra}}} {value}");
+    let _ = write!(out, "{name}{suffix}{{{labels}{separator}{extra}}} {value}");
+    if let Some(exemplar) = exemplar {
+        openmetrics::exemplar(out, exemplar);
+    }
+    out.push('\n');
 }
 
 /// One probe at render time: its label pairs (`probe="a",dossier="998"`), settings, values.
@@ -108,19 +133,32 @@ pub(super) fn duration_histogram(
     page: &Rendering,
     row: &Row,
 ) {
+    let exemplars = page.format == Format::OpenMetrics;
     let mut cumulative = 0;
-    for (le, count) in page.le_labels[row.le].1.iter().zip(&row.values.buckets) {
-        cumulative += count;
-        sample(out, family, "_bucket", &row.labels, le, cumulative);
+    for (le, bucket) in page.le_labels[row.le].1.iter().zip(&row.values.buckets) {
+        cumulative += bucket.count;
+        let exemplar = bucket.exemplar.as_ref().filter(|_| exemplars);
+        sample_with(
+            out,
+            family,
+            "_bucket",
+            &row.labels,
+            le,
+            cumulative,
+            exemplar,
+        );
     }
     let values = &row.values;
-    sample(
+    // The overflow bucket, after one per bound, holds the runs above them all.
+    let overflow = values.buckets.last().and_then(|b| b.exemplar.as_ref());
+    sample_with(
         out,
         family,
         "_bucket",
         &row.labels,
         "le=\"+Inf\"",
         values.count,
+        overflow.filter(|_| exemplars),
     );
     sample(out, family, "_sum", &row.labels, "", values.sum);
     sample(out, family, "_count", &row.labels, "", values.count);
@@ -152,9 +190,16 @@ pub(super) fn runs(out: &mut String, family: &FamilyDef, _: &Rendering, row: &Ro
     }
 }
 
-pub(super) fn failures(out: &mut String, family: &FamilyDef, _: &Rendering, row: &Row) {
-    for (reason, count) in REASON_LABELS.iter().zip(row.values.failures) {
-        sample(out, family, "", &row.labels, reason, count);
+pub(super) fn failures(out: &mut String, family: &FamilyDef, page: &Rendering, row: &Row) {
+    let exemplars = page.format == Format::OpenMetrics;
+    let values = &row.values;
+    for ((reason, count), exemplar) in REASON_LABELS
+        .iter()
+        .zip(values.failures)
+        .zip(&values.failure_exemplars)
+    {
+        let exemplar = exemplar.as_ref().filter(|_| exemplars);
+        sample_with(out, family, "", &row.labels, reason, count, exemplar);
     }
 }
 
@@ -229,12 +274,20 @@ pub struct Rendering {
     rows: Vec<Row>,
     /// Distinct bucket lists with their rendered `le` labels.
     le_labels: Vec<(Arc<[f64]>, Vec<String>)>,
+    /// Text or OpenMetrics (exemplars, `# EOF`).
+    format: Format,
     family: usize,
     row: usize,
+    /// Whether the end (OpenMetrics' `# EOF`) was written.
+    ended: bool,
 }
 
 impl Rendering {
-    pub(super) fn new(head: String, snapshot: Vec<(Arc<ProbeMetrics>, ProbeValues)>) -> Self {
+    pub(super) fn new(
+        head: String,
+        snapshot: Vec<(Arc<ProbeMetrics>, ProbeValues)>,
+        format: Format,
+    ) -> Self {
         // Every row carries the union of the probes' static label names, empty where a probe
         // has none. The format does not require it (series of one family may carry different
         // label names, and an empty label equals an absent one): it costs bytes only, and
@@ -279,8 +332,10 @@ impl Rendering {
             head: Some(head),
             rows,
             le_labels,
+            format,
             family: 0,
             row: 0,
+            ended: false,
         }
     }
 }
@@ -296,10 +351,14 @@ impl Iterator for Rendering {
         let mut out = String::with_capacity(CHUNK_BYTES + 4096);
         while out.len() < CHUNK_BYTES {
             let Some(family) = PROBE_FAMILIES.get(self.family) else {
+                if !self.ended && self.format == Format::OpenMetrics {
+                    out.push_str(openmetrics::EOF);
+                }
+                self.ended = true;
                 break;
             };
             if self.row == 0 {
-                header(&mut out, &family.def);
+                header(&mut out, &family.def, self.format);
             }
             match self.rows.get(self.row) {
                 Some(row) => {

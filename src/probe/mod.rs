@@ -4,6 +4,7 @@
 
 mod exchange;
 mod run;
+mod run_id;
 pub mod tls;
 mod transport;
 pub mod verdict;
@@ -16,6 +17,7 @@ pub use crate::config::FailureReason;
 use crate::config::ProbeSpec;
 
 pub use run::MAX_REDIRECTS;
+pub use run_id::{InvalidRunId, RunId};
 
 /// Phases of the `webhook_probe_phase_duration_seconds` gauge.
 pub const PHASE_NAMES: [&str; 5] = ["resolve", "connect", "tls", "processing", "transfer"];
@@ -69,6 +71,8 @@ pub struct TlsDetails {
 /// The result of one run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// This run's id (API, logs, exemplars, status page).
+    pub run_id: RunId,
     /// Whether the run succeeded.
     pub success: bool,
     /// Why it failed (`None` on success).

@@ -100,6 +100,7 @@ struct Answer {
 
 /// Runs a probe: attempts until one succeeds, the retries are used up, or the budget is spent.
 pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
+    let run_id = super::RunId::next();
     let started_at = SystemTime::now();
     let start = Instant::now();
     let deadline = start + spec.timeout;
@@ -154,6 +155,7 @@ pub(super) async fn run(spec: &ProbeSpec) -> Outcome {
             continue;
         }
         return Outcome {
+            run_id,
             success: reason.is_none(),
             reason,
             message: spec.redact(&message),

@@ -83,6 +83,7 @@ async fn call(runner: &Runner, spec: &Arc<ProbeSpec>) -> Outcome {
         .catch_unwind()
         .await;
     called.unwrap_or_else(|_| Outcome {
+        run_id: crate::probe::RunId::next(),
         success: false,
         reason: Some(FailureReason::Other),
         message: PANICKED.to_owned(),

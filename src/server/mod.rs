@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use crate::state::{Probes, ResultView, RunNowError};
 
 /// Largest request body accepted: no endpoint takes more than a few bytes.
@@ -118,6 +118,7 @@ pub fn router(handles: Handles) -> Router {
         .route("/assets/{file}", get(status_page::asset))
         .route("/api/v1/probes", get(api::list))
         .route("/api/v1/probes/{name}", get(api::show))
+        .route("/api/v1/runs/{run_id}", get(api::show_run))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
@@ -178,18 +179,52 @@ pub async fn serve(
     }
 }
 
-async fn metrics(State(handles): State<Handles>) -> Response {
+async fn metrics(State(handles): State<Handles>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let format = negotiate(&accept);
     // Written piece by piece as the client reads: memory stays bounded at any probe count,
     // and each piece is a fraction of a millisecond of work on this thread.
-    let body = axum::body::Body::new(MetricsBody(handles.metrics.render()));
+    let body = axum::body::Body::new(MetricsBody(handles.metrics.render_as(format)));
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            // The answer depends on the Accept header: a cache must not mix the formats.
+            (header::VARY, "Accept"),
+        ],
         body,
     )
         .into_response()
+}
+
+/// The format an `Accept` header asks for: OpenMetrics when it ranks
+/// `application/openmetrics-text` (any version: 1.0.0 is answered) above zero and at least
+/// as high as the text format (`text/plain`, `text/*`, `*/*`); else the text format, also
+/// when there is no header. Prometheus asks for OpenMetrics first.
+fn negotiate(accept: &str) -> Format {
+    let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, value)| value.trim().parse().unwrap_or(0.0));
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    if openmetrics > 0.0 && openmetrics >= text {
+        Format::OpenMetrics
+    } else {
+        Format::Text
+    }
 }
 
 /// A `/metrics` page as an HTTP body.
@@ -254,5 +289,33 @@ async fn reload(State(handles): State<Handles>) -> Response {
             format!("failed to reload config: {error}\n"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_is_answered_when_the_accept_header_ranks_it_first() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for accept in [
+            prometheus,
+            "application/openmetrics-text",
+            "Application/OpenMetrics-Text; version=0.0.1",
+            "text/plain;q=0.5, application/openmetrics-text;q=0.9",
+        ] {
+            assert_eq!(negotiate(accept), Format::OpenMetrics, "{accept}");
+        }
+        for accept in [
+            "",
+            "*/*",
+            "text/plain",
+            "application/openmetrics-text;q=0.1, text/plain",
+            "application/openmetrics-text;q=0",
+            "application/json",
+        ] {
+            assert_eq!(negotiate(accept), Format::Text, "{accept}");
+        }
     }
 }

@@ -131,6 +131,7 @@ mod tests {
 
     fn record(success: bool, millis: u64) -> ResultView {
         ResultView {
+            run_id: crate::probe::RunId::next(),
             success,
             reason: (!success).then_some("webhook_error"),
             message: String::new(),

@@ -224,6 +224,8 @@ struct LastRun {
     detail: String,
     /// Divalto's message or the error text (escaped by the template).
     message: String,
+    /// The run's id, linking to its result in the API (exemplars on graphs name it too).
+    run_id: String,
 }
 
 /// A past failure.
@@ -257,6 +259,7 @@ impl Row {
                 reason: o.reason,
                 detail: detail(o),
                 message: o.message.clone(),
+                run_id: o.run_id.to_string(),
             }),
             earlier_failure: earlier_failure.map(|o| Failure {
                 at: Stamp::new(o.finished_at, now),
