@@ -47,6 +47,7 @@ pub(super) struct ResolvedServer {
     pub(super) body: RawBody,
     pub(super) basic_auth: Option<Spanned<RawBasicAuth>>,
     pub(super) authorization: Option<Spanned<RawAuthorization>>,
+    pub(super) objective: Option<f64>,
 }
 
 /// The proxy keys of one layer (defaults, server or probe).
@@ -114,6 +115,7 @@ pub(super) fn resolve_server(
         },
         basic_auth: raw.basic_auth,
         authorization: raw.authorization,
+        objective: raw.objective.map(|o| o.0),
     })
 }
 

@@ -117,6 +117,9 @@ pub struct ProbeSpec {
     /// The `Authorization` value from `basic_auth` or `authorization` (sensitive: its
     /// `Debug` hides it), sent to the probe's own origin only.
     pub credentials: Option<HeaderValue>,
+    /// The availability objective as a ratio (0.995 for `99.5%`), exported as
+    /// `webhook_probe_objective_ratio` for the SLO rules; `None` when not set.
+    pub objective: Option<f64>,
 }
 
 /// A request body as sent, held as bytes; formats as its size only (a body may carry an

@@ -12,7 +12,7 @@ use serde_saphyr::Spanned;
 
 use super::scalars::{
     ByteSize, CronValue, DivaltoMode, DurationValue, FailureReason, HeaderKey, LabelKey,
-    MethodValue, RegexValue, SecretText, StatusMatcher, Text, TimeZoneValue,
+    MethodValue, Objective, RegexValue, SecretText, StatusMatcher, Text, TimeZoneValue,
 };
 
 /// The whole file.
@@ -76,6 +76,8 @@ pub struct RawServer {
     pub basic_auth: Option<Spanned<RawBasicAuth>>,
     /// `Authorization: <type> <credentials>` for every probe of the server.
     pub authorization: Option<Spanned<RawAuthorization>>,
+    /// Availability objective of every probe of the server.
+    pub objective: Option<Objective>,
 }
 
 /// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
@@ -138,6 +140,8 @@ pub struct RawProbe {
     pub basic_auth: Option<Spanned<RawBasicAuth>>,
     /// `Authorization: <type> <credentials>` toward the target.
     pub authorization: Option<Spanned<RawAuthorization>>,
+    /// Availability objective (SLO), for the burn-rate rules of `config/slo.yml`.
+    pub objective: Option<Objective>,
 }
 
 /// Prometheus' `basic_auth`: a username and exactly one of password, password_file.

@@ -490,6 +490,12 @@ impl ProbeContext<'_> {
             },
             body,
             credentials,
+            // A scalar: the probe's, else the server's, else the defaults'.
+            objective: raw
+                .objective
+                .map(|o| o.0)
+                .or_else(|| server_raw.and_then(|s| s.objective))
+                .or(defaults.objective.map(|o| o.0)),
         })
     }
 
