@@ -183,7 +183,11 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
 fn check_config(path: &std::path::Path, web_config: Option<&std::path::Path>) -> ExitCode {
     let mut code = match ConfigSource::File(path.to_owned()).load() {
         Ok(config) => {
-            print!("{}", report::config_summary(&config, chrono::Utc::now()));
+            let now = chrono::Utc::now();
+            print!("{}", report::config_summary(&config, now));
+            for warning in report::slo_warnings(&config, now) {
+                eprintln!("{warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

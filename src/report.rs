@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, ProbeSpec};
 use crate::probe::{Outcome, PHASE_NAMES};
+use crate::schedule::Schedule;
+use crate::slo;
 
 /// The `check-config` summary: one line per probe, URLs redacted, with the next run.
 pub fn config_summary(config: &Config, now: DateTime<Utc>) -> String {
@@ -61,6 +63,51 @@ pub fn config_summary(config: &Config, now: DateTime<Utc>) -> String {
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
+}
+
+/// The `check-config` warnings about objectives too strict for their probe's schedule: one
+/// line per probe whose single failed run would already page through `config/slo.yml`
+/// (see [`crate::slo`] for the condition), with the objective and the interval that would not.
+pub fn slo_warnings(config: &Config, now: DateTime<Utc>) -> Vec<String> {
+    config
+        .probes
+        .iter()
+        .filter_map(|spec| {
+            let objective = spec.objective?;
+            let gap = spec.schedule.shortest_gap(now)?;
+            let page = slo::one_failure_page(gap, objective)?;
+            let place = spec.origin.probe.map_or_else(
+                || config.source.display().to_string(),
+                |at| format!("{}:{}:{}", config.source.display(), at.line, at.column),
+            );
+            let runs = match &spec.schedule {
+                Schedule::Interval(_) => {
+                    format!("a run every {}", humantime::format_duration(gap))
+                }
+                Schedule::Cron { .. } => format!(
+                    "runs at least {} apart ({})",
+                    humantime::format_duration(gap),
+                    spec.schedule
+                ),
+            };
+            let window = humantime::format_duration(Duration::from_secs(page.long_window));
+            let interval = page.max_interval.map_or_else(String::new, |interval| {
+                format!(
+                    ", or an interval of {} or shorter",
+                    humantime::format_duration(interval)
+                )
+            });
+            Some(format!(
+                "{place}: warning: {}: objective {} with {runs}: one failed run would page (it is {:.2}% of the runs of the {window} window, above {} × the {} error budget); use objective {} or lower{interval}",
+                spec.origin.label,
+                slo::percent(objective),
+                page.error_ratio * 100.0,
+                page.factor,
+                slo::percent(1.0 - objective),
+                slo::percent(page.max_objective),
+            ))
+        })
+        .collect()
 }
 
 fn millis(d: Duration) -> String {
