@@ -433,6 +433,10 @@ fn the_example_config_is_accepted_by_check_config() {
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
+        !stderr.contains("warning"),
+        "the example's objective lets one failure page: {stderr}"
+    );
+    assert!(
         stdout.contains("valid, 3 probe(s), 2 server(s)"),
         "{stdout}"
     );
