@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Static checks of the operational artifacts: alert rules and their unit tests, the example
+# Static checks of the operational artifacts: alert and SLO rules and their unit tests, the example
 # and compose Prometheus configs, the Grafana dashboard (JSON and the PromQL syntax of every
 # query in it), the Dockerfile, and the Kubernetes base (scripts/check-kubernetes.sh).
 #
@@ -25,14 +25,21 @@ promtool check rules config/alerts.yml
 step "promtool test rules config/alerts.test.yml"
 promtool test rules config/alerts.test.yml
 
+step "promtool check rules config/slo.yml"
+promtool check rules config/slo.yml
+
+step "promtool test rules config/slo.test.yml"
+promtool test rules config/slo.test.yml
+
 # rule_files are resolved relative to the config file, so config/prometheus.yml finds
 # config/alerts.yml wherever this runs from.
 step "promtool check config config/prometheus.yml"
 promtool check config config/prometheus.yml
 
-# The compose config expects alerts.yml next to it (docker-compose.yml mounts it there).
+# The compose config expects alerts.yml and slo.yml next to it (docker-compose.yml mounts
+# them there).
 step "promtool check config deploy/prometheus/prometheus.yml"
-cp deploy/prometheus/prometheus.yml config/alerts.yml "$tmp/"
+cp deploy/prometheus/prometheus.yml config/alerts.yml config/slo.yml "$tmp/"
 promtool check config "$tmp/prometheus.yml"
 
 # On-site probing: the agent's config, and the central side of the federation variant

@@ -20,6 +20,8 @@
 //! - [`server`]: the HTTP endpoints (metrics, API, status page, reload) on narrow handles, auth and TLS.
 //! - [`demo`]: the embedded simulated Divalto server and its built-in config.
 //! - [`report`]: text for the `check-config` and `probe` subcommands.
+//! - [`slo`]: when one failed run already pages through the shipped SLO alerts (the
+//!   `check-config` warning).
 //! - [`logging`]: logfmt/JSON log set-up.
 //! - [`shutdown`]: the SIGHUP stream, registered before anything slow starts.
 //! - [`tls`]: the crypto provider, PEM loading, TLS client and server configs, fed plain
@@ -50,6 +52,7 @@ pub mod scheduler;
 pub mod server;
 pub mod shard;
 pub mod shutdown;
+pub mod slo;
 pub mod state;
 pub(crate) mod sync;
 pub mod tls;

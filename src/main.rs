@@ -239,7 +239,11 @@ fn check_config(
     let mut code = match ConfigSource::File(path.to_owned()).load(&config::GoodVersions::default())
     {
         Ok(layout) => {
-            print!("{}", report::config_summary(&layout, chrono::Utc::now()));
+            let now = chrono::Utc::now();
+            print!("{}", report::config_summary(&layout, now));
+            for warning in report::slo_warnings(&layout.config, now) {
+                eprintln!("{warning}");
+            }
             if let Some(count) = shard_count {
                 print!("{}", shard::assignment_report(&layout.config, count));
             }

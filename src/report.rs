@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{FileStatus, Layout, ProbeSpec};
+use crate::config::{Config, FileStatus, Layout, ProbeSpec};
 use crate::probe::{Outcome, PHASE_NAMES};
-use crate::schedule::{NextStart, maintenance};
+use crate::schedule::{NextStart, Schedule, maintenance};
+use crate::slo;
 
 /// The `check-config` summary: a line per config file (valid or refused, its counts), then
 /// the probes grouped per file, one line each, URLs redacted, with the next run. The columns
@@ -180,6 +181,53 @@ fn padded(row: &[String], widths: &[usize]) -> String {
 
 fn utc_text(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The `check-config` warnings about objectives too strict for their probe's schedule: one
+/// line per probe whose single failed run would already page through `config/slo.yml`
+/// (see [`crate::slo`] for the condition), with the objective and the interval that would not.
+pub fn slo_warnings(config: &Config, now: DateTime<Utc>) -> Vec<String> {
+    config
+        .probes
+        .iter()
+        .filter_map(|spec| {
+            let objective = spec.objective?;
+            let gap = spec.schedule.shortest_gap(now)?;
+            let page = slo::one_failure_page(gap, objective)?;
+            // The file the probe is written in (the main file or an included one).
+            let file = spec.origin.file.display();
+            let place = spec.origin.probe.map_or_else(
+                || file.to_string(),
+                |at| format!("{file}:{}:{}", at.line, at.column),
+            );
+            let runs = match &spec.schedule {
+                Schedule::Interval(_) => {
+                    format!("a run every {}", humantime::format_duration(gap))
+                }
+                Schedule::Cron { .. } => format!(
+                    "runs at least {} apart ({})",
+                    humantime::format_duration(gap),
+                    spec.schedule
+                ),
+            };
+            let window = humantime::format_duration(Duration::from_secs(page.long_window));
+            let interval = page.max_interval.map_or_else(String::new, |interval| {
+                format!(
+                    ", or an interval of {} or shorter",
+                    humantime::format_duration(interval)
+                )
+            });
+            Some(format!(
+                "{place}: warning: {}: objective {} with {runs}: one failed run would page (it is {:.2}% of the runs of the {window} window, above {} × the {} error budget); use objective {} or lower{interval}",
+                spec.origin.label,
+                slo::percent(objective),
+                page.error_ratio * 100.0,
+                page.factor,
+                slo::percent(1.0 - objective),
+                slo::percent(page.max_objective),
+            ))
+        })
+        .collect()
 }
 
 fn millis(d: Duration) -> String {

@@ -35,7 +35,7 @@ const INVALID: &[(&str, &str)] = &[
     ),
     (
         "invalid-unknown-key.yaml",
-        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json, basic_auth, authorization, maintenance; check the spelling or remove the key",
+        "4:5: unknown field `intervall`, expected one of name, server, code, code_file, url, interval, schedule, timezone, timeout, method, headers, params, labels, retries, retry_delay, retry_on, follow_redirects, max_body_bytes, tls, expect, proxy_url, no_proxy, proxy_from_environment, body, body_file, json, basic_auth, authorization, objective, maintenance; check the spelling or remove the key",
     ),
     (
         "invalid-duplicate-key.yaml",
@@ -148,6 +148,18 @@ const INVALID: &[(&str, &str)] = &[
     (
         "invalid-cron-never.yaml",
         "4:15: invalid cron expression \"0 0 30 2 *\": it never fires (no date from now on matches all its fields); check the day, month and year",
+    ),
+    (
+        "invalid-objective-no-percent.yaml",
+        "4:16: invalid objective \"99.5\": write it as a percentage, e.g. \"99.5%\"",
+    ),
+    (
+        "invalid-objective-hundred.yaml",
+        "2:14: invalid objective \"100%\": it must be above 0% and below 100% (100% leaves no error budget: every failed run would page); write e.g. \"99.9%\"",
+    ),
+    (
+        "invalid-objective-zero.yaml",
+        "4:16: invalid objective \"0%\": it must be above 0% and below 100% (100% leaves no error budget: every failed run would page); write e.g. \"99.9%\"",
     ),
     (
         "invalid-regex-too-large.yaml",
@@ -337,6 +349,99 @@ probes:
 }
 
 #[test]
+fn an_objective_is_taken_from_the_probe_else_its_server_else_the_defaults() {
+    let (_dir, path) = common::write_config(
+        r#"
+defaults:
+  objective: 99%
+servers:
+  strict:
+    base_url: https://x.example/base
+    objective: 99.95%
+  plain:
+    base_url: https://y.example/base
+probes:
+  - {name: own, server: strict, code: A, objective: "99.5 %"}
+  - {name: from-server, server: strict, code: B}
+  - {name: from-defaults, server: plain, code: C}
+  - {name: plain-url, url: "https://z.example/health"}
+"#,
+    );
+    let config = config::load(&path).unwrap();
+    let objectives: Vec<(&str, Option<f64>)> = config
+        .probes
+        .iter()
+        .map(|p| (p.name.as_str(), p.objective))
+        .collect();
+    assert_eq!(
+        objectives,
+        vec![
+            ("own", Some(0.995)),
+            ("from-server", Some(0.9995)),
+            ("from-defaults", Some(0.99)),
+            ("plain-url", Some(0.99)),
+        ]
+    );
+    let (_dir, path) = common::write_config("probes: [{name: a, url: \"https://z.example/\"}]\n");
+    assert_eq!(config::load(&path).unwrap().probes[0].objective, None);
+}
+
+/// `check-config` on `text`: exit code, stdout and stderr together.
+fn check_config_output(text: &str) -> (i32, String) {
+    let (_dir, path) = common::write_config(text);
+    let (code, stdout, stderr) = common::run_binary(
+        &["check-config", &format!("--config.file={}", path.display())],
+        &[],
+        None,
+    );
+    (code, format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn check_config_warns_when_one_failed_run_would_page_and_says_what_would_not() {
+    // A run a minute at 99.9 %: one failure is 1/60 of the runs of the 1h window, above
+    // 14.4 × the 0.1 % budget (1.44 %), and a bigger share still of the 5m window: it pages.
+    let (code, output) = check_config_output(
+        "probes:\n  - {name: strict, url: \"https://x.example/\", interval: 1m, objective: 99.9%}\n  - {name: relaxed, url: \"https://y.example/\", interval: 1m, objective: 99.5%}\n",
+    );
+    assert_eq!(code, 0, "a warning is not an error: {output}");
+    let warnings: Vec<&str> = output.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{output}");
+    let warning = warnings[0];
+    for part in [
+        ":2:5: warning: probes[0] \"strict\": objective 99.9% with a run every 1m",
+        "one failed run would page",
+        "objective 99.88% or lower, or an interval of 51s or shorter",
+    ] {
+        assert!(warning.contains(part), "{part:?} not in {warning}");
+    }
+}
+
+#[test]
+fn check_config_weighs_a_cron_schedule_by_its_shortest_gap() {
+    // Every 5 minutes at 99%: one failure is 1/12 of the 1h window, above 14.4 %? No: 8.3 %
+    // is below 14.4 × 1 % = 14.4 %, and 5m/6h = 1/72 is below 6 %: no page, no warning.
+    let (code, output) = check_config_output(
+        "probes:\n  - {name: cron-ok, url: \"https://x.example/\", schedule: \"*/5 * * * *\", objective: 99%}\n",
+    );
+    assert_eq!(code, 0, "{output}");
+    assert!(!output.contains("warning"), "{output}");
+    // At 99.5 % the same schedule pages on one failure: 8.3 % > 14.4 × 0.5 % = 7.2 %.
+    let (code, output) = check_config_output(
+        "probes:\n  - {name: cron-strict, url: \"https://x.example/\", schedule: \"*/5 * * * *\", objective: 99.5%}\n",
+    );
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("objective 99.5% with runs at least 5m apart (*/5 * * * * UTC): one failed run would page"),
+        "{output}"
+    );
+    assert!(
+        output.contains("use objective 99.42% or lower, or an interval of 4m 19s or shorter"),
+        "{output}"
+    );
+}
+
+#[test]
 fn the_example_config_is_accepted_by_check_config() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/webhook-exporter.yaml");
     let (code, stdout, stderr) = common::run_binary(
@@ -353,6 +458,10 @@ fn the_example_config_is_accepted_by_check_config() {
         None,
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        !stderr.contains("warning"),
+        "the example's objective lets one failure page: {stderr}"
+    );
     assert!(
         stdout.contains("webhook-exporter.yaml: valid, 3 probe(s), 2 server(s)"),
         "{stdout}"

@@ -182,6 +182,79 @@ fn reloads_apply_good_configs_refuse_bad_ones_and_keep_unchanged_probes() {
 }
 
 #[test]
+fn the_objective_is_exported_as_a_ratio_and_goes_away_when_a_reload_removes_it() {
+    // Arrange: one probe with an objective (and a static label, which the series carries),
+    // one without.
+    let fake = fake();
+    let with = |objective: &str| {
+        format!(
+            "{{name: slo, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1h, labels: {{dossier: \"998\"}}{objective}}}"
+        )
+    };
+    let without =
+        format!("{{name: plain, server: fake, code: \"{SECRET_CODE}-ok\", interval: 1h}}");
+    let (_dir, path) =
+        common::write_config(&config(&fake, &[&with(", objective: 99.5%"), &without]));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+
+    // Act, Assert: the ratio is there from the start, before any run.
+    let scrape = exporter.scrape();
+    assert_eq!(
+        scrape.value(
+            "webhook_probe_objective_ratio",
+            &[("probe", "slo"), ("dossier", "998")]
+        ),
+        Some(0.995),
+        "{}",
+        scrape.text
+    );
+    let probes: Vec<String> = scrape
+        .label_sets("webhook_probe_objective_ratio")
+        .iter()
+        .map(|labels| labels["probe"].clone())
+        .collect();
+    assert_eq!(
+        probes,
+        vec!["slo".to_owned()],
+        "absent without an objective"
+    );
+
+    // A reload that changes it, then one that removes it.
+    std::fs::write(
+        &path,
+        config(&fake, &[&with(", objective: 99.9%"), &without]),
+    )
+    .unwrap();
+    let answer = post(&exporter, "/-/reload");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let scrape = exporter.scrape();
+    assert_eq!(
+        scrape.value("webhook_probe_objective_ratio", &[("probe", "slo")]),
+        Some(0.999),
+        "{}",
+        scrape.text
+    );
+    std::fs::write(&path, config(&fake, &[&with(""), &without])).unwrap();
+    let answer = post(&exporter, "/-/reload");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let scrape = exporter.scrape();
+    assert!(
+        scrape
+            .label_sets("webhook_probe_objective_ratio")
+            .is_empty(),
+        "{}",
+        scrape.text
+    );
+    assert!(
+        scrape
+            .label_sets("webhook_probe_info")
+            .iter()
+            .any(|labels| labels["probe"] == "slo"),
+        "the probe itself stays"
+    );
+}
+
+#[test]
 fn a_run_in_flight_during_a_reload_completes_and_is_recorded_or_dropped() {
     let fake = fake();
     let slow = |name: &str| {

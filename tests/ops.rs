@@ -1,9 +1,11 @@
 //! The operational artifacts against the real thing: a real Prometheus scraping the real
-//! exporter evaluates every PromQL expression of the Grafana dashboard and of the alert rules
-//! (issue 6, part 6), and a real Alertmanager delivers the page for a webhook that starts
-//! failing, then the resolved notification when it recovers (part 7). Sharded replicas
-//! (issue 13): three, then four after a safe rolling scale-up, each webhook called by one
-//! replica only, and a lost replica raising the shard-missing alert.
+//! exporter evaluates every PromQL expression of the Grafana dashboard, of the alert rules
+//! (issue 6, part 6) and of the SLO rules (issue 15: their recorded ratios and budget, and the
+//! burn-rate page, checked on the exporter's real series), and a real Alertmanager delivers
+//! the page for a webhook that starts failing, then the resolved notification when it
+//! recovers (part 7). Sharded replicas (issue 13): three, then four after a safe rolling
+//! scale-up, each webhook called by one replica only, and a lost replica raising the
+//! shard-missing alert.
 //!
 //! Prometheus, promtool and Alertmanager come from the Debian packages `prometheus` and
 //! `prometheus-alertmanager` (scripts/test installs them). When they are missing these tests
@@ -47,6 +49,9 @@ const DASHBOARD: &str = concat!(
 /// The alert rules under test.
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/alerts.yml");
 
+/// The SLO rules under test.
+const SLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/slo.yml");
+
 /// The scrape job of the tests; the alert rules match jobs containing "webhook".
 const JOB: &str = "webhook-exporter";
 
@@ -80,8 +85,11 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[
 ];
 
 /// Metric names that may have no series at all in the part-6 scenario, with the reason.
-/// Empty: every metric the dashboard and the rules use exists in the scenario.
-const SELECTORS_MAY_BE_EMPTY: &[(&str, &str)] = &[];
+const SELECTORS_MAY_BE_EMPTY: &[(&str, &str)] = &[(
+    "webhook_probe_maintenance",
+    "the SLO alerts end with `unless ... webhook_probe_maintenance == 1`; the series comes with \
+     maintenance windows (issue 15's maintenance work), and an empty `unless` side keeps every alert",
+)];
 
 /// Values of Grafana's built-in and template variables, as Grafana would send them with
 /// "All" selected; `$window` takes the dashboard's current value. `$__rate_interval` is what
@@ -126,10 +134,24 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_real_prometheu
     let empty = Exporter::start(&[&format!("--config.file={}", empty_config.display())], &[]);
     let down = SocketAddr::from(([127, 0, 0, 1], common::closed_port()));
 
+    // The SLO rules as shipped, but for the once-a-minute interval of their long group: at
+    // one second, like the rest, its series appear in seconds.
+    let slo_rules = dir.path().join("slo.yml");
+    std::fs::write(
+        &slo_rules,
+        std::fs::read_to_string(SLO)
+            .unwrap()
+            .replace("    interval: 1m\n", "    interval: 1s\n"),
+    )
+    .unwrap();
     let prometheus_config = dir.path().join("prometheus.yml");
     std::fs::write(
         &prometheus_config,
-        prometheus_yml(&[exporter.address, empty.address, down], ALERTS, None),
+        prometheus_yml(
+            &[exporter.address, empty.address, down],
+            &[ALERTS, &slo_rules.display().to_string()],
+            None,
+        ),
     )
     .unwrap();
     promtool_ok(
@@ -261,7 +283,7 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_real_prometheu
     assert_eq!(
         rule_count,
         alert_expressions().len(),
-        "Prometheus did not load every rule of {ALERTS}"
+        "Prometheus did not load every rule of {ALERTS} and {SLO}"
     );
 
     // The annotations' own queries (main failure reason, last Divalto code) work too. The
@@ -323,6 +345,66 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_real_prometheu
             );
         }
     }
+
+    // The SLO rules on the exporter's real series: the ratio of a probe failing every run is
+    // 1, of a healthy one 0, a probe without an objective has none; the always-failing probe
+    // burns its 99.5 % budget 200 times over and pages, the healthy one does not.
+    let value = |promql: &str| -> Vec<(String, f64)> {
+        prometheus
+            .query(promql)
+            .unwrap()
+            .iter()
+            .map(|series| {
+                (
+                    series["metric"]["probe"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    series["value"][1].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let ratio = |probe: &str| {
+        value(&format!(
+            "probe:webhook_probe_errors:ratio_rate5m{{job=\"{JOB}\",probe=\"{probe}\"}}"
+        ))
+    };
+    assert_eq!(
+        ratio("update-stock-bad-request"),
+        vec![("update-stock-bad-request".to_owned(), 1.0)]
+    );
+    assert_eq!(
+        ratio("refresh-customer"),
+        vec![("refresh-customer".to_owned(), 0.0)]
+    );
+    assert_eq!(ratio("erp-front"), vec![], "erp-front has no objective");
+    assert_eq!(
+        value(r#"webhook_probe_objective_ratio{probe="refresh-customer"}"#),
+        vec![("refresh-customer".to_owned(), 0.995)]
+    );
+    let budget_left = value(
+        r#"probe:webhook_probe_error_budget:remaining_ratio30d{probe="update-stock-bad-request"}"#,
+    );
+    assert!(
+        budget_left.len() == 1 && (budget_left[0].1 - (1.0 - 1.0 / 0.005)).abs() < 1e-6,
+        "all runs failed: the budget is spent 200 times, {budget_left:?}"
+    );
+    let firing = |alertname: &str, probe: &str| {
+        active_alerts().iter().any(|a| {
+            a["labels"]["alertname"] == alertname
+                && a["labels"]["probe"] == probe
+                && a["state"] == "firing"
+        })
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the SLO page for the always-failing probe",
+        || firing("WebhookProbeErrorBudgetBurn", "update-stock-bad-request").then_some(()),
+    )
+    .unwrap_or_else(|| panic!("active alerts: {:#?}", active_alerts()));
+    assert!(!firing("WebhookProbeErrorBudgetBurn", "refresh-customer"));
+    assert!(!firing("WebhookProbeErrorBudgetBurn", "erp-front"));
 }
 
 /// The part-6 exporter config: one probe per kind of data the panels and alerts show.
@@ -333,14 +415,17 @@ defaults:
   interval: 1s
   timeout: 800ms
   params: {{dos: "998"}}
+# The ERP's probes have an objective (the SLO rules and panels), erp-front has none.
 servers:
   erp:
     base_url: "{base_url}"
+    objective: 99.5%
   # One run at a time: close-month-slow holds the only slot for 6 s, so the runs of
   # queued-behind-slow wait for it and their next planned runs are skipped.
   busy-erp:
     base_url: "{base_url}"
     max_concurrent: 1
+    objective: 99.5%
 probes:
   - name: refresh-customer
     server: erp
@@ -668,12 +753,11 @@ fn expand_repeats(prometheus: &Daemon, expressions: Vec<Expression>) -> Vec<Expr
     expanded
 }
 
-/// The `expr` of every rule of `config/alerts.yml`.
+/// The `expr` of every rule of `config/alerts.yml` and `config/slo.yml`.
 fn alert_expressions() -> Vec<Expression> {
-    let rules = read_rules(&std::fs::read_to_string(ALERTS).unwrap());
-    rules
-        .groups
+    [ALERTS, SLO]
         .into_iter()
+        .flat_map(|file| read_rules(&std::fs::read_to_string(file).unwrap()).groups)
         .flat_map(|group| group.rules)
         .map(|rule| Expression {
             location: match (rule.alert, rule.record) {
@@ -869,7 +953,7 @@ fn a_real_prometheus_stores_exemplars_that_name_runs_the_api_answers() {
     let prometheus_config = dir.path().join("prometheus.yml");
     std::fs::write(
         &prometheus_config,
-        prometheus_yml(&[exporter.address], ALERTS, None),
+        prometheus_yml(&[exporter.address], &[ALERTS], None),
     )
     .unwrap();
     let prometheus = Daemon::start("prometheus", &prometheus_bin, dir.path(), |address| {
@@ -1087,7 +1171,7 @@ receivers:
         &prometheus_config,
         prometheus_yml(
             &[exporter.address],
-            &rules.display().to_string(),
+            &[&rules.display().to_string()],
             Some(alertmanager.address),
         ),
     )
@@ -1843,10 +1927,15 @@ fn promtool_ok(promtool: &Path, args: &[&str], stdin: Option<&str>) {
     );
 }
 
-/// A Prometheus config: one job scraping `targets` every second, rules evaluated every
-/// second, alerts sent to `alertmanager` when given.
-fn prometheus_yml(targets: &[SocketAddr], rules: &str, alertmanager: Option<SocketAddr>) -> String {
+/// A Prometheus config: one job scraping `targets` every second, the rule files `rules`
+/// evaluated every second, alerts sent to `alertmanager` when given.
+fn prometheus_yml(
+    targets: &[SocketAddr],
+    rules: &[&str],
+    alertmanager: Option<SocketAddr>,
+) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let rules: String = rules.iter().map(|r| format!("  - \"{r}\"\n")).collect();
     let alerting = alertmanager
         .map(|address| {
             format!(
@@ -1860,8 +1949,7 @@ fn prometheus_yml(targets: &[SocketAddr], rules: &str, alertmanager: Option<Sock
   scrape_timeout: 1s
   evaluation_interval: 1s
 rule_files:
-  - "{rules}"
-{alerting}scrape_configs:
+{rules}{alerting}scrape_configs:
   - job_name: {JOB}
     static_configs:
       - targets: [{targets}]

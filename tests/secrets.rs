@@ -77,6 +77,8 @@ fn config_text(fake: &FakeDivalto) -> String {
 defaults:
   interval: 1s
   timeout: 800ms
+  # Strict enough that check-config warns about every probe: the warnings are a surface too.
+  objective: 99.999%
 servers:
   fake:
     base_url: '{base}'
@@ -239,5 +241,12 @@ fn no_credential_header_value_or_body_reaches_any_output_surface() {
             .iter()
             .any(|(surface, text)| *surface == "refused reload" && text.contains("password")),
         "the refused reload does not say what is wrong"
+    );
+    assert!(
+        surfaces
+            .iter()
+            .any(|(surface, text)| *surface == "check-config"
+                && text.contains("probes[3] \"url-password\": objective 99.999%")),
+        "check-config does not warn about the objectives"
     );
 }

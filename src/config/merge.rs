@@ -50,6 +50,7 @@ pub(super) struct ResolvedServer {
     pub(super) basic_auth: Option<Spanned<RawBasicAuth>>,
     pub(super) authorization: Option<Spanned<RawAuthorization>>,
     pub(super) maintenance: Option<Vec<RawMaintenance>>,
+    pub(super) objective: Option<f64>,
 }
 
 /// The proxy keys of one layer (defaults, server or probe).
@@ -118,6 +119,7 @@ pub(super) fn resolve_server(
         basic_auth: raw.basic_auth,
         authorization: raw.authorization,
         maintenance: raw.maintenance,
+        objective: raw.objective.map(|o| o.0),
     })
 }
 

@@ -122,6 +122,9 @@ pub struct ProbeSpec {
     /// Windows when the ERP must be left alone: `skip` ones stop scheduled runs, every one
     /// sets `webhook_probe_maintenance` (the shipped alerts stay silent).
     pub maintenance: Vec<MaintenanceWindow>,
+    /// The availability objective as a ratio (0.995 for `99.5%`), exported as
+    /// `webhook_probe_objective_ratio` for the SLO rules; `None` when not set.
+    pub objective: Option<f64>,
 }
 
 /// A request body as sent, held as bytes; formats as its size only (a body may carry an

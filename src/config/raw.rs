@@ -13,7 +13,8 @@ use serde_saphyr::Spanned;
 
 use super::scalars::{
     ByteSize, CronValue, DivaltoMode, DurationValue, FailureReason, HeaderKey, LabelKey,
-    MaintenanceModeValue, MethodValue, RegexValue, SecretText, StatusMatcher, Text, TimeZoneValue,
+    MaintenanceModeValue, MethodValue, Objective, RegexValue, SecretText, StatusMatcher, Text,
+    TimeZoneValue,
 };
 
 /// The whole file.
@@ -124,6 +125,8 @@ pub struct RawServer {
     pub authorization: Option<Spanned<RawAuthorization>>,
     /// Maintenance windows of every probe of the server (a list: replaces, never merges).
     pub maintenance: Option<Vec<RawMaintenance>>,
+    /// Availability objective of every probe of the server.
+    pub objective: Option<Objective>,
 }
 
 /// A probe, or the `defaults` block (same keys; probe-only keys are refused there).
@@ -186,6 +189,8 @@ pub struct RawProbe {
     pub basic_auth: Option<Spanned<RawBasicAuth>>,
     /// `Authorization: <type> <credentials>` toward the target.
     pub authorization: Option<Spanned<RawAuthorization>>,
+    /// Availability objective (SLO), for the burn-rate rules of `config/slo.yml`.
+    pub objective: Option<Objective>,
     /// Windows when the ERP must not be called (a list: replaces, never merges; `[]` clears
     /// the windows of the server or the defaults).
     pub maintenance: Option<Vec<RawMaintenance>>,

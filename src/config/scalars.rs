@@ -414,6 +414,52 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// An availability objective written as a percentage (`99.5%`), held as a ratio (0.995).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Objective(pub f64);
+
+/// Parses `99.5%` into 0.995. The ratio is read from the decimal digits shifted by two places
+/// (`"0.995"`), never computed as `99.5 / 100`, so it prints as written (`0.999`, not
+/// `0.9990000000000001`) on `/metrics`.
+///
+/// # Errors
+/// No `%`, something other than a plain decimal number, or a value outside (0 %, 100 %):
+/// 100 % leaves no error budget, 0 % no objective.
+pub fn parse_objective(text: &str) -> Result<f64, String> {
+    let Some(number) = text.trim().strip_suffix('%').map(str::trim) else {
+        return Err(format!(
+            "invalid objective {}: write it as a percentage, e.g. \"99.5%\"",
+            shown(text)
+        ));
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |part: &str| part.chars().all(|c| c.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(fraction) {
+        return Err(format!(
+            "invalid objective {}: write a plain decimal percentage, e.g. \"99.5%\"",
+            shown(text)
+        ));
+    }
+    let whole = whole.trim_start_matches('0');
+    let ratio: Option<f64> = match whole.len() {
+        0..=2 => format!("0.{whole:0>2}{fraction}").parse().ok(),
+        _ => None,
+    };
+    match ratio {
+        Some(ratio) if ratio > 0.0 && ratio < 1.0 => Ok(ratio),
+        _ => Err(format!(
+            "invalid objective {}: it must be above 0% and below 100% (100% leaves no error budget: every failed run would page); write e.g. \"99.9%\"",
+            shown(text)
+        )),
+    }
+}
+
+impl<'de> Deserialize<'de> for Objective {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(d, parse_objective).map(Objective)
+    }
+}
+
 /// An accepted HTTP status: one code (`200`) or a class (`2xx`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatusMatcher {
@@ -848,6 +894,29 @@ mod tests {
         assert_eq!(parse_size("10kB").unwrap(), 10_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn an_objective_is_a_percentage_strictly_between_0_and_100() {
+        assert_eq!(parse_objective("99.5%").unwrap(), 0.995);
+        assert_eq!(parse_objective("99.9%").unwrap().to_string(), "0.999");
+        assert_eq!(parse_objective("5%").unwrap(), 0.05);
+        assert_eq!(parse_objective("099.95 %").unwrap(), 0.9995);
+        for (text, fix) in [
+            ("99.5", "write it as a percentage"),
+            ("0.995", "write it as a percentage"),
+            ("100%", "below 100%"),
+            ("100.0%", "below 100%"),
+            ("0%", "above 0%"),
+            ("0.000%", "above 0%"),
+            ("-1%", "plain decimal"),
+            ("1e2%", "plain decimal"),
+            ("%", "plain decimal"),
+            (".5%", "plain decimal"),
+        ] {
+            let err = parse_objective(text).unwrap_err();
+            assert!(err.contains(fix), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -696,6 +696,12 @@ impl ProbeContext<'_> {
             body,
             credentials,
             maintenance,
+            // A scalar: the probe's, else the server's, else the defaults'.
+            objective: raw
+                .objective
+                .map(|o| o.0)
+                .or_else(|| server_raw.and_then(|s| s.objective))
+                .or(defaults.objective.map(|o| o.0)),
         })
     }
 

@@ -332,6 +332,15 @@ pub(crate) const PROBE_FAMILIES: &[ProbeFamily] = &[
         ),
         write: text::maintenance,
     },
+    ProbeFamily {
+        def: def(
+            "webhook_probe_objective_ratio",
+            Kind::Gauge,
+            "Availability objective of the probe as a ratio (0.995 for 99.5%); absent when none is set.",
+            &[],
+        ),
+        write: text::objective,
+    },
 ];
 
 /// Git revision and compiler, filled in by `build.rs`.

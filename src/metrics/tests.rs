@@ -102,7 +102,7 @@ fn full_page() -> String {
 fn full_page_as(format: Format) -> String {
     let config = crate::config::parse(
         std::path::Path::new("t.yaml"),
-        "probes:\n  - {name: a, url: 'https://127.0.0.1:1/', labels: {team: erp}}\n",
+        "probes:\n  - {name: a, url: 'https://127.0.0.1:1/', labels: {team: erp}, objective: 99.5%}\n",
     )
     .unwrap();
     let metrics = Metrics::new().unwrap();

@@ -263,6 +263,14 @@ pub(super) fn next_run(out: &mut String, family: &FamilyDef, _: &Rendering, row:
     }
 }
 
+/// From the config rather than a run: present from registration, and gone with the probe's
+/// series when a reload removes the objective (the probe is registered anew then).
+pub(super) fn objective(out: &mut String, family: &FamilyDef, _: &Rendering, row: &Row) {
+    if let Some(ratio) = row.probe.spec.objective {
+        sample(out, family, "", &row.labels, "", ratio);
+    }
+}
+
 /// Size of the pieces `/metrics` is written in: memory stays bounded whatever the probe
 /// count, and no piece is large enough for the allocator to keep it around.
 const CHUNK_BYTES: usize = 64 * 1024;
