@@ -9,28 +9,113 @@ use serde::{Serialize, Serializer};
 use super::HISTORY_BARS;
 use super::chart::Chart;
 use crate::server::Handles;
-use crate::state::{ProbeView, ResultView};
+use crate::state::{Health, ProbeFilter, ProbeView, ResultView};
 
-/// The page's view model for the exporter's current state, as seen at `now`.
-pub(super) fn build(handles: &Handles, now: DateTime<Utc>) -> StatusPage {
+/// Healthy rows rendered per server in the full page: enough to glance at, few enough that
+/// the page stays small at 10,000 probes (the rest are counted and listed on demand).
+pub(super) const HEALTHY_ROWS: usize = 50;
+/// Never-run rows rendered in the full page (at start-up every probe is one of them).
+pub(super) const PENDING_ROWS: usize = 100;
+/// Rows per list once the view is narrowed by the search form (`q`, `server`, `state`):
+/// about 1 MB of HTML at most.
+pub(super) const NARROWED_ROWS: usize = 500;
+/// A server's healthy rows start expanded up to this many (small sites see every row).
+const OPEN_UP_TO: usize = 20;
+
+/// What the search form asks for: the page's rows and its JSON's are the probes it keeps.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PageFilter {
+    /// The conditions, as the API applies them.
+    pub(super) probes: ProbeFilter,
+}
+
+impl PageFilter {
+    /// Whether the form narrowed the view (larger lists, every section open).
+    fn narrowed(&self) -> bool {
+        let f = &self.probes;
+        f.health.is_some() || f.server.is_some() || f.name_contains.is_some()
+    }
+}
+
+/// The page's view model for the exporter's current state, as seen at `now`, showing the
+/// probes `filter` keeps: every failing one with its full row first, then the never-run
+/// ones, then the healthy ones counted per server with their first rows. Only the rows
+/// shown are built (a probe's view costs its history; at 10,000 probes the page shows a
+/// few hundred).
+pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) -> StatusPage {
     let reload_time = handles.metrics.reload_success_timestamp.get();
     let reload_time = (reload_time > 0.0)
         .then(|| DateTime::<Utc>::from_timestamp_millis((reload_time * 1000.0) as i64))
         .flatten()
         .map(|t| Stamp::new(t, now));
-    let rows: Vec<Row> = handles
-        .probes
-        .list(HISTORY_BARS)
-        .into_iter()
-        .map(|p| Row::new(p, now))
-        .collect();
-    let count = |status: Status| rows.iter().filter(|r| r.status == status).count();
-    let summary = Summary {
-        up: count(Status::Up),
-        down: count(Status::Down),
-        never: count(Status::Never),
-        total: rows.len(),
+    let narrowed = filter.narrowed();
+    let limit = if narrowed {
+        NARROWED_ROWS
+    } else {
+        HEALTHY_ROWS
     };
+    let pending_limit = if narrowed {
+        NARROWED_ROWS
+    } else {
+        PENDING_ROWS
+    };
+    let mut summary = Summary::default();
+    let mut servers = std::collections::BTreeSet::new();
+    let mut failing = Vec::new();
+    let mut pending = Vec::new();
+    let mut pending_total = 0;
+    let mut healthy: Vec<Group> = Vec::new();
+    let mut matching = 0;
+    for probe in handles.probes.all() {
+        let health = probe.health();
+        summary.total += 1;
+        match health {
+            Health::Ok => summary.up += 1,
+            Health::Failing => summary.down += 1,
+            Health::Pending => summary.never += 1,
+        }
+        if let Some(server) = &probe.spec.server {
+            servers.insert(server.clone());
+        }
+        if !filter.probes.keeps(&probe) {
+            continue;
+        }
+        matching += 1;
+        match health {
+            Health::Failing => failing.push(Row::new(probe.view(HISTORY_BARS), now)),
+            Health::Pending => {
+                pending_total += 1;
+                if pending.len() < pending_limit {
+                    pending.push(Row::new(probe.view(HISTORY_BARS), now));
+                }
+            }
+            Health::Ok => {
+                let server = probe.spec.server.clone();
+                let index = match healthy.iter().position(|g| g.server == server) {
+                    Some(index) => index,
+                    None => {
+                        healthy.push(Group::new(server));
+                        healthy.len() - 1
+                    }
+                };
+                let group = &mut healthy[index];
+                group.up += 1;
+                if group.probes.len() < limit {
+                    group.probes.push(Row::new(probe.view(HISTORY_BARS), now));
+                }
+            }
+        }
+    }
+    // Servers by name, URL probes last.
+    healthy.sort_by(|a, b| match (&a.server, &b.server) {
+        (Some(a), Some(b)) => a.cmp(b),
+        (a, b) => b.is_some().cmp(&a.is_some()),
+    });
+    for group in &mut healthy {
+        group.finish(narrowed, filter.probes.server.is_some());
+    }
+    let pending_more = pending_total - pending.len();
+    let f = &filter.probes;
     StatusPage {
         version: env!("CARGO_PKG_VERSION"),
         generated: Stamp::new(now, now),
@@ -38,36 +123,38 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>) -> StatusPage {
         refused_files: handles.metrics.refused_files(),
         reload_time,
         summary,
-        groups: group(rows),
+        filter: FilterEcho {
+            q: f.name_contains.clone().unwrap_or_default(),
+            server: f.server.clone().unwrap_or_default(),
+            state: match f.health {
+                None => "",
+                Some(Health::Failing) => "failing",
+                Some(Health::Ok) => "ok",
+                Some(Health::Pending) => "pending",
+            },
+            narrowed,
+            matching,
+        },
+        servers: servers.into_iter().collect(),
+        failing,
+        pending,
+        pending_more,
+        pending_link: (f.health != Some(Health::Pending)).then_some("/?state=pending"),
+        healthy,
     }
 }
 
-/// Probes under their server, servers by name, URL probes last.
-fn group(rows: Vec<Row>) -> Vec<Group> {
-    let mut groups: Vec<Group> = Vec::new();
-    let mut url_probes = Vec::new();
-    for row in rows {
-        match row.server.clone() {
-            None => url_probes.push(row),
-            Some(server) => match groups.iter_mut().find(|g| g.server == server) {
-                Some(group) => group.probes.push(row),
-                None => groups.push(Group {
-                    title: format!("Server {server}"),
-                    server,
-                    probes: vec![row],
-                }),
-            },
+/// `2,314`: counts as people read them.
+pub(super) fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
         }
+        out.push(c);
     }
-    groups.sort_by(|a, b| a.server.cmp(&b.server));
-    if !url_probes.is_empty() {
-        groups.push(Group {
-            title: "URL probes".to_owned(),
-            server: String::new(),
-            probes: url_probes,
-        });
-    }
-    groups
+    out
 }
 
 #[derive(Template, Serialize)]
@@ -83,14 +170,42 @@ pub(super) struct StatusPage {
     refused_files: Vec<String>,
     /// Last successful config load.
     reload_time: Option<Stamp>,
-    /// The counts at the top.
+    /// The counts at the top (every probe, whatever the filter).
     summary: Summary,
-    /// One table per server, then the URL probes.
-    groups: Vec<Group>,
+    /// What the search form asked for, to fill it in again.
+    filter: FilterEcho,
+    /// Every server, for the form's choice.
+    servers: Vec<String>,
+    /// Every failing probe the filter keeps, by name: never capped, so each one's status
+    /// and message are in the HTML.
+    failing: Vec<Row>,
+    /// The first never-run probes the filter keeps, by name.
+    pending: Vec<Row>,
+    /// Never-run probes kept but not listed.
+    pending_more: usize,
+    /// Where the never-run probes are all listed (`None` when this is that view).
+    pending_link: Option<&'static str>,
+    /// The healthy probes, per server, then the URL probes.
+    healthy: Vec<Group>,
+}
+
+/// The search form's values, as they were submitted.
+#[derive(Serialize)]
+struct FilterEcho {
+    /// Part of a probe name.
+    q: String,
+    /// A server's name.
+    server: String,
+    /// `failing`, `ok`, `pending` or empty.
+    state: &'static str,
+    /// Whether any was given.
+    narrowed: bool,
+    /// Probes the filter keeps.
+    matching: usize,
 }
 
 /// The counts at the top of the page.
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct Summary {
     /// Probes whose last run succeeded.
     up: usize,
@@ -102,15 +217,64 @@ struct Summary {
     total: usize,
 }
 
-/// One table: the probes of one server, or the URL probes.
+/// The healthy probes of one server (or the URL probes): a count, the first rows, and
+/// where to see the rest.
 #[derive(Serialize)]
 struct Group {
-    /// Caption.
+    /// `acme`, or `URL probes`.
     title: String,
-    /// Sort key (empty for URL probes).
-    server: String,
-    /// Its probes, by name.
+    /// The server (`None` for URL probes).
+    server: Option<String>,
+    /// The script's key for the list: `server:acme` or `url`.
+    key: String,
+    /// Healthy probes kept by the filter.
+    up: usize,
+    /// `2,314 probes up`.
+    up_text: String,
+    /// The first of them, by name.
     probes: Vec<Row>,
+    /// How many are not listed.
+    more: usize,
+    /// `/?server=acme`: where they are listed (`None` for URL probes, or in that view).
+    link: Option<String>,
+    /// Whether the rows start expanded.
+    open: bool,
+}
+
+impl Group {
+    fn new(server: Option<String>) -> Self {
+        Self {
+            title: server.clone().unwrap_or_else(|| "URL probes".to_owned()),
+            key: server
+                .as_ref()
+                .map_or_else(|| "url".to_owned(), |s| format!("server:{s}")),
+            server,
+            up: 0,
+            up_text: String::new(),
+            probes: Vec::new(),
+            more: 0,
+            link: None,
+            open: false,
+        }
+    }
+
+    /// The texts and links, once every probe is counted.
+    fn finish(&mut self, narrowed: bool, by_server: bool) {
+        self.up_text = format!(
+            "{} {} up",
+            thousands(self.up),
+            if self.up == 1 { "probe" } else { "probes" }
+        );
+        self.more = self.up - self.probes.len();
+        self.link = match &self.server {
+            Some(server) if !by_server => Some(format!(
+                "/?server={}",
+                percent_encoding::utf8_percent_encode(server, percent_encoding::NON_ALPHANUMERIC)
+            )),
+            _ => None,
+        };
+        self.open = narrowed || self.up <= OPEN_UP_TO;
+    }
 }
 
 /// Status of a probe, from its last run. Shown as text; the colour only repeats it.
@@ -348,5 +512,13 @@ mod tests {
         assert_eq!(relative(-12), "12 s ago");
         assert_eq!(relative(150), "in 2 min");
         assert_eq!(relative(-7_200), "2 h ago");
+    }
+
+    #[test]
+    fn counts_carry_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(2_314), "2,314");
+        assert_eq!(thousands(1_000_000), "1,000,000");
     }
 }
