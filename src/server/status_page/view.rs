@@ -65,6 +65,9 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) 
     let mut pending = Vec::new();
     let mut pending_total = 0;
     let mut healthy: Vec<Group> = Vec::new();
+    // Where each server's group is in `healthy` (thousands of servers stay cheap).
+    let mut group_of: std::collections::HashMap<Option<String>, usize> =
+        std::collections::HashMap::new();
     let mut matching = 0;
     for probe in handles.probes.all() {
         let health = probe.health();
@@ -81,6 +84,14 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) 
             continue;
         }
         matching += 1;
+        // Every server with a probe shown has its line (its list may be empty), so a probe
+        // that comes up moves into a list already on the page.
+        if filter.probes.health.is_none_or(|h| h == Health::Ok)
+            && !group_of.contains_key(&probe.spec.server)
+        {
+            group_of.insert(probe.spec.server.clone(), healthy.len());
+            healthy.push(Group::new(probe.spec.server.clone()));
+        }
         match health {
             Health::Failing => failing.push(Row::new(probe.view(HISTORY_BARS), now)),
             Health::Pending => {
@@ -90,15 +101,9 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) 
                 }
             }
             Health::Ok => {
-                let server = probe.spec.server.clone();
-                let index = match healthy.iter().position(|g| g.server == server) {
-                    Some(index) => index,
-                    None => {
-                        healthy.push(Group::new(server));
-                        healthy.len() - 1
-                    }
+                let Some(group) = group_of.get(&probe.spec.server).map(|&i| &mut healthy[i]) else {
+                    continue;
                 };
-                let group = &mut healthy[index];
                 group.up += 1;
                 if group.probes.len() < limit {
                     group.probes.push(Row::new(probe.view(HISTORY_BARS), now));
@@ -260,11 +265,11 @@ impl Group {
 
     /// The texts and links, once every probe is counted.
     fn finish(&mut self, narrowed: bool, by_server: bool) {
-        self.up_text = format!(
-            "{} {} up",
-            thousands(self.up),
-            if self.up == 1 { "probe" } else { "probes" }
-        );
+        self.up_text = match self.up {
+            0 => "no probe up".to_owned(),
+            1 => "1 probe up".to_owned(),
+            n => format!("{} probes up", thousands(n)),
+        };
         self.more = self.up - self.probes.len();
         self.link = match &self.server {
             Some(server) if !by_server => Some(format!(
