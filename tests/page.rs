@@ -981,8 +981,8 @@ fn at_two_thousand_probes_the_page_lists_every_failure_and_counts_the_healthy_pe
     let listed = listed_in(&html);
     // Every failing probe first, with its status and message; then 50 healthy rows of each
     // server, not 995.
-    assert_eq!(listed[..10], failing_names()[..], "{listed:?}");
-    assert_eq!(listed.len(), 10 + 2 * 50, "{listed:?}");
+    assert_eq!(listed[..10], failing_names()[..], "{:?}", &listed[..12]);
+    assert_eq!(listed.len(), 10 + 2 * 50, "rows listed");
     for name in failing_names() {
         let row = html
             .split("<tr class=\"probe status-")
