@@ -71,17 +71,20 @@ impl PageQuery {
     }
 }
 
-/// The filter of a request, or its 400 answer (a query that does not parse included).
+/// The filter of a request, or why its query is refused (a query that does not parse
+/// included).
 fn filter_of(
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<view::PageFilter, Response> {
-    let refuse = |text: String| {
-        let mut response = respond("text/plain; charset=utf-8", "no-store", text);
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        response
-    };
-    let Query(query) = query.map_err(|rejection| refuse(format!("{}\n", rejection.body_text())))?;
-    query.filter().map_err(|message| refuse(message.to_owned()))
+) -> Result<view::PageFilter, String> {
+    let Query(query) = query.map_err(|rejection| format!("{}\n", rejection.body_text()))?;
+    query.filter().map_err(str::to_owned)
+}
+
+/// 400 with why the query is refused.
+fn refuse(text: String) -> Response {
+    let mut response = respond("text/plain; charset=utf-8", "no-store", text);
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
 }
 
 /// `GET /`: the status page, narrowed by the search form's query.
@@ -91,7 +94,7 @@ pub async fn page(
 ) -> Response {
     let filter = match filter_of(query) {
         Ok(filter) => filter,
-        Err(response) => return response,
+        Err(text) => return refuse(text),
     };
     super::off_the_serving_thread(move || render_page(&handles, &filter)).await
 }
@@ -121,7 +124,7 @@ pub async fn json(
 ) -> Response {
     let filter = match filter_of(query) {
         Ok(filter) => filter,
-        Err(response) => return response,
+        Err(text) => return refuse(text),
     };
     super::off_the_serving_thread(move || {
         let mut response = Json(view::build(&handles, Utc::now(), &filter)).into_response();
