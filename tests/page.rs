@@ -300,15 +300,26 @@ impl<'a> Browser<'a> {
         self.run("send keys", self.element(element).send_keys(text));
     }
 
-    /// The probes listed, in page order.
+    /// The probes listed, in page order (read again while a navigation makes the rows
+    /// stale).
     fn listed(&self) -> Vec<String> {
-        self.find_all("tr.probe[data-probe]")
-            .iter()
-            .map(|row| {
-                self.run("data-probe", self.element(row).attr("data-probe"))
-                    .unwrap_or_default()
-            })
-            .collect()
+        self.wait(Duration::from_secs(10), "the rows to settle", || {
+            let rows = self
+                .driver
+                .run(
+                    "rows",
+                    self.client.find_all(Locator::Css("tr.probe[data-probe]")),
+                )
+                .ok()?;
+            rows.iter()
+                .map(|row| {
+                    self.driver
+                        .run("data-probe", row.attr("data-probe"))
+                        .ok()
+                        .flatten()
+                })
+                .collect()
+        })
     }
 
     fn current_url(&self) -> String {
