@@ -179,7 +179,7 @@
     setText("count-never", String(s.never));
     setText("count-total", String(s.total));
     setText("failing-count", String((data.failing || []).length));
-    setText("pending-count", String((data.pending || []).length + (data.pending_more || 0)));
+    setText("pending-count", String(data.pending_total || 0));
     document.title = "webhook-exporter: " + s.down + " down, " + s.up + " up";
     generated = data.generated.text;
   }

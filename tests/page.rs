@@ -1038,16 +1038,31 @@ fn at_two_thousand_probes_the_page_lists_every_failure_and_counts_the_healthy_pe
     let (_, html) = exporter.get("/?q=down");
     assert_eq!(listed_in(&html), failing_names());
 
-    // One server: its failures, then up to 500 of its healthy rows, the rest counted.
+    // One server: its failures, then pages of 100 healthy rows.
     let (_, html) = exporter.get("/?server=globex");
     let listed = listed_in(&html);
-    assert_eq!(listed.len(), 5 + 500);
+    assert_eq!(listed.len(), 5 + 100);
     assert!(
         listed.iter().all(|name| name.starts_with("globex-")),
-        "{listed:?}"
+        "another server's rows"
     );
-    assert!(html.contains("and 495 more: narrow the search"), "{html}");
+    assert_eq!(listed[5], "globex-ok-0000");
+    assert!(html.contains("Page 1 of 10 (100 rows per list"), "{html}");
     assert!(html.contains("<option value=\"globex\" selected>globex</option>"));
+    assert!(!html.contains("rel=\"prev\""));
+    assert!(
+        html.contains("<a rel=\"next\" href=\"/?server=globex&#38;offset=100\">")
+            || html.contains("<a rel=\"next\" href=\"/?server=globex&amp;offset=100\">"),
+        "{html}"
+    );
+    // The last page: the rest, every failure still first.
+    let (_, html) = exporter.get("/?server=globex&offset=900");
+    let listed = listed_in(&html);
+    assert_eq!(listed.len(), 5 + 95);
+    assert_eq!(listed[5], "globex-ok-0900");
+    assert_eq!(listed.last().unwrap(), "globex-ok-0994");
+    assert!(html.contains("Page 10 of 10"), "{html}");
+    assert!(!html.contains("rel=\"next\""));
 
     let (status, body) = exporter.get("/?state=sideways");
     assert_eq!(status, 400);

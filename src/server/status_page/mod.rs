@@ -48,6 +48,8 @@ pub struct PageQuery {
     q: Option<String>,
     server: Option<String>,
     state: Option<String>,
+    /// Rows skipped in each paged list of a narrowed view.
+    offset: Option<usize>,
 }
 
 impl PageQuery {
@@ -67,6 +69,7 @@ impl PageQuery {
                 server: given(self.server),
                 name_contains: given(self.q).map(|q| q.trim().to_owned()),
             },
+            offset: self.offset.unwrap_or(0),
         })
     }
 }

@@ -9,16 +9,21 @@ use serde::{Serialize, Serializer};
 use super::HISTORY_BARS;
 use super::chart::Chart;
 use crate::server::Handles;
-use crate::state::{Health, ProbeFilter, ProbeView, ResultView};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-/// Healthy rows rendered per server in the full page: enough to glance at, few enough that
-/// the page stays small at 10,000 probes (the rest are counted and listed on demand).
+use crate::state::{Health, ProbeFilter, ProbeState, ProbeView, ResultView};
+
+/// Healthy rows rendered per server in the full page: enough to glance at.
 pub(super) const HEALTHY_ROWS: usize = 50;
+/// Healthy rows rendered in the full page, all servers together: with many servers, the
+/// later ones show only their line. About 250 KB of HTML and 100 KB of JSON.
+pub(super) const HEALTHY_ROWS_TOTAL: usize = 100;
 /// Never-run rows rendered in the full page (at start-up every probe is one of them).
-pub(super) const PENDING_ROWS: usize = 100;
-/// Rows per list once the view is narrowed by the search form (`q`, `server`, `state`):
-/// about 1 MB of HTML at most.
-pub(super) const NARROWED_ROWS: usize = 500;
+pub(super) const PENDING_ROWS: usize = 50;
+/// Rows per page once the view is narrowed by the search form (`q`, `server`, `state`),
+/// in the never-run list and in the healthy rows (all servers in a row); `offset` pages on.
+pub(super) const PAGE_ROWS: usize = 100;
 /// A server's healthy rows start expanded up to this many (small sites see every row).
 const OPEN_UP_TO: usize = 20;
 
@@ -27,21 +32,57 @@ const OPEN_UP_TO: usize = 20;
 pub(super) struct PageFilter {
     /// The conditions, as the API applies them.
     pub(super) probes: ProbeFilter,
+    /// Rows skipped in each paged list (narrowed views only).
+    pub(super) offset: usize,
 }
 
 impl PageFilter {
-    /// Whether the form narrowed the view (larger lists, every section open).
+    /// Whether the form narrowed the view (paged lists, every section open).
     fn narrowed(&self) -> bool {
         let f = &self.probes;
         f.health.is_some() || f.server.is_some() || f.name_contains.is_some()
     }
+
+    /// `/?q=..&server=..&state=..&offset=N`: this view at another offset.
+    fn link(&self, offset: usize) -> String {
+        let f = &self.probes;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(q) = &f.name_contains {
+            query.append_pair("q", q);
+        }
+        if let Some(server) = &f.server {
+            query.append_pair("server", server);
+        }
+        if let Some(state) = f.health.map(health_key) {
+            query.append_pair("state", state);
+        }
+        if offset > 0 {
+            query.append_pair("offset", &offset.to_string());
+        }
+        format!("/?{}", query.finish())
+    }
+}
+
+/// The form's word for a state.
+fn health_key(health: Health) -> &'static str {
+    match health {
+        Health::Failing => "failing",
+        Health::Ok => "ok",
+        Health::Pending => "pending",
+    }
+}
+
+/// The healthy probes of one server as found, before any row is built.
+struct Found {
+    server: Option<String>,
+    probes: Vec<Arc<ProbeState>>,
 }
 
 /// The page's view model for the exporter's current state, as seen at `now`, showing the
 /// probes `filter` keeps: every failing one with its full row first, then the never-run
-/// ones, then the healthy ones counted per server with their first rows. Only the rows
-/// shown are built (a probe's view costs its history; at 10,000 probes the page shows a
-/// few hundred).
+/// ones, then the healthy ones counted per server with their first rows (or, narrowed, a
+/// page of them). Only the rows shown are built (a probe's view costs its history; at
+/// 10,000 probes the full page shows about a hundred).
 pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) -> StatusPage {
     let reload_time = handles.metrics.reload_success_timestamp.get();
     let reload_time = (reload_time > 0.0)
@@ -49,25 +90,13 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) 
         .flatten()
         .map(|t| Stamp::new(t, now));
     let narrowed = filter.narrowed();
-    let limit = if narrowed {
-        NARROWED_ROWS
-    } else {
-        HEALTHY_ROWS
-    };
-    let pending_limit = if narrowed {
-        NARROWED_ROWS
-    } else {
-        PENDING_ROWS
-    };
     let mut summary = Summary::default();
     let mut servers = std::collections::BTreeSet::new();
     let mut failing = Vec::new();
     let mut pending = Vec::new();
-    let mut pending_total = 0;
-    let mut healthy: Vec<Group> = Vec::new();
-    // Where each server's group is in `healthy` (thousands of servers stay cheap).
-    let mut group_of: std::collections::HashMap<Option<String>, usize> =
-        std::collections::HashMap::new();
+    let mut found: Vec<Found> = Vec::new();
+    // Where each server's probes are in `found` (thousands of servers stay cheap).
+    let mut found_at: HashMap<Option<String>, usize> = HashMap::new();
     let mut matching = 0;
     for probe in handles.probes.all() {
         let health = probe.health();
@@ -86,40 +115,102 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) 
         matching += 1;
         // Every server with a probe shown has its line (its list may be empty), so a probe
         // that comes up moves into a list already on the page.
-        if filter.probes.health.is_none_or(|h| h == Health::Ok)
-            && !group_of.contains_key(&probe.spec.server)
-        {
-            group_of.insert(probe.spec.server.clone(), healthy.len());
-            healthy.push(Group::new(probe.spec.server.clone()));
-        }
-        match health {
-            Health::Failing => failing.push(Row::new(probe.view(HISTORY_BARS), now)),
-            Health::Pending => {
-                pending_total += 1;
-                if pending.len() < pending_limit {
-                    pending.push(Row::new(probe.view(HISTORY_BARS), now));
-                }
+        let server = &probe.spec.server;
+        let index = match found_at.get(server) {
+            Some(&index) => Some(index),
+            None if filter.probes.health.is_none_or(|h| h == Health::Ok) => {
+                found_at.insert(server.clone(), found.len());
+                found.push(Found {
+                    server: server.clone(),
+                    probes: Vec::new(),
+                });
+                Some(found.len() - 1)
             }
+            None => None,
+        };
+        match health {
+            Health::Failing => failing.push(probe),
+            Health::Pending => pending.push(probe),
             Health::Ok => {
-                let Some(group) = group_of.get(&probe.spec.server).map(|&i| &mut healthy[i]) else {
-                    continue;
-                };
-                group.up += 1;
-                if group.probes.len() < limit {
-                    group.probes.push(Row::new(probe.view(HISTORY_BARS), now));
+                if let Some(index) = index {
+                    found[index].probes.push(probe);
                 }
             }
         }
     }
     // Servers by name, URL probes last.
-    healthy.sort_by(|a, b| match (&a.server, &b.server) {
+    found.sort_by(|a, b| match (&a.server, &b.server) {
         (Some(a), Some(b)) => a.cmp(b),
         (a, b) => b.is_some().cmp(&a.is_some()),
     });
-    for group in &mut healthy {
-        group.finish(narrowed, filter.probes.server.is_some());
-    }
-    let pending_more = pending_total - pending.len();
+    let row = |probe: &Arc<ProbeState>| Row::new(probe.view(HISTORY_BARS), now);
+    let offset = if narrowed { filter.offset } else { 0 };
+    let pending_total = pending.len();
+    let (pending_rows, healthy) = if narrowed {
+        // One page: the never-run rows and the healthy rows (servers in a row) from `offset`.
+        let window = offset..offset.saturating_add(PAGE_ROWS);
+        let pending_rows = pending
+            .iter()
+            .skip(offset)
+            .take(PAGE_ROWS)
+            .map(row)
+            .collect();
+        let mut index = 0;
+        let healthy = found
+            .iter()
+            .map(|f| {
+                let rows = f
+                    .probes
+                    .iter()
+                    .filter(|_| {
+                        index += 1;
+                        window.contains(&(index - 1))
+                    })
+                    .map(row)
+                    .collect();
+                Group::new(f, rows, None, true)
+            })
+            .collect();
+        (pending_rows, healthy)
+    } else {
+        let pending_rows = pending.iter().take(PENDING_ROWS).map(row).collect();
+        let mut budget = HEALTHY_ROWS_TOTAL;
+        let healthy = found
+            .iter()
+            .map(|f| {
+                let take = HEALTHY_ROWS.min(budget);
+                budget -= take.min(f.probes.len());
+                let rows: Vec<Row> = f.probes.iter().take(take).map(row).collect();
+                let link = f.server.as_ref().map(|server| {
+                    PageFilter {
+                        probes: ProbeFilter {
+                            server: Some(server.clone()),
+                            ..ProbeFilter::default()
+                        },
+                        offset: 0,
+                    }
+                    .link(0)
+                });
+                Group::new(f, rows, link, false)
+            })
+            .collect();
+        (pending_rows, healthy)
+    };
+    let failing: Vec<Row> = failing.iter().map(row).collect();
+    let pending: Vec<Row> = pending_rows;
+    let pending_more = if narrowed {
+        0
+    } else {
+        pending_total - pending.len()
+    };
+    let pager = narrowed.then(|| {
+        let longest = found
+            .iter()
+            .map(|f| f.probes.len())
+            .sum::<usize>()
+            .max(pending_total);
+        Pager::new(filter, offset, longest)
+    });
     let f = &filter.probes;
     StatusPage {
         version: env!("CARGO_PKG_VERSION"),
@@ -131,21 +222,47 @@ pub(super) fn build(handles: &Handles, now: DateTime<Utc>, filter: &PageFilter) 
         filter: FilterEcho {
             q: f.name_contains.clone().unwrap_or_default(),
             server: f.server.clone().unwrap_or_default(),
-            state: match f.health {
-                None => "",
-                Some(Health::Failing) => "failing",
-                Some(Health::Ok) => "ok",
-                Some(Health::Pending) => "pending",
-            },
+            state: f.health.map_or("", health_key),
             narrowed,
             matching,
         },
         servers: servers.into_iter().collect(),
         failing,
         pending,
+        pending_total,
         pending_more,
         pending_link: (f.health != Some(Health::Pending)).then_some("/?state=pending"),
         healthy,
+        pager,
+    }
+}
+
+/// Where a narrowed view's page is among its pages, with links to its neighbours.
+#[derive(Serialize)]
+struct Pager {
+    /// `Page 2 of 10 (100 rows per list)`.
+    text: String,
+    /// The page before, if any.
+    previous: Option<String>,
+    /// The page after, if any.
+    next: Option<String>,
+}
+
+impl Pager {
+    /// The pager of the page at `offset` when the longest paged list has `longest` rows.
+    fn new(filter: &PageFilter, offset: usize, longest: usize) -> Self {
+        let pages = longest.div_ceil(PAGE_ROWS).max(1);
+        let page = offset / PAGE_ROWS + 1;
+        Self {
+            text: format!(
+                "Page {} of {} ({PAGE_ROWS} rows per list; every failing probe on each page)",
+                thousands(page),
+                thousands(pages)
+            ),
+            previous: (offset > 0).then(|| filter.link(offset.saturating_sub(PAGE_ROWS))),
+            next: (offset.saturating_add(PAGE_ROWS) < longest)
+                .then(|| filter.link(offset + PAGE_ROWS)),
+        }
     }
 }
 
@@ -184,14 +301,18 @@ pub(super) struct StatusPage {
     /// Every failing probe the filter keeps, by name: never capped, so each one's status
     /// and message are in the HTML.
     failing: Vec<Row>,
-    /// The first never-run probes the filter keeps, by name.
+    /// The first never-run probes the filter keeps (or a page of them), by name.
     pending: Vec<Row>,
-    /// Never-run probes kept but not listed.
+    /// Never-run probes the filter keeps.
+    pending_total: usize,
+    /// Never-run probes kept but not listed (full page; a narrowed one has its pager).
     pending_more: usize,
     /// Where the never-run probes are all listed (`None` when this is that view).
     pending_link: Option<&'static str>,
     /// The healthy probes, per server, then the URL probes.
     healthy: Vec<Group>,
+    /// A narrowed view's pages.
+    pager: Option<Pager>,
 }
 
 /// The search form's values, as they were submitted.
@@ -247,38 +368,28 @@ struct Group {
 }
 
 impl Group {
-    fn new(server: Option<String>) -> Self {
+    /// The line of `found`'s server, listing `probes` of them (`paged`: a narrowed view's
+    /// page, whose pager leads to the rest).
+    fn new(found: &Found, probes: Vec<Row>, link: Option<String>, paged: bool) -> Self {
+        let up = found.probes.len();
+        let server = found.server.clone();
         Self {
             title: server.clone().unwrap_or_else(|| "URL probes".to_owned()),
             key: server
                 .as_ref()
                 .map_or_else(|| "url".to_owned(), |s| format!("server:{s}")),
             server,
-            up: 0,
-            up_text: String::new(),
-            probes: Vec::new(),
-            more: 0,
-            link: None,
-            open: false,
+            up,
+            up_text: match up {
+                0 => "no probe up".to_owned(),
+                1 => "1 probe up".to_owned(),
+                n => format!("{} probes up", thousands(n)),
+            },
+            more: if paged { 0 } else { up - probes.len() },
+            open: paged || up <= OPEN_UP_TO,
+            probes,
+            link,
         }
-    }
-
-    /// The texts and links, once every probe is counted.
-    fn finish(&mut self, narrowed: bool, by_server: bool) {
-        self.up_text = match self.up {
-            0 => "no probe up".to_owned(),
-            1 => "1 probe up".to_owned(),
-            n => format!("{} probes up", thousands(n)),
-        };
-        self.more = self.up - self.probes.len();
-        self.link = match &self.server {
-            Some(server) if !by_server => Some(format!(
-                "/?server={}",
-                percent_encoding::utf8_percent_encode(server, percent_encoding::NON_ALPHANUMERIC)
-            )),
-            _ => None,
-        };
-        self.open = narrowed || self.up <= OPEN_UP_TO;
     }
 }
 
