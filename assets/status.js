@@ -127,16 +127,48 @@
     if (el) el.textContent = text;
   }
 
+  // The lists of the view model in page order: every failing probe, the never-run ones,
+  // then each server's healthy rows shown (the JSON carries only the rows the page shows).
+  function listsOf(data) {
+    return [
+      { key: "failing", probes: data.failing || [] },
+      { key: "pending", probes: data.pending || [] },
+      ...(data.healthy || []).map((g) => ({ key: g.key, probes: g.probes, group: g })),
+    ];
+  }
+
   function probesOf(data) {
-    return (data.groups || []).flatMap((g) => g.probes);
+    return listsOf(data).flatMap((l) => l.probes);
+  }
+
+  // A row that changed list (a probe went down, or ran for the first time) is moved, not
+  // rebuilt: its "Run now" button and output stay the same elements.
+  function place(lists, rows) {
+    for (const list of lists) {
+      const body = document.querySelector('tbody[data-list="' + CSS.escape(list.key) + '"]');
+      if (!body) return list.probes.length === 0;
+      for (const probe of list.probes) body.append(rows.get(probe.name));
+      if (list.group) {
+        const details = body.closest("details");
+        const count = details && details.querySelector(".up-count");
+        if (count) count.textContent = list.group.up_text;
+      }
+    }
+    for (const id of ["failing", "pending"]) {
+      const section = document.getElementById(id);
+      if (section) section.hidden = section.querySelector("tr.probe") === null;
+    }
+    return true;
   }
 
   function apply(data) {
     const probes = probesOf(data);
     const rows = rowsByName();
     const names = new Set(probes.map((p) => p.name));
-    // A reload added or removed probes: the server knows how to group them.
-    if (names.size !== rows.size || [...rows.keys()].some((n) => !names.has(n))) {
+    // Probes came or went from what is shown (a reload, or one beyond the rows shown changed
+    // state): the server knows how to list them. The query stays in the address.
+    if (names.size !== rows.size || [...rows.keys()].some((n) => !names.has(n))
+        || !place(listsOf(data), rows)) {
       window.location.reload();
       return;
     }
@@ -146,12 +178,15 @@
     setText("count-down", String(s.down));
     setText("count-never", String(s.never));
     setText("count-total", String(s.total));
+    setText("failing-count", String((data.failing || []).length));
+    setText("pending-count", String(data.pending_total || 0));
     document.title = "webhook-exporter: " + s.down + " down, " + s.up + " up";
     generated = data.generated.text;
   }
 
+  // The same query as the page (the search form's q, server and state): only the rows shown.
   async function load() {
-    const response = await fetch("/status.json", {
+    const response = await fetch("/status.json" + window.location.search, {
       headers: { Accept: "application/json" },
       cache: "no-store",
     });

@@ -289,8 +289,13 @@ def measure_exporter(workdir, nginx_port, nginx_log, probes, rate, warmup, windo
     return result
 
 
-SURFACES = ["/", "/status.json", "/api/v1/probes", "/api/v1/probes?history=100",
-            "/api/v1/probes?state=failing", "/metrics"]
+SURFACES = ["/", "/status.json", "/?server=nginx", "/status.json?server=nginx",
+            "/?q=webhook-0004", "/status.json?q=webhook-0004",
+            "/api/v1/probes", "/api/v1/probes?history=100", "/api/v1/probes?state=failing", "/metrics"]
+# Issue 14's budgets at 10,000 probes, printed beside the figures (never asserted): page
+# HTML <= 2 MB and <= 100 ms; one poll of the page (its JSON) <= 200 KB.
+BUDGETS = {("/", False): (2_000_000, 0.100), ("/status.json", False): (200_000, None),
+           ("/?server=nginx", False): (2_000_000, 0.100), ("/status.json?server=nginx", False): (200_000, None)}
 
 
 def measure_surfaces(exporter):
@@ -475,7 +480,14 @@ def main():
                 print(f"  /metrics              {r['series']} series, {r['size_plain'] / 1024:.0f} KiB plain in "
                       f"{r['render_s'] * 1000:.1f} ms, {r['size_gzip'] / 1024:.0f} KiB gzip in {r['render_gzip_s'] * 1000:.1f} ms")
                 for (path, gzip_ok), (elapsed, size) in r["surfaces"].items():
-                    print(f"  {'GET ' + path + (' gzip' if gzip_ok else ''):<44} {size / 1024:>9.0f} KiB in {elapsed * 1000:7.1f} ms")
+                    budget = BUDGETS.get((path, gzip_ok))
+                    note = ""
+                    if budget:
+                        max_size, max_time = budget
+                        within = size <= max_size and (max_time is None or elapsed <= max_time)
+                        note = (f"  budget <= {max_size / 1e6:g} MB" + (f", <= {max_time * 1000:.0f} ms" if max_time else "")
+                                + (": within" if within else ": OVER"))
+                    print(f"  {'GET ' + path + (' gzip' if gzip_ok else ''):<44} {size / 1024:>9.0f} KiB in {elapsed * 1000:7.1f} ms{note}")
                 h = r["healthy_under_load"]
                 print(f"  /-/healthy under load p50 {fmt_ms(h['p50'])}, p99 {fmt_ms(h['p99'])}, max {fmt_ms(h['max'])} "
                       f"({h['samples']} samples while 2 clients loop over the page, its JSON, the API with histories, /metrics)")

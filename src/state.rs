@@ -151,7 +151,8 @@ pub struct ProbeFilter {
 }
 
 impl ProbeFilter {
-    fn keeps(&self, probe: &ProbeState) -> bool {
+    /// Whether `probe` passes every condition given.
+    pub fn keeps(&self, probe: &ProbeState) -> bool {
         let spec = &probe.spec;
         self.server
             .as_ref()

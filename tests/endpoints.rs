@@ -1226,7 +1226,7 @@ async fn the_router_serves_from_its_handles_without_the_app() {
     let json = request("GET", "/status.json").await.unwrap();
     assert_eq!(json.status, 200, "{}", json.body);
     let view: serde_json::Value = serde_json::from_str(&json.body).unwrap();
-    let row = &view["groups"][0]["probes"][0];
+    let row = &view["healthy"][0]["probes"][0];
     assert_eq!(
         row["status"],
         serde_json::json!({"key": "up", "text": "up"})

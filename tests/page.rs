@@ -296,6 +296,37 @@ impl<'a> Browser<'a> {
         self.run("displayed", self.element(element).is_displayed())
     }
 
+    fn type_into(&self, element: &str, text: &str) {
+        self.run("send keys", self.element(element).send_keys(text));
+    }
+
+    /// The probes listed, in page order (read again while a navigation makes the rows
+    /// stale).
+    fn listed(&self) -> Vec<String> {
+        self.wait(Duration::from_secs(10), "the rows to settle", || {
+            let rows = self
+                .driver
+                .run(
+                    "rows",
+                    self.client.find_all(Locator::Css("tr.probe[data-probe]")),
+                )
+                .ok()?;
+            rows.iter()
+                .map(|row| {
+                    self.driver
+                        .run("data-probe", row.attr("data-probe"))
+                        .ok()
+                        .flatten()
+                })
+                .collect()
+        })
+    }
+
+    fn current_url(&self) -> String {
+        self.run("current url", self.client.current_url())
+            .to_string()
+    }
+
     fn click(&self, element: &str) {
         self.run("click", self.element(element).click());
     }
@@ -475,7 +506,8 @@ fn the_page_is_complete_without_scripts_and_sends_a_strict_policy() {
         "style-src 'self'",
         "connect-src 'self'",
         "base-uri 'none'",
-        "form-action 'none'",
+        // The search form is a GET to the page itself.
+        "form-action 'self'",
         "frame-ancestors 'none'",
     ] {
         assert!(policy.contains(directive), "{directive} missing: {policy}");
@@ -501,7 +533,13 @@ fn the_page_is_complete_without_scripts_and_sends_a_strict_policy() {
     assert!(!html.contains("<img"), "the XSS message is live markup");
     assert!(!html.contains(SECRET_CODE), "the webhook code leaks");
     assert!(html.contains("MONW…"), "URLs are not shown redacted");
-    assert!(html.contains("Server fake") && html.contains("URL probes"));
+    // Healthy probes under their server's line (few: expanded), URL probes last.
+    assert!(
+        html.contains(">fake</span>: <span class=\"up-count\">1 probe up</span>"),
+        "{html}"
+    );
+    assert!(html.contains(">URL probes</span>: <span class=\"up-count\">1 probe up<"));
+    assert!(html.contains("<details class=\"server\" open data-group=\"server:fake\">"));
     assert!(html.contains("<svg class=\"chart\" role=\"img\" aria-label=\"Last "));
     assert!(!html.contains("style="), "inline styles break the policy");
     assert!(
@@ -778,4 +816,308 @@ fn run_now_too_soon_after_the_last_run_shows_when_the_next_one_is_possible() {
         1,
         "the refused run called the ERP"
     );
+}
+
+/// Failing probes first (by name), then the never-run ones, then the healthy ones under
+/// their server, URL probes last.
+const PAGE_ORDER: [&str; 8] = [
+    "body-code-400",
+    "status-400",
+    "xss",
+    "busy",
+    "manual",
+    "xss-now",
+    "refresh-customer",
+    "health",
+];
+
+#[test]
+fn failing_probes_come_first_and_the_search_form_filters_the_rows() {
+    let setup = Setup::start();
+    let driver = ChromeDriver::start();
+
+    // With the script: the order holds after a refresh, and a search keeps its rows.
+    let browser = Browser::open(&driver, true);
+    browser.go(&setup.url());
+    browser.wait(
+        Duration::from_secs(10),
+        "the script to refresh once",
+        || {
+            let refreshed = browser.script(
+                "return document.documentElement.dataset.refreshed || null",
+                json!([]),
+            );
+            (!refreshed.is_null()).then_some(())
+        },
+    );
+    assert_eq!(browser.listed(), PAGE_ORDER);
+    let search = browser.find("form.search input[name=q]");
+    browser.type_into(&search, "status");
+    browser.click(&browser.find("form.search button[type=submit]"));
+    browser.wait(Duration::from_secs(10), "the search result", || {
+        (browser.listed() == ["status-400"]).then_some(())
+    });
+    assert!(
+        browser.current_url().contains("q=status"),
+        "{}",
+        browser.current_url()
+    );
+    let row = browser.row("status-400");
+    assert_eq!(row["status"], "down", "{row}");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap()
+            .contains("Paramètre dos manquant"),
+        "{row}"
+    );
+    // Its refreshes ask for the same rows: the page stays narrowed.
+    browser.script(
+        "delete document.documentElement.dataset.refreshed",
+        json!([]),
+    );
+    browser.wait(Duration::from_secs(15), "a refresh of the search", || {
+        let refreshed = browser.script(
+            "return document.documentElement.dataset.refreshed || null",
+            json!([]),
+        );
+        (!refreshed.is_null()).then_some(())
+    });
+    assert_eq!(browser.listed(), ["status-400"]);
+    assert_eq!(
+        browser.script("return window.__violations", json!([])),
+        json!([]),
+        "the form breaks the page's Content-Security-Policy"
+    );
+    drop(browser);
+
+    // Without scripts: the same order, and the form (a GET) narrows by name and state.
+    let browser = Browser::open(&driver, false);
+    browser.go(&setup.url());
+    assert_eq!(browser.listed(), PAGE_ORDER);
+    let search = browser.find("form.search input[name=q]");
+    browser.type_into(&search, "XSS");
+    browser.click(&browser.find("form.search select[name=state] option[value=failing]"));
+    browser.click(&browser.find("form.search button[type=submit]"));
+    browser.wait(Duration::from_secs(10), "the search result", || {
+        (browser.listed() == ["xss"]).then_some(())
+    });
+    let text = browser.text(&browser.find(&row_selector("xss")));
+    assert!(
+        text.contains("down") && text.contains(XSS_MESSAGE),
+        "{text}"
+    );
+    assert!(
+        browser
+            .text(&browser.find("#matching"))
+            .starts_with("1 probe matches")
+    );
+    browser.click(&browser.find("form.search a.clear"));
+    browser.wait(Duration::from_secs(10), "every probe again", || {
+        (browser.listed() == PAGE_ORDER).then_some(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Thousands of probes (no browser): what the HTML and the script's JSON carry.
+
+const HEALTHY_PER_SERVER: usize = 995;
+const FAILING_PER_SERVER: usize = 5;
+
+/// 2,000 probes on two servers, 5 failing on each; every one has run.
+fn many_probes() -> (
+    tokio::runtime::Runtime,
+    FakeDivalto,
+    tempfile::TempDir,
+    Exporter,
+) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeDivalto::start());
+    let base = fake.base_url();
+    let mut config = format!(
+        "defaults:\n  interval: 5s\n  timeout: 3s\nservers:\n  acme:\n    base_url: \"{base}\"\n  globex:\n    base_url: \"{base}\"\nprobes:\n"
+    );
+    for (server, failure) in [("acme", "body400"), ("globex", "http400")] {
+        for i in 0..HEALTHY_PER_SERVER {
+            config.push_str(&format!(
+                "  - {{name: {server}-ok-{i:04}, server: {server}, code: \"{SECRET_CODE}-ok\"}}\n"
+            ));
+        }
+        for i in 0..FAILING_PER_SERVER {
+            config.push_str(&format!(
+                "  - {{name: {server}-down-{i}, server: {server}, code: \"{SECRET_CODE}-{failure}\"}}\n"
+            ));
+        }
+    }
+    let (dir, path) = common::write_config(&config);
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = exporter.get("/api/v1/probes?state=pending&limit=0");
+        let pending: Value = serde_json::from_str(&body).unwrap();
+        if pending["total"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every probe ran: {pending}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (runtime, fake, dir, exporter)
+}
+
+/// The probes listed in a page, in order.
+fn listed_in(html: &str) -> Vec<String> {
+    html.split("<tr class=\"probe status-")
+        .skip(1)
+        .filter_map(|row| {
+            let start = row.find("data-probe=\"")? + "data-probe=\"".len();
+            Some(row[start..start + row[start..].find('"')?].to_owned())
+        })
+        .collect()
+}
+
+fn failing_names() -> Vec<String> {
+    ["acme", "globex"]
+        .iter()
+        .flat_map(|s| (0..FAILING_PER_SERVER).map(move |i| format!("{s}-down-{i}")))
+        .collect()
+}
+
+#[test]
+fn at_two_thousand_probes_the_page_lists_every_failure_and_counts_the_healthy_per_server() {
+    let (_runtime, _fake, _dir, exporter) = many_probes();
+
+    let (status, html) = exporter.get("/");
+
+    assert_eq!(status, 200);
+    let listed = listed_in(&html);
+    // Every failing probe first, with its status and message; then 50 healthy rows of each
+    // server, not 995.
+    assert_eq!(listed[..10], failing_names()[..], "{:?}", &listed[..12]);
+    assert_eq!(listed.len(), 10 + 2 * 50, "rows listed");
+    for name in failing_names() {
+        let row = html
+            .split("<tr class=\"probe status-")
+            .find(|r| r.contains(&format!("data-probe=\"{name}\"")))
+            .unwrap();
+        let message = if name.starts_with("acme") {
+            "Dossier 998 verrouillé"
+        } else {
+            "Paramètre dos manquant"
+        };
+        assert!(row.starts_with("down\""), "{name}: {row}");
+        assert!(unescape(row).contains(message), "{name}: {row}");
+    }
+    for server in ["acme", "globex"] {
+        assert!(
+            html.contains(&format!(
+                "<details class=\"server\" data-group=\"server:{server}\">"
+            )),
+            "{server}: collapsed"
+        );
+        assert!(
+            html.contains(&format!(
+                "<span class=\"server-name\">{server}</span>: <span class=\"up-count\">995 probes up</span>"
+            )),
+            "{server}: {html}"
+        );
+        assert!(
+            html.contains(&format!("and 945 more: <a href=\"/?server={server}\">")),
+            "{server}"
+        );
+    }
+    assert!(html.len() < 400_000, "{} bytes", html.len());
+    assert!(!html.contains(SECRET_CODE));
+
+    // A search by name: its rows only, healthy or not.
+    let (_, html) = exporter.get("/?q=ACME-OK-0042&server=&state=");
+    assert_eq!(listed_in(&html), ["acme-ok-0042"]);
+    assert!(
+        html.contains("value=\"ACME-OK-0042\""),
+        "the form forgets the search"
+    );
+    let (_, html) = exporter.get("/?q=down");
+    assert_eq!(listed_in(&html), failing_names());
+
+    // One server: its failures, then pages of 100 healthy rows.
+    let (_, html) = exporter.get("/?server=globex");
+    let listed = listed_in(&html);
+    assert_eq!(listed.len(), 5 + 100);
+    assert!(
+        listed.iter().all(|name| name.starts_with("globex-")),
+        "another server's rows"
+    );
+    assert_eq!(listed[5], "globex-ok-0000");
+    assert!(html.contains("Page 1 of 10 (100 rows per list"), "{html}");
+    assert!(html.contains("<option value=\"globex\" selected>globex</option>"));
+    assert!(!html.contains("rel=\"prev\""));
+    assert!(
+        html.contains("<a rel=\"next\" href=\"/?server=globex&#38;offset=100\">")
+            || html.contains("<a rel=\"next\" href=\"/?server=globex&amp;offset=100\">"),
+        "{html}"
+    );
+    // The last page: the rest, every failure still first.
+    let (_, html) = exporter.get("/?server=globex&offset=900");
+    let listed = listed_in(&html);
+    assert_eq!(listed.len(), 5 + 95);
+    assert_eq!(listed[5], "globex-ok-0900");
+    assert_eq!(listed.last().unwrap(), "globex-ok-0994");
+    assert!(html.contains("Page 10 of 10"), "{html}");
+    assert!(!html.contains("rel=\"next\""));
+
+    let (status, body) = exporter.get("/?state=sideways");
+    assert_eq!(status, 400);
+    assert!(body.contains("failing, ok, pending"), "{body}");
+}
+
+#[test]
+fn the_pages_json_carries_only_the_rows_the_page_shows() {
+    let (_runtime, _fake, _dir, exporter) = many_probes();
+    let rows = |view: &Value| -> Vec<String> {
+        let names = |list: &Value| -> Vec<String> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let mut all = names(&view["failing"]);
+        all.extend(names(&view["pending"]));
+        for group in view["healthy"].as_array().unwrap() {
+            all.extend(names(&group["probes"]));
+        }
+        all
+    };
+
+    let (status, body) = exporter.get("/status.json?q=down");
+    assert_eq!(status, 200);
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows(&view), failing_names());
+    assert_eq!(
+        view["summary"]["total"], 2000,
+        "the tiles count every probe"
+    );
+    assert_eq!(view["summary"]["down"], 10);
+    assert_eq!(view["filter"]["matching"], 10);
+    assert!(
+        view["failing"][0]["last"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Dossier 998")
+    );
+
+    let (_, body) = exporter.get("/status.json");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    let (_, html) = exporter.get("/");
+    assert_eq!(
+        rows(&view),
+        listed_in(&html),
+        "the JSON and the page differ"
+    );
+    assert_eq!(view["healthy"][0]["up"], 995);
+    assert_eq!(view["healthy"][0]["more"], 945);
+    assert!(body.len() < 200_000, "one poll is {} bytes", body.len());
+
+    let (_, body) = exporter.get("/status.json?q=acme-ok-0042");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows(&view), ["acme-ok-0042"]);
 }
