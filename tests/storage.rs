@@ -374,3 +374,84 @@ fn run(config: &Path, store: &Path) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The store's size and the writer's CPU at scale, for the README:
+/// `cargo test --release --test storage store_size -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement (a minute or two), not a check"]
+fn store_size_at_ten_thousand_probes_with_history_size_100() {
+    use webhook_exporter::probe::{Outcome, Phases};
+    use webhook_exporter::storage::Storage;
+
+    const PROBES: usize = 10_000;
+    const HISTORY: usize = 100;
+    let mut text = format!("history_size: {HISTORY}\nprobes:\n");
+    for i in 0..PROBES {
+        text.push_str(&format!(
+            "  - {{name: refresh-customer-{i:05}, url: 'https://api.divaltocloud.com/123456/TEST1/api/v1/WebHook/{SECRET_CODE}?dos=998&client={i}', interval: 1m}}\n"
+        ));
+    }
+    let (_dir, path) = common::write_config(&text);
+    let config = webhook_exporter::config::load(&path).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let storage = Storage::open(store.path()).unwrap();
+    let file = storage.file().to_owned();
+    let writer = storage.start_writer(&Default::default()).unwrap();
+    let recorder = writer.recorder();
+    recorder.keep(config.probes.clone(), HISTORY);
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        (fields[0] + fields[1]) as f64 / 100.0
+    };
+    let cpu0 = cpu();
+    // More rounds than the history holds, so the ring is full and trimmed as it runs.
+    let rounds = HISTORY + 20;
+    for round in 0..rounds {
+        for spec in &config.probes {
+            let finished_at = SystemTime::now();
+            let outcome = Outcome {
+                success: round % 10 != 0,
+                reason: None,
+                message: "Client C0000001 rafraîchi".to_owned(),
+                http_status: Some(200),
+                response_code: Some("0".to_owned()),
+                duration: Duration::from_micros(52_431),
+                phases: Phases {
+                    processing: Duration::from_micros(50_000),
+                    ..Phases::default()
+                },
+                attempts: 1,
+                redirects: 0,
+                tls: None,
+                http_version: Some("1.1"),
+                started_at: finished_at - Duration::from_micros(52_431),
+                finished_at,
+            };
+            recorder.result(spec, &outcome, None);
+        }
+    }
+    writer.close();
+    let seconds = cpu() - cpu0;
+    let size = std::fs::metadata(&file).unwrap().len();
+    let results = (PROBES * rounds) as f64;
+    println!(
+        "store at {PROBES} probes x history_size {HISTORY}: {:.1} MiB = {:.1} KiB per probe; \
+         writer and feeding: {seconds:.1} CPU-s for {results} results = {:.1} us per result",
+        size as f64 / 1048576.0,
+        size as f64 / 1024.0 / PROBES as f64,
+        seconds / results * 1e6
+    );
+    let reopened = Storage::open(store.path()).unwrap();
+    let saved = reopened.load().unwrap();
+    assert_eq!(saved.len(), PROBES);
+    assert!(saved.values().all(|s| s.results.len() == HISTORY));
+}

@@ -278,6 +278,7 @@ pub fn digest(spec: &ProbeSpec) -> [u8; 16] {
     } = spec;
     // Header values as names only: a header may carry a token.
     let header_names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+    let target = (target.masked(), target.basic_auth.is_some());
     let text = format!(
         "{name:?}|{server:?}|{target:?}|{method:?}|{header_names:?}|{labels:?}|{schedule:?}|{timeout:?}|{retries:?}|{retry_delay:?}|{retry_on:?}|{follow_redirects:?}|{max_body_bytes:?}|{tls:?}|{proxy:?}|{expect:?}|{}|{}|{maintenance:?}",
         body.as_ref().map_or(0, |b| b.bytes.len()),
@@ -287,4 +288,47 @@ pub fn digest(spec: &ProbeSpec) -> [u8; 16] {
     let mut out = [0; 16];
     out.copy_from_slice(&hash.as_ref()[..16]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+    use crate::config::{Config, ProbeSpec};
+
+    fn load(text: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "webhook-exporter-digest-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, text).unwrap();
+        let config = crate::config::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        config
+    }
+
+    fn probe(config: &Config) -> &ProbeSpec {
+        &config.probes[0]
+    }
+
+    const BASE: &str = "servers:\n  erp: {base_url: 'https://erp.example/erp'}\nprobes:\n";
+
+    #[test]
+    fn the_digest_ignores_secrets_and_place_but_not_settings() {
+        let first = load(&format!(
+            "{BASE}  - {{name: p, server: erp, code: MONWEBHOOKACADEMY1234567890123, interval: 1m, basic_auth: {{username: u, password: one}}}}\n"
+        ));
+        let rotated = load(&format!(
+            "{BASE}  - {{name: q, server: erp, code: ZZZZOTHERCODE99999999999999999, interval: 1m, basic_auth: {{username: u, password: two}}}}\n  - {{name: p, server: erp, code: XYZWEBHOOKROTATED000000000000, interval: 1m, basic_auth: {{username: u, password: two}}}}\n"
+        ));
+        let changed = load(&format!(
+            "{BASE}  - {{name: p, server: erp, code: MONWEBHOOKACADEMY1234567890123, interval: 2m, basic_auth: {{username: u, password: one}}}}\n"
+        ));
+        let moved = &rotated.probes[1];
+        assert_eq!(moved.name, "p");
+        assert_eq!(digest(probe(&first)), digest(moved), "a rotated secret or a move keeps the state");
+        assert_ne!(digest(probe(&first)), digest(probe(&changed)), "a changed interval starts fresh");
+    }
 }
