@@ -1,7 +1,9 @@
-//! The bytes of what the store keeps: one result, and one probe's summary. A hand-written,
-//! versioned little-endian layout (no serialization framework needed for two small
-//! structs), read back defensively: bytes that do not decode are a corrupt store, never a
-//! panic.
+//! The bytes of what the store keeps: one entry per result, the result followed by the
+//! probe's summary as of that result (so recording a run writes one value, next to the
+//! probe's other results, and the latest entry says all the results cannot). A
+//! hand-written, versioned little-endian layout (no serialization framework needed for two
+//! small structs), read back defensively: bytes that do not decode are a corrupt store,
+//! never a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,13 +14,11 @@ use crate::probe::{Outcome, Phases, TlsDetails};
 /// Layout version of both values; a store written by another layout is refused.
 const VERSION: u8 = 1;
 
-/// A probe's summary beside its results: what the results alone cannot say.
+/// A probe's summary, as of one of its results: what the results alone cannot say.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     /// Digest of the probe's settings when these were recorded ([`super::digest`]).
     pub digest: [u8; 16],
-    /// Sequence number the next result gets (results are keyed by it).
-    pub next_seq: u64,
     /// Failed runs since the last success (beyond the kept results too).
     pub consecutive_failures: u64,
     /// End of the last successful run (beyond the kept results too).
@@ -55,16 +55,16 @@ pub fn encode_result(outcome: &Outcome) -> Vec<u8> {
     }
     out.extend_from_slice(&outcome.http_status.unwrap_or(0).to_le_bytes());
     put_str(&mut out, outcome.reason.map_or("", FailureReason::as_label));
-    put_u64(&mut out, u64::from(outcome.attempts));
-    put_u64(&mut out, u64::from(outcome.redirects));
+    out.extend_from_slice(&outcome.attempts.to_le_bytes());
+    out.extend_from_slice(&outcome.redirects.to_le_bytes());
     put_opt_str(&mut out, outcome.response_code.as_deref());
     put_str(&mut out, &outcome.message);
     out
 }
 
-/// A stored result back as an outcome that gives the same history record and gauges (without what
-/// the history does not keep: TLS and HTTP version).
-pub fn decode_result(bytes: &[u8]) -> Option<Outcome> {
+/// A stored entry back: the outcome, which gives the same history record and gauges
+/// (without TLS and HTTP version, which the summary keeps), and the summary.
+pub fn decode_entry(bytes: &[u8]) -> Option<(Outcome, Summary)> {
     let mut input = Input(bytes);
     if input.u8()? != VERSION {
         return None;
@@ -85,12 +85,13 @@ pub fn decode_result(bytes: &[u8]) -> Option<Outcome> {
                 .find(|r| r.as_label() == label)?,
         ),
     };
-    let attempts = u32::try_from(input.u64()?).ok()?;
-    let redirects = u32::try_from(input.u64()?).ok()?;
+    let attempts = input.u32()?;
+    let redirects = input.u32()?;
     let response_code = input.opt_str()?.map(str::to_owned);
     let message = input.str()?.to_owned();
+    let summary = decode_summary(&mut input)?;
     input.end()?;
-    Some(Outcome {
+    let outcome = Outcome {
         success: reason.is_none(),
         reason,
         message,
@@ -110,50 +111,41 @@ pub fn decode_result(bytes: &[u8]) -> Option<Outcome> {
         http_version: None,
         started_at: finished_at.checked_sub(duration).unwrap_or(finished_at),
         finished_at,
-    })
+    };
+    Some((outcome, summary))
 }
 
-/// `summary` as stored.
-pub fn encode_summary(summary: &Summary) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.push(VERSION);
+/// Completes the entry of a result ([`encode_result`]) with the summary as of it.
+pub fn append_summary(out: &mut Vec<u8>, summary: &Summary) {
     out.extend_from_slice(&summary.digest);
-    put_u64(&mut out, summary.next_seq);
-    put_u64(&mut out, summary.consecutive_failures);
-    put_opt_i64(&mut out, summary.last_success_ns);
-    put_opt_i64(&mut out, summary.next_run_ns);
-    put_opt_str(&mut out, summary.http_version.as_deref());
+    put_u64(out, summary.consecutive_failures);
+    put_opt_i64(out, summary.last_success_ns);
+    put_opt_i64(out, summary.next_run_ns);
+    put_opt_str(out, summary.http_version.as_deref());
     match &summary.tls {
         None => out.push(0),
         Some(tls) => {
             out.push(1);
-            put_opt_str(&mut out, tls.version.as_deref());
+            put_opt_str(out, tls.version.as_deref());
             match &tls.certificate {
                 None => out.push(0),
                 Some(cert) => {
                     out.push(1);
                     out.extend_from_slice(&cert.earliest_not_after.to_le_bytes());
-                    put_str(&mut out, &cert.subject);
-                    put_str(&mut out, &cert.issuer);
-                    put_u64(&mut out, cert.names.len() as u64);
+                    put_str(out, &cert.subject);
+                    put_str(out, &cert.issuer);
+                    put_u64(out, cert.names.len() as u64);
                     for name in &cert.names {
-                        put_str(&mut out, name);
+                        put_str(out, name);
                     }
                 }
             }
         }
     }
-    out
 }
 
-/// A stored summary.
-pub fn decode_summary(bytes: &[u8]) -> Option<Summary> {
-    let mut input = Input(bytes);
-    if input.u8()? != VERSION {
-        return None;
-    }
+fn decode_summary(input: &mut Input<'_>) -> Option<Summary> {
     let digest = input.take(16)?.try_into().ok()?;
-    let next_seq = input.u64()?;
     let consecutive_failures = input.u64()?;
     let last_success_ns = input.opt_i64()?;
     let next_run_ns = input.opt_i64()?;
@@ -187,10 +179,8 @@ pub fn decode_summary(bytes: &[u8]) -> Option<Summary> {
             })
         }
     };
-    input.end()?;
     Some(Summary {
         digest,
-        next_seq,
         consecutive_failures,
         last_success_ns,
         next_run_ns,
@@ -218,7 +208,7 @@ fn put_opt_i64(out: &mut Vec<u8>, value: Option<i64>) {
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) {
-    put_u64(out, text.len() as u64);
+    out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(text.as_bytes());
 }
 
@@ -268,8 +258,12 @@ impl<'a> Input<'a> {
         }
     }
 
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
     fn str(&mut self) -> Option<&'a str> {
-        let len = usize::try_from(self.u64()?).ok()?;
+        let len = usize::try_from(self.u32()?).ok()?;
         std::str::from_utf8(self.take(len)?).ok()
     }
 
@@ -318,7 +312,9 @@ mod tests {
             let original = outcome(reason, code);
             let mut history = History::new(2);
             history.push(&original);
-            let back = decode_result(&encode_result(&original)).expect("decodes");
+            let mut entry = encode_result(&original);
+            append_summary(&mut entry, &Summary::default());
+            let (back, _) = decode_entry(&entry).expect("decodes");
             history.push(&back);
             let [first, second]: [&Record; 2] =
                 history.iter().collect::<Vec<_>>().try_into().unwrap();
@@ -330,7 +326,6 @@ mod tests {
     fn a_summary_comes_back_the_same() {
         let summary = Summary {
             digest: [7; 16],
-            next_seq: 42,
             consecutive_failures: 3,
             last_success_ns: Some(1_795_000_000_123),
             next_run_ns: None,
@@ -345,18 +340,24 @@ mod tests {
                 }),
             }),
         };
-        let back = decode_summary(&encode_summary(&summary)).unwrap();
+        let mut history = History::new(1);
+        let original = outcome(None, Some("0"));
+        history.push(&original);
+        let mut entry = encode_result(&original);
+        append_summary(&mut entry, &summary);
+        let (_, back) = decode_entry(&entry).unwrap();
         assert_eq!(back, summary);
     }
 
     #[test]
     fn truncated_or_extended_bytes_do_not_decode() {
-        let stored = encode_result(&outcome(None, Some("0")));
+        let mut stored = encode_result(&outcome(None, Some("0")));
+        append_summary(&mut stored, &Summary::default());
         for len in 0..stored.len() {
-            assert!(decode_result(&stored[..len]).is_none(), "{len}");
+            assert!(decode_entry(&stored[..len]).is_none(), "{len}");
         }
         let mut longer = stored.clone();
         longer.push(0);
-        assert!(decode_result(&longer).is_none());
+        assert!(decode_entry(&longer).is_none());
     }
 }

@@ -28,10 +28,14 @@ pub use writer::{Recorder, Writer};
 /// The store's file name inside `--storage.path`.
 pub const FILE_NAME: &str = "webhook-exporter.redb";
 
-/// Probe name -> its [`codec::Summary`].
-const SUMMARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("probes");
-/// (probe name, sequence number) -> one result ([`codec::encode_result`]).
+/// (probe name, sequence number) -> one result and the probe's summary as of it
+/// ([`codec::encode_result`], [`codec::append_summary`]): a probe's entries are neighbours,
+/// so recording a run touches one or two pages.
 const RESULTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results");
+
+/// redb's page cache: small, since the store is written far more than read (it is read
+/// whole once, at start).
+const CACHE_BYTES: usize = 16 << 20;
 
 /// Why the store cannot be used; the exporter does not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,8 @@ pub struct Saved {
     pub http_version: Option<&'static str>,
     /// The last TLS details with a certificate.
     pub tls: Option<TlsDetails>,
+    /// The number the probe's next result gets in the store.
+    pub(crate) next_seq: u64,
 }
 
 /// An open store.
@@ -119,6 +125,7 @@ impl Storage {
         }
         let file = dir.join(FILE_NAME);
         let db = redb::Database::builder()
+            .set_cache_size(CACHE_BYTES)
             .create(&file)
             .map_err(|e| open_error(&file, e))?;
         let storage = Self {
@@ -135,8 +142,6 @@ impl Storage {
             .begin_write()
             .map_err(|e| unwritable(e.to_string()))?;
         tx.set_quick_repair(true);
-        tx.open_table(SUMMARIES)
-            .map_err(|e| table_error(&storage.file, e))?;
         tx.open_table(RESULTS)
             .map_err(|e| table_error(&storage.file, e))?;
         tx.commit().map_err(|e| unwritable(e.to_string()))?;
@@ -158,39 +163,32 @@ impl Storage {
             reason,
         };
         let tx = self.db.begin_read().map_err(|e| corrupt(e.to_string()))?;
-        let summaries = tx
-            .open_table(SUMMARIES)
-            .map_err(|e| corrupt(e.to_string()))?;
         let results = tx.open_table(RESULTS).map_err(|e| corrupt(e.to_string()))?;
-        let mut saved = BTreeMap::new();
-        for entry in summaries.iter().map_err(|e| corrupt(e.to_string()))? {
-            let (name, value) = entry.map_err(|e| corrupt(e.to_string()))?;
-            let name = name.value().to_owned();
-            let summary = codec::decode_summary(value.value()).ok_or_else(|| {
-                corrupt(format!("the summary of probe \"{name}\" does not decode"))
-            })?;
-            let mut kept = Vec::new();
-            for entry in results
-                .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
-                .map_err(|e| corrupt(e.to_string()))?
-            {
-                let (_, value) = entry.map_err(|e| corrupt(e.to_string()))?;
-                kept.push(codec::decode_result(value.value()).ok_or_else(|| {
-                    corrupt(format!("a result of probe \"{name}\" does not decode"))
-                })?);
-            }
-            saved.insert(
-                name,
-                Saved {
-                    digest: summary.digest,
-                    results: kept,
-                    consecutive_failures: summary.consecutive_failures,
-                    last_success: summary.last_success_ns.map(codec::time),
-                    next_run: summary.next_run_ns.map(codec::time),
-                    http_version: summary.http_version.as_deref().and_then(static_version),
-                    tls: summary.tls,
-                },
-            );
+        let mut saved: BTreeMap<String, Saved> = BTreeMap::new();
+        for entry in results.iter().map_err(|e| corrupt(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+            let (name, seq) = key.value();
+            let (outcome, summary) = codec::decode_entry(value.value())
+                .ok_or_else(|| corrupt(format!("a result of probe \"{name}\" does not decode")))?;
+            let probe = saved.entry(name.to_owned()).or_insert_with(|| Saved {
+                digest: summary.digest,
+                results: Vec::new(),
+                consecutive_failures: 0,
+                last_success: None,
+                next_run: None,
+                http_version: None,
+                tls: None,
+                next_seq: 0,
+            });
+            // Entries come in key order: the last one of a probe has its latest summary.
+            probe.digest = summary.digest;
+            probe.consecutive_failures = summary.consecutive_failures;
+            probe.last_success = summary.last_success_ns.map(codec::time);
+            probe.next_run = summary.next_run_ns.map(codec::time);
+            probe.http_version = summary.http_version.as_deref().and_then(static_version);
+            probe.tls = summary.tls;
+            probe.next_seq = seq + 1;
+            probe.results.push(outcome);
         }
         Ok(saved)
     }
@@ -328,7 +326,15 @@ mod tests {
         ));
         let moved = &rotated.probes[1];
         assert_eq!(moved.name, "p");
-        assert_eq!(digest(probe(&first)), digest(moved), "a rotated secret or a move keeps the state");
-        assert_ne!(digest(probe(&first)), digest(probe(&changed)), "a changed interval starts fresh");
+        assert_eq!(
+            digest(probe(&first)),
+            digest(moved),
+            "a rotated secret or a move keeps the state"
+        );
+        assert_ne!(
+            digest(probe(&first)),
+            digest(probe(&changed)),
+            "a changed interval starts fresh"
+        );
     }
 }

@@ -10,15 +10,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, Table};
+use redb::Table;
 
 use super::codec::{self, Summary};
-use super::{RESULTS, SUMMARIES, Saved, digest};
+use super::{RESULTS, Saved, digest};
 use crate::config::ProbeSpec;
 use crate::probe::Outcome;
 
-/// How long the first update of a batch waits for others before the commit.
-const BATCH: Duration = Duration::from_millis(500);
+/// How long the first update of a batch waits for others before the commit: what a crash
+/// may lose at most (one second, the promise, with room for the commit itself).
+const BATCH: Duration = Duration::from_millis(800);
 
 enum Update {
     /// A run's result.
@@ -89,31 +90,33 @@ impl Writer {
         saved: &BTreeMap<String, Saved>,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = channel();
-        let summaries = saved
+        let probes = saved
             .iter()
             .map(|(name, saved)| {
                 let summary = Summary {
                     digest: saved.digest,
-                    // Results are numbered from 0 on: the next one follows the kept ones.
-                    next_seq: 0,
                     consecutive_failures: saved.consecutive_failures,
                     last_success_ns: saved.last_success.map(codec::nanos),
                     next_run_ns: saved.next_run.map(codec::nanos),
                     http_version: saved.http_version.map(str::to_owned),
                     tls: saved.tls.clone(),
                 };
-                (name.clone(), summary)
+                // Results are numbered from 0 on: the next one follows the kept ones.
+                let probe = Probe {
+                    summary,
+                    next_seq: saved.next_seq,
+                };
+                (name.clone(), probe)
             })
             .collect();
-        let mut state = WriterState {
+        let state = WriterState {
             db,
             file,
-            summaries,
+            probes,
             digests: HashMap::new(),
             kept: None,
             history_size: usize::MAX,
         };
-        state.read_sequences();
         let thread = std::thread::Builder::new()
             .name("storage-writer".to_owned())
             .spawn(move || state.run(&receiver))?;
@@ -139,11 +142,19 @@ impl Writer {
     }
 }
 
+/// What the writer knows of one stored probe.
+struct Probe {
+    /// As of its last stored result.
+    summary: Summary,
+    /// The number its next result gets.
+    next_seq: u64,
+}
+
 struct WriterState {
     db: Arc<redb::Database>,
     file: PathBuf,
-    /// Every stored probe's summary, as committed (or about to be).
-    summaries: HashMap<String, Summary>,
+    /// Every stored probe, as committed (or about to be).
+    probes: HashMap<String, Probe>,
     /// The digest of each spec seen, by name (the spec held so its address is not reused).
     digests: HashMap<String, (Arc<ProbeSpec>, [u8; 16])>,
     /// The running probes' digests, once the scheduler said which they are.
@@ -152,23 +163,6 @@ struct WriterState {
 }
 
 impl WriterState {
-    /// Where each stored probe's numbering goes on: after its highest stored result.
-    fn read_sequences(&mut self) {
-        let Ok(tx) = self.db.begin_read() else { return };
-        let Ok(results) = tx.open_table(RESULTS) else {
-            return;
-        };
-        for (name, summary) in &mut self.summaries {
-            let last = results
-                .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
-                .ok()
-                .and_then(|mut range| range.next_back())
-                .and_then(Result::ok)
-                .map(|(key, _)| key.value().1);
-            summary.next_seq = last.map_or(0, |seq| seq + 1);
-        }
-    }
-
     fn run(mut self, receiver: &Receiver<Update>) {
         loop {
             let Ok(first) = receiver.recv() else { return };
@@ -207,14 +201,12 @@ impl WriterState {
         let mut tx = self.db.begin_write()?;
         tx.set_quick_repair(true);
         {
-            let mut summaries = tx.open_table(SUMMARIES)?;
             let mut results = tx.open_table(RESULTS)?;
-            let mut dirty: Vec<String> = Vec::new();
             for update in batch {
                 match update {
                     Update::Result {
                         spec,
-                        result,
+                        mut result,
                         success,
                         finished_ns,
                         next_run_ns,
@@ -229,23 +221,24 @@ impl WriterState {
                         {
                             continue;
                         }
-                        let summary = match self.summaries.get_mut(&spec.name) {
-                            Some(summary) if summary.digest == digest => summary,
+                        let probe = match self.probes.get_mut(&spec.name) {
+                            Some(probe) if probe.summary.digest == digest => probe,
                             _ => {
                                 forget(&mut results, &spec.name)?;
-                                self.summaries.insert(
-                                    spec.name.clone(),
-                                    Summary {
+                                let fresh = Probe {
+                                    summary: Summary {
                                         digest,
                                         ..Summary::default()
                                     },
-                                );
-                                self.summaries.get_mut(&spec.name).expect("just inserted")
+                                    next_seq: 0,
+                                };
+                                self.probes
+                                    .entry(spec.name.clone())
+                                    .insert_entry(fresh)
+                                    .into_mut()
                             }
                         };
-                        let seq = summary.next_seq;
-                        summary.next_seq += 1;
-                        results.insert((spec.name.as_str(), seq), result.as_slice())?;
+                        let summary = &mut probe.summary;
                         if success {
                             summary.consecutive_failures = 0;
                             summary.last_success_ns = Some(finished_ns);
@@ -257,11 +250,15 @@ impl WriterState {
                         if tls.is_some() {
                             summary.tls = tls;
                         }
+                        codec::append_summary(&mut result, summary);
+                        let seq = probe.next_seq;
+                        probe.next_seq += 1;
+                        results.insert((spec.name.as_str(), seq), result.as_slice())?;
+                        // The ring: the result `history_size` before this one goes.
                         let keep = u64::try_from(self.history_size).unwrap_or(u64::MAX);
-                        if let Some(oldest) = summary.next_seq.checked_sub(keep) {
-                            trim(&mut results, &spec.name, oldest)?;
+                        if let Some(oldest) = seq.checked_sub(keep) {
+                            results.remove((spec.name.as_str(), oldest))?;
                         }
-                        dirty.push(spec.name.clone());
                     }
                     Update::Keep {
                         specs,
@@ -273,20 +270,19 @@ impl WriterState {
                             .collect();
                         self.digests.retain(|name, _| kept.contains_key(name));
                         let gone: Vec<String> = self
-                            .summaries
+                            .probes
                             .iter()
-                            .filter(|(name, summary)| kept.get(*name) != Some(&summary.digest))
+                            .filter(|(name, probe)| kept.get(*name) != Some(&probe.summary.digest))
                             .map(|(name, _)| name.clone())
                             .collect();
                         for name in gone {
                             forget(&mut results, &name)?;
-                            summaries.remove(name.as_str())?;
-                            self.summaries.remove(&name);
+                            self.probes.remove(&name);
                         }
                         if history_size < self.history_size {
                             let keep = u64::try_from(history_size).unwrap_or(u64::MAX);
-                            for (name, summary) in &self.summaries {
-                                if let Some(oldest) = summary.next_seq.checked_sub(keep) {
+                            for (name, probe) in &self.probes {
+                                if let Some(oldest) = probe.next_seq.checked_sub(keep) {
                                     trim(&mut results, name, oldest)?;
                                 }
                             }
@@ -295,13 +291,6 @@ impl WriterState {
                         self.kept = Some(kept);
                     }
                     Update::Close => {}
-                }
-            }
-            dirty.sort_unstable();
-            dirty.dedup();
-            for name in dirty {
-                if let Some(summary) = self.summaries.get(&name) {
-                    summaries.insert(name.as_str(), codec::encode_summary(summary).as_slice())?;
                 }
             }
         }
