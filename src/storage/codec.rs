@@ -1,6 +1,6 @@
 //! The bytes of what the store keeps: one entry per result, the result followed by the
-//! probe's summary as of that result (so recording a run writes one value, next to the
-//! probe's other results, and the latest entry says all the results cannot). A
+//! probe's summary as of that result and the probe's name (so recording a run appends one
+//! value, and a probe's latest entry says what its results alone cannot). A
 //! hand-written, versioned little-endian layout (no serialization framework needed for two
 //! small structs), read back defensively: bytes that do not decode are a corrupt store,
 //! never a panic.
@@ -64,7 +64,7 @@ pub fn encode_result(outcome: &Outcome) -> Vec<u8> {
 
 /// A stored entry back: the outcome, which gives the same history record and gauges
 /// (without TLS and HTTP version, which the summary keeps), and the summary.
-pub fn decode_entry(bytes: &[u8]) -> Option<(Outcome, Summary)> {
+pub fn decode_entry(bytes: &[u8]) -> Option<(String, Outcome, Summary)> {
     let mut input = Input(bytes);
     if input.u8()? != VERSION {
         return None;
@@ -90,6 +90,7 @@ pub fn decode_entry(bytes: &[u8]) -> Option<(Outcome, Summary)> {
     let response_code = input.opt_str()?.map(str::to_owned);
     let message = input.str()?.to_owned();
     let summary = decode_summary(&mut input)?;
+    let name = input.str()?.to_owned();
     input.end()?;
     let outcome = Outcome {
         success: reason.is_none(),
@@ -112,11 +113,17 @@ pub fn decode_entry(bytes: &[u8]) -> Option<(Outcome, Summary)> {
         started_at: finished_at.checked_sub(duration).unwrap_or(finished_at),
         finished_at,
     };
-    Some((outcome, summary))
+    Some((name, outcome, summary))
 }
 
-/// Completes the entry of a result ([`encode_result`]) with the summary as of it.
-pub fn append_summary(out: &mut Vec<u8>, summary: &Summary) {
+/// Completes the entry of a result ([`encode_result`]) with the summary as of it and the
+/// probe's name.
+pub fn append_summary(out: &mut Vec<u8>, summary: &Summary, name: &str) {
+    append_summary_fields(out, summary);
+    put_str(out, name);
+}
+
+fn append_summary_fields(out: &mut Vec<u8>, summary: &Summary) {
     out.extend_from_slice(&summary.digest);
     put_u64(out, summary.consecutive_failures);
     put_opt_i64(out, summary.last_success_ns);
@@ -313,8 +320,9 @@ mod tests {
             let mut history = History::new(2);
             history.push(&original);
             let mut entry = encode_result(&original);
-            append_summary(&mut entry, &Summary::default());
-            let (back, _) = decode_entry(&entry).expect("decodes");
+            append_summary(&mut entry, &Summary::default(), "p");
+            let (name, back, _) = decode_entry(&entry).expect("decodes");
+            assert_eq!(name, "p");
             history.push(&back);
             let [first, second]: [&Record; 2] =
                 history.iter().collect::<Vec<_>>().try_into().unwrap();
@@ -344,15 +352,15 @@ mod tests {
         let original = outcome(None, Some("0"));
         history.push(&original);
         let mut entry = encode_result(&original);
-        append_summary(&mut entry, &summary);
-        let (_, back) = decode_entry(&entry).unwrap();
+        append_summary(&mut entry, &summary, "p");
+        let (_, _, back) = decode_entry(&entry).unwrap();
         assert_eq!(back, summary);
     }
 
     #[test]
     fn truncated_or_extended_bytes_do_not_decode() {
         let mut stored = encode_result(&outcome(None, Some("0")));
-        append_summary(&mut stored, &Summary::default());
+        append_summary(&mut stored, &Summary::default(), "p");
         for len in 0..stored.len() {
             assert!(decode_entry(&stored[..len]).is_none(), "{len}");
         }

@@ -28,10 +28,11 @@ pub use writer::{Recorder, Writer};
 /// The store's file name inside `--storage.path`.
 pub const FILE_NAME: &str = "webhook-exporter.redb";
 
-/// (probe name, sequence number) -> one result and the probe's summary as of it
-/// ([`codec::encode_result`], [`codec::append_summary`]): a probe's entries are neighbours,
-/// so recording a run touches one or two pages.
-const RESULTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results");
+/// Sequence number -> one result, the probe's summary as of it, and the probe's name
+/// ([`codec::encode_result`], [`codec::append_summary`]): a log in the order results came,
+/// so recording a run appends to the last page instead of rewriting a page per probe. The
+/// writer deletes what falls out of a probe's ring in batches ([`writer`]).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
 /// redb's page cache: small, since the store is written far more than read (it is read
 /// whole once, at start).
@@ -97,8 +98,9 @@ pub struct Saved {
     pub http_version: Option<&'static str>,
     /// The last TLS details with a certificate.
     pub tls: Option<TlsDetails>,
-    /// The number the probe's next result gets in the store.
-    pub(crate) next_seq: u64,
+    /// The keys of its entries in the store, in order (beyond its ring too, until the
+    /// writer deletes those).
+    pub(crate) seqs: Vec<u64>,
 }
 
 /// An open store.
@@ -142,7 +144,7 @@ impl Storage {
             .begin_write()
             .map_err(|e| unwritable(e.to_string()))?;
         tx.set_quick_repair(true);
-        tx.open_table(RESULTS)
+        tx.open_table(LOG)
             .map_err(|e| table_error(&storage.file, e))?;
         tx.commit().map_err(|e| unwritable(e.to_string()))?;
         Ok(storage)
@@ -163,14 +165,14 @@ impl Storage {
             reason,
         };
         let tx = self.db.begin_read().map_err(|e| corrupt(e.to_string()))?;
-        let results = tx.open_table(RESULTS).map_err(|e| corrupt(e.to_string()))?;
+        let log = tx.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
         let mut saved: BTreeMap<String, Saved> = BTreeMap::new();
-        for entry in results.iter().map_err(|e| corrupt(e.to_string()))? {
+        for entry in log.iter().map_err(|e| corrupt(e.to_string()))? {
             let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
-            let (name, seq) = key.value();
-            let (outcome, summary) = codec::decode_entry(value.value())
-                .ok_or_else(|| corrupt(format!("a result of probe \"{name}\" does not decode")))?;
-            let probe = saved.entry(name.to_owned()).or_insert_with(|| Saved {
+            let seq = key.value();
+            let (name, outcome, summary) = codec::decode_entry(value.value())
+                .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
+            let probe = saved.entry(name).or_insert_with(|| Saved {
                 digest: summary.digest,
                 results: Vec::new(),
                 consecutive_failures: 0,
@@ -178,16 +180,22 @@ impl Storage {
                 next_run: None,
                 http_version: None,
                 tls: None,
-                next_seq: 0,
+                seqs: Vec::new(),
             });
-            // Entries come in key order: the last one of a probe has its latest summary.
+            if probe.digest != summary.digest {
+                // Settings changed by a reload: only what came after counts.
+                probe.results.clear();
+                probe.seqs.clear();
+            }
+            // Entries come in the order they were recorded: a probe's last one has its
+            // latest summary.
             probe.digest = summary.digest;
             probe.consecutive_failures = summary.consecutive_failures;
             probe.last_success = summary.last_success_ns.map(codec::time);
             probe.next_run = summary.next_run_ns.map(codec::time);
             probe.http_version = summary.http_version.as_deref().and_then(static_version);
             probe.tls = summary.tls;
-            probe.next_seq = seq + 1;
+            probe.seqs.push(seq);
             probe.results.push(outcome);
         }
         Ok(saved)

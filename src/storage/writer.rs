@@ -1,19 +1,19 @@
 //! The writer thread: the only code that writes the store. The scheduler hands it updates
-//! through an unbounded channel (a send never waits), and it commits them in batches: the
-//! first update of a batch waits at most [`BATCH`] for the others, so a crash loses at
-//! most about that much, and a commit is one fsync for many results.
+//! through an unbounded channel (a send never waits), and it commits them in batches: after
+//! the first update of a batch it sleeps [`BATCH`], then takes what came meanwhile, so a
+//! crash loses at most about that much, and a commit is one fsync for many results.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redb::Table;
 
 use super::codec::{self, Summary};
-use super::{RESULTS, Saved, digest};
+use super::{LOG, Saved, digest};
 use crate::config::ProbeSpec;
 use crate::probe::Outcome;
 
@@ -21,17 +21,13 @@ use crate::probe::Outcome;
 /// may lose at most (one second, the promise, with room for the commit itself).
 const BATCH: Duration = Duration::from_millis(800);
 
+/// Entries fallen out of their rings deleted together: a few pages of the log's old end
+/// per batch, rather than one page per result.
+const GARBAGE: usize = 4096;
+
 enum Update {
     /// A run's result.
-    Result {
-        spec: Arc<ProbeSpec>,
-        result: Vec<u8>,
-        success: bool,
-        finished_ns: i64,
-        next_run_ns: Option<i64>,
-        http_version: Option<&'static str>,
-        tls: Option<crate::probe::TlsDetails>,
-    },
+    Result(ResultUpdate),
     /// The probes of the running config and `history_size`: the others are forgotten, and
     /// each probe keeps at most that many results.
     Keep {
@@ -40,6 +36,18 @@ enum Update {
     },
     /// Commit what came before, then stop.
     Close,
+}
+
+/// A run's result, as the writer gets it.
+struct ResultUpdate {
+    spec: Arc<ProbeSpec>,
+    /// [`codec::encode_result`]'s bytes, made on the probe's thread.
+    result: Vec<u8>,
+    success: bool,
+    finished_ns: i64,
+    next_run_ns: Option<i64>,
+    http_version: Option<&'static str>,
+    tls: Option<crate::probe::TlsDetails>,
 }
 
 /// The scheduler's side of the writer: cheap to clone, never blocks.
@@ -56,7 +64,7 @@ impl Recorder {
         outcome: &Outcome,
         next_run: Option<DateTime<Utc>>,
     ) {
-        let _ = self.sender.send(Update::Result {
+        let _ = self.sender.send(Update::Result(ResultUpdate {
             spec: spec.clone(),
             result: codec::encode_result(outcome),
             success: outcome.success,
@@ -64,7 +72,7 @@ impl Recorder {
             next_run_ns: next_run.and_then(|at| at.timestamp_nanos_opt()),
             http_version: outcome.http_version,
             tls: outcome.tls.clone().filter(|tls| tls.certificate.is_some()),
-        });
+        }));
     }
 
     /// Queues the set of running probes (after each config): the store forgets the others
@@ -90,6 +98,11 @@ impl Writer {
         saved: &BTreeMap<String, Saved>,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = channel();
+        let next_seq = saved
+            .values()
+            .filter_map(|saved| saved.seqs.last())
+            .max()
+            .map_or(0, |last| last + 1);
         let probes = saved
             .iter()
             .map(|(name, saved)| {
@@ -101,10 +114,9 @@ impl Writer {
                     http_version: saved.http_version.map(str::to_owned),
                     tls: saved.tls.clone(),
                 };
-                // Results are numbered from 0 on: the next one follows the kept ones.
                 let probe = Probe {
                     summary,
-                    next_seq: saved.next_seq,
+                    seqs: saved.seqs.iter().copied().collect(),
                 };
                 (name.clone(), probe)
             })
@@ -116,6 +128,8 @@ impl Writer {
             digests: HashMap::new(),
             kept: None,
             history_size: usize::MAX,
+            next_seq,
+            garbage: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("storage-writer".to_owned())
@@ -146,8 +160,8 @@ impl Writer {
 struct Probe {
     /// As of its last stored result.
     summary: Summary,
-    /// The number its next result gets.
-    next_seq: u64,
+    /// The keys of its ring's entries, oldest first.
+    seqs: VecDeque<u64>,
 }
 
 struct WriterState {
@@ -160,20 +174,31 @@ struct WriterState {
     /// The running probes' digests, once the scheduler said which they are.
     kept: Option<HashMap<String, [u8; 16]>>,
     history_size: usize,
+    /// The key of the next entry.
+    next_seq: u64,
+    /// Keys of entries fallen out of their probe's ring, deleted [`GARBAGE`] at a time.
+    garbage: Vec<u64>,
 }
 
 impl WriterState {
     fn run(mut self, receiver: &Receiver<Update>) {
         loop {
             let Ok(first) = receiver.recv() else { return };
+            let mut closing = matches!(first, Update::Close);
+            if !closing {
+                // Sleeping rather than waiting on the channel: a waiting receiver is woken
+                // by every send, which cost both sides a context switch per result.
+                std::thread::sleep(BATCH);
+            }
             let mut batch = vec![first];
-            let deadline = Instant::now() + BATCH;
-            let mut closing = matches!(batch[0], Update::Close);
-            while !closing {
-                match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(Update::Close) | Err(RecvTimeoutError::Disconnected) => closing = true,
+            loop {
+                match receiver.try_recv() {
+                    Ok(Update::Close) | Err(TryRecvError::Disconnected) => {
+                        closing = true;
+                        break;
+                    }
                     Ok(update) => batch.push(update),
-                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(TryRecvError::Empty) => break,
                 }
             }
             if let Err(error) = self.commit(batch) {
@@ -201,118 +226,132 @@ impl WriterState {
         let mut tx = self.db.begin_write()?;
         tx.set_quick_repair(true);
         {
-            let mut results = tx.open_table(RESULTS)?;
+            let mut log = tx.open_table(LOG)?;
             for update in batch {
                 match update {
-                    Update::Result {
-                        spec,
-                        mut result,
-                        success,
-                        finished_ns,
-                        next_run_ns,
-                        http_version,
-                        tls,
-                    } => {
-                        let digest = self.digest_of(&spec);
-                        // A run of a probe no longer running (removed or changed by a
-                        // reload) finishing late: not the running probe's result.
-                        if let Some(kept) = &self.kept
-                            && kept.get(&spec.name) != Some(&digest)
-                        {
-                            continue;
-                        }
-                        let probe = match self.probes.get_mut(&spec.name) {
-                            Some(probe) if probe.summary.digest == digest => probe,
-                            _ => {
-                                forget(&mut results, &spec.name)?;
-                                let fresh = Probe {
-                                    summary: Summary {
-                                        digest,
-                                        ..Summary::default()
-                                    },
-                                    next_seq: 0,
-                                };
-                                self.probes
-                                    .entry(spec.name.clone())
-                                    .insert_entry(fresh)
-                                    .into_mut()
-                            }
-                        };
-                        let summary = &mut probe.summary;
-                        if success {
-                            summary.consecutive_failures = 0;
-                            summary.last_success_ns = Some(finished_ns);
-                        } else {
-                            summary.consecutive_failures += 1;
-                        }
-                        summary.next_run_ns = next_run_ns;
-                        summary.http_version = http_version.map(str::to_owned);
-                        if tls.is_some() {
-                            summary.tls = tls;
-                        }
-                        codec::append_summary(&mut result, summary);
-                        let seq = probe.next_seq;
-                        probe.next_seq += 1;
-                        results.insert((spec.name.as_str(), seq), result.as_slice())?;
-                        // The ring: the result `history_size` before this one goes.
-                        let keep = u64::try_from(self.history_size).unwrap_or(u64::MAX);
-                        if let Some(oldest) = seq.checked_sub(keep) {
-                            results.remove((spec.name.as_str(), oldest))?;
-                        }
-                    }
+                    Update::Result(result) => self.append(&mut log, result)?,
                     Update::Keep {
                         specs,
                         history_size,
-                    } => {
-                        let kept: HashMap<String, [u8; 16]> = specs
-                            .iter()
-                            .map(|spec| (spec.name.clone(), self.digest_of(spec)))
-                            .collect();
-                        self.digests.retain(|name, _| kept.contains_key(name));
-                        let gone: Vec<String> = self
-                            .probes
-                            .iter()
-                            .filter(|(name, probe)| kept.get(*name) != Some(&probe.summary.digest))
-                            .map(|(name, _)| name.clone())
-                            .collect();
-                        for name in gone {
-                            forget(&mut results, &name)?;
-                            self.probes.remove(&name);
-                        }
-                        if history_size < self.history_size {
-                            let keep = u64::try_from(history_size).unwrap_or(u64::MAX);
-                            for (name, probe) in &self.probes {
-                                if let Some(oldest) = probe.next_seq.checked_sub(keep) {
-                                    trim(&mut results, name, oldest)?;
-                                }
-                            }
-                        }
-                        self.history_size = history_size;
-                        self.kept = Some(kept);
-                    }
+                    } => self.keep(&mut log, &specs, history_size)?,
                     Update::Close => {}
+                }
+            }
+            if self.garbage.len() >= GARBAGE {
+                // In key order: the entries of one page go together.
+                self.garbage.sort_unstable();
+                for seq in self.garbage.drain(..) {
+                    log.remove(seq)?;
                 }
             }
         }
         tx.commit()?;
         Ok(())
     }
+
+    fn append(
+        &mut self,
+        log: &mut Table<u64, &[u8]>,
+        result: ResultUpdate,
+    ) -> Result<(), redb::Error> {
+        let ResultUpdate {
+            spec,
+            mut result,
+            success,
+            finished_ns,
+            next_run_ns,
+            http_version,
+            tls,
+        } = result;
+        let digest = self.digest_of(&spec);
+        // A run of a probe no longer running (removed or changed by a reload) finishing
+        // late: not the running probe's result.
+        if let Some(kept) = &self.kept
+            && kept.get(&spec.name) != Some(&digest)
+        {
+            return Ok(());
+        }
+        if self
+            .probes
+            .get(&spec.name)
+            .is_some_and(|probe| probe.summary.digest != digest)
+            && let Some(old) = self.probes.remove(&spec.name)
+        {
+            forget(log, old.seqs)?;
+        }
+        let probe = self
+            .probes
+            .entry(spec.name.clone())
+            .or_insert_with(|| Probe {
+                summary: Summary {
+                    digest,
+                    ..Summary::default()
+                },
+                seqs: VecDeque::new(),
+            });
+        let summary = &mut probe.summary;
+        if success {
+            summary.consecutive_failures = 0;
+            summary.last_success_ns = Some(finished_ns);
+        } else {
+            summary.consecutive_failures += 1;
+        }
+        summary.next_run_ns = next_run_ns;
+        summary.http_version = http_version.map(str::to_owned);
+        if tls.is_some() {
+            summary.tls = tls;
+        }
+        codec::append_summary(&mut result, summary, &spec.name);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        log.insert(seq, result.as_slice())?;
+        probe.seqs.push_back(seq);
+        while probe.seqs.len() > self.history_size {
+            self.garbage.extend(probe.seqs.pop_front());
+        }
+        Ok(())
+    }
+
+    /// The running probes are `specs`: forgets the others and those whose settings changed,
+    /// and trims every ring to `history_size`.
+    fn keep(
+        &mut self,
+        log: &mut Table<u64, &[u8]>,
+        specs: &[Arc<ProbeSpec>],
+        history_size: usize,
+    ) -> Result<(), redb::Error> {
+        let kept: HashMap<String, [u8; 16]> = specs
+            .iter()
+            .map(|spec| (spec.name.clone(), self.digest_of(spec)))
+            .collect();
+        self.digests.retain(|name, _| kept.contains_key(name));
+        let gone: Vec<String> = self
+            .probes
+            .iter()
+            .filter(|(name, probe)| kept.get(*name) != Some(&probe.summary.digest))
+            .map(|(name, _)| name.clone())
+            .collect();
+        // Deleted now, not with the garbage: a restart must not find them.
+        for name in gone {
+            if let Some(probe) = self.probes.remove(&name) {
+                forget(log, probe.seqs)?;
+            }
+        }
+        for probe in self.probes.values_mut() {
+            while probe.seqs.len() > history_size {
+                self.garbage.extend(probe.seqs.pop_front());
+            }
+        }
+        self.history_size = history_size;
+        self.kept = Some(kept);
+        Ok(())
+    }
 }
 
-/// Deletes every result of `name`.
-fn forget(results: &mut Table<(&str, u64), &[u8]>, name: &str) -> Result<(), redb::Error> {
-    results.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
-    Ok(())
-}
-
-/// Deletes the results of `name` numbered below `oldest`.
-fn trim(
-    results: &mut Table<(&str, u64), &[u8]>,
-    name: &str,
-    oldest: u64,
-) -> Result<(), redb::Error> {
-    if oldest > 0 {
-        results.retain_in((name, 0)..(name, oldest), |_, _| false)?;
+/// Deletes the entries `seqs`.
+fn forget(log: &mut Table<u64, &[u8]>, seqs: VecDeque<u64>) -> Result<(), redb::Error> {
+    for seq in seqs {
+        log.remove(seq)?;
     }
     Ok(())
 }
