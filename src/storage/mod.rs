@@ -36,7 +36,7 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
 /// redb's page cache: small, since the store is written far more than read (it is read
 /// whole once, at start).
-const CACHE_BYTES: usize = 16 << 20;
+const CACHE_BYTES: usize = 4 << 20;
 
 /// Why the store cannot be used; the exporter does not start.
 #[derive(Debug, thiserror::Error)]

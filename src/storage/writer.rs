@@ -34,6 +34,8 @@ enum Update {
         specs: Vec<Arc<ProbeSpec>>,
         history_size: usize,
     },
+    /// Commit what came before, then say so.
+    Flush(Sender<()>),
     /// Commit what came before, then stop.
     Close,
 }
@@ -54,6 +56,8 @@ struct ResultUpdate {
 #[derive(Clone)]
 pub struct Recorder {
     sender: Sender<Update>,
+    /// The writer thread, woken by a flush.
+    thread: std::thread::Thread,
 }
 
 impl Recorder {
@@ -73,6 +77,15 @@ impl Recorder {
             http_version: outcome.http_version,
             tls: outcome.tls.clone().filter(|tls| tls.certificate.is_some()),
         }));
+    }
+
+    /// Waits until everything queued before is committed (tests and measurements).
+    pub fn flush(&self) {
+        let (done, wait) = channel();
+        if self.sender.send(Update::Flush(done)).is_ok() {
+            self.thread.unpark();
+            let _ = wait.recv();
+        }
     }
 
     /// Queues the set of running probes (after each config): the store forgets the others
@@ -144,6 +157,10 @@ impl Writer {
     pub fn recorder(&self) -> Recorder {
         Recorder {
             sender: self.sender.clone(),
+            thread: self
+                .thread
+                .as_ref()
+                .map_or_else(std::thread::current, |t| t.thread().clone()),
         }
     }
 
@@ -151,6 +168,7 @@ impl Writer {
     pub fn close(mut self) {
         let _ = self.sender.send(Update::Close);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -185,10 +203,11 @@ impl WriterState {
         loop {
             let Ok(first) = receiver.recv() else { return };
             let mut closing = matches!(first, Update::Close);
-            if !closing {
-                // Sleeping rather than waiting on the channel: a waiting receiver is woken
-                // by every send, which cost both sides a context switch per result.
-                std::thread::sleep(BATCH);
+            if !closing && !matches!(first, Update::Flush(_)) {
+                // Parked rather than waiting on the channel: a waiting receiver is woken
+                // by every send, which cost both sides a context switch per result. A
+                // flush or the close unparks it.
+                std::thread::park_timeout(BATCH);
             }
             let mut batch = vec![first];
             loop {
@@ -201,8 +220,18 @@ impl WriterState {
                     Err(TryRecvError::Empty) => break,
                 }
             }
+            let flushes: Vec<Sender<()>> = batch
+                .iter()
+                .filter_map(|update| match update {
+                    Update::Flush(done) => Some(done.clone()),
+                    _ => None,
+                })
+                .collect();
             if let Err(error) = self.commit(batch) {
                 tracing::error!(file = %self.file.display(), error = %error, "cannot write the store: these results are not kept");
+            }
+            for done in flushes {
+                let _ = done.send(());
             }
             if closing {
                 return;
@@ -234,7 +263,7 @@ impl WriterState {
                         specs,
                         history_size,
                     } => self.keep(&mut log, &specs, history_size)?,
-                    Update::Close => {}
+                    Update::Flush(_) | Update::Close => {}
                 }
             }
             if self.garbage.len() >= GARBAGE {
