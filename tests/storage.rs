@@ -103,27 +103,20 @@ fn kept(view: &Value) -> (Value, Value, Value) {
 }
 
 /// Runs `ok` twice and `down` three times, and returns what the exporter shows of them.
-fn run_and_capture(
-    exporter: &Exporter,
-) -> (
-    Vec<Vec<(&'static str, Option<f64>)>>,
-    Vec<(Value, Value, Value)>,
-) {
+fn run_and_capture(exporter: &Exporter) -> Shown {
     for probe in ["ok", "down", "ok", "down", "down"] {
         run_now(exporter, probe);
     }
-    let scrape = exporter.scrape();
-    let gauges = ["ok", "down"].map(|p| gauges(&scrape, p)).to_vec();
-    let views = ["ok", "down"].map(|p| kept(&api(exporter, p))).to_vec();
-    (gauges, views)
+    capture(exporter)
 }
 
-fn capture(
-    exporter: &Exporter,
-) -> (
+/// The carried gauges and the kept API fields of `ok` and `down`.
+type Shown = (
     Vec<Vec<(&'static str, Option<f64>)>>,
     Vec<(Value, Value, Value)>,
-) {
+);
+
+fn capture(exporter: &Exporter) -> Shown {
     let scrape = exporter.scrape();
     let gauges = ["ok", "down"].map(|p| gauges(&scrape, p)).to_vec();
     let views = ["ok", "down"].map(|p| kept(&api(exporter, p))).to_vec();
