@@ -144,6 +144,13 @@ fn restart_keeps_everything(signal: &str) {
         std::thread::sleep(Duration::from_millis(2500));
     }
     exporter.stop(signal, Duration::from_secs(10));
+    // Nothing secret on disk: not the code, not even its first characters.
+    let bytes = std::fs::read(store.path().join("webhook-exporter.redb")).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        !text.contains(&SECRET_CODE[..12]),
+        "the store holds the code"
+    );
 
     let restarted = start(&path, store.path());
     let after = capture(&restarted);
