@@ -53,6 +53,12 @@ pub enum StartError {
     /// The web config is invalid.
     #[error("invalid web config: {0}")]
     WebConfig(#[from] WebConfigError),
+    /// The store (`--storage.path`) cannot be read.
+    #[error("{0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The store's writer thread cannot be started.
+    #[error("cannot start the store's writer thread: {0}")]
+    StorageWriter(std::io::Error),
 }
 
 /// Why a reload was refused; the running config stays.
@@ -99,14 +105,17 @@ pub struct App {
     tls: Option<RustlsConfig>,
     /// One reload at a time; it guards the last good version of each included file.
     reload_lock: tokio::sync::Mutex<GoodVersions>,
+    /// The store's writer (`--storage.path`), closed (flushed) after the last run.
+    storage: std::sync::Mutex<Option<crate::storage::Writer>>,
 }
 
 impl App {
     /// Starts the probes of `layout` (already loaded from `source`) that `shard` runs, and
-    /// reads the web config.
+    /// reads the web config. With a `storage`, the probes first carry on from what it kept.
     ///
     /// # Errors
-    /// An invalid web config, or metrics that cannot be set up.
+    /// An invalid web config, a store that cannot be read, or metrics that cannot be set up.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         source: ConfigSource,
         layout: &Layout,
@@ -114,12 +123,25 @@ impl App {
         runner: Runner,
         runtimes: Vec<tokio::runtime::Handle>,
         shard: Shard,
+        storage: Option<crate::storage::Storage>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StartError> {
         let web = web_config_file
             .as_deref()
             .map(WebConfig::load)
             .transpose()?;
+        let storage = match storage {
+            Some(storage) => {
+                let saved = storage.load()?;
+                let file = storage.file().display().to_string();
+                let writer = storage
+                    .start_writer(&saved)
+                    .map_err(StartError::StorageWriter)?;
+                tracing::info!(file = %file, probes = saved.len(), "store opened");
+                Some((writer, saved))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new()?);
         let scheduler = Scheduler::on_runtimes(
             metrics.clone(),
@@ -128,6 +150,10 @@ impl App {
             shutdown.child_token(),
             runtimes,
         );
+        let storage = storage.map(|(writer, saved)| {
+            scheduler.persist_to(writer.recorder(), saved);
+            writer
+        });
         let placement = Arc::new(Placement::new(shard));
         metrics.set_shard(shard.index(), shard.count());
         scheduler.apply_where(&layout.config, &|name| placement.runs(name));
@@ -153,6 +179,7 @@ impl App {
             response_headers,
             tls,
             reload_lock: tokio::sync::Mutex::new(layout.good.clone()),
+            storage: std::sync::Mutex::new(storage),
         }))
     }
 
@@ -308,6 +335,11 @@ impl App {
         shutdown.cancel();
         reloader.abort();
         app.scheduler.shutdown().await;
+        let writer = crate::sync::lock(&app.storage).take();
+        if let Some(writer) = writer {
+            // The last results reach the disk before the process ends.
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        }
         tracing::info!("webhook-exporter stopped");
         served
     }

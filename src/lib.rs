@@ -16,6 +16,8 @@
 //! - [`metrics`]: every metric name; records outcomes; renders `/metrics` (Prometheus text, or
 //!   OpenMetrics with exemplars naming runs).
 //! - [`history`]: the bounded ring buffer of recent outcomes per probe (inside [`state`]).
+//! - [`storage`]: state kept across restarts (`--storage.path`): a redb file fed by a
+//!   background writer thread, read once at start.
 //! - [`shard`]: which replica runs which probe (`--shard.*`): a stable hash of the name.
 //! - [`server`]: the HTTP endpoints (metrics, API, status page, reload) on narrow handles, auth and TLS.
 //! - [`demo`]: the embedded simulated Divalto server and its built-in config.
@@ -54,6 +56,7 @@ pub mod shard;
 pub mod shutdown;
 pub mod slo;
 pub mod state;
+pub mod storage;
 pub(crate) mod sync;
 pub mod tls;
 

@@ -15,6 +15,7 @@ use webhook_exporter::logging::{self, LogFormat, LogLevel};
 use webhook_exporter::server::web_config::WebConfig;
 use webhook_exporter::shard::{self, Shard, ShardFlags};
 use webhook_exporter::shutdown::Hangups;
+use webhook_exporter::storage::Storage;
 use webhook_exporter::{ProbeRuntimes, demo, probe, report, scheduler};
 
 /// Default `--web.listen-address`: 8916 is outside the 9100-9999 block the Prometheus wiki
@@ -66,6 +67,10 @@ struct Cli {
     /// kernel's), as in the StatefulSet pod webhook-exporter-2.
     #[arg(long = "shard.index-from-hostname", global = true)]
     shard_index_from_hostname: bool,
+    /// Directory of the store that keeps each probe's recent results, streak, last run
+    /// and last success across restarts (created if missing). Without it nothing is kept.
+    #[arg(long = "storage.path", global = true, value_name = "DIR")]
+    storage_path: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -385,6 +390,14 @@ async fn serve(
     shard: Shard,
     hangups: Hangups,
 ) -> anyhow::Result<ExitCode> {
+    // The store first: an unusable one stops the start before anything listens or runs.
+    let storage = match cli.storage_path.as_deref().map(Storage::open).transpose() {
+        Ok(storage) => storage,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot start");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let listener = bind(cli.listen_address.as_deref().unwrap_or(default_listen))?;
     let shutdown = shutdown_on_signal();
     let threads = match cli.probe_threads {
@@ -399,6 +412,7 @@ async fn serve(
         scheduler::http_runner(),
         probe_runtimes.handles(),
         shard,
+        storage,
         shutdown.clone(),
     ) {
         Ok(app) => app,

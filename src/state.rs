@@ -317,6 +317,35 @@ impl ProbeState {
         };
     }
 
+    /// Carries on from what the store kept (`--storage.path`): the history, the gauges of
+    /// the last run, the streak, the last success and the next planned run. Counts no run:
+    /// counters start from 0 after a restart, which Prometheus reads as a counter reset.
+    pub(crate) fn restore(&self, saved: crate::storage::Saved) {
+        let Some(last) = saved.results.last() else {
+            return;
+        };
+        let last = Outcome {
+            http_version: saved.http_version,
+            tls: saved.tls.clone(),
+            ..last.clone()
+        };
+        self.metrics
+            .restore(&last, saved.consecutive_failures, saved.last_success);
+        {
+            let mut history = lock(&self.history);
+            for result in &saved.results {
+                history.push(result);
+            }
+        }
+        *lock(&self.last_connection) = LastConnection {
+            tls: saved.tls,
+            http_version: saved.http_version,
+        };
+        if let Some(next) = saved.next_run {
+            self.set_next_run(Some(utc(next)));
+        }
+    }
+
     /// Where the probe stands, from its last result.
     pub fn health(&self) -> Health {
         match lock(&self.history).last() {

@@ -133,6 +133,16 @@ def check_objects(objects):
     check(pod_sc.get("runAsNonRoot") is True, "pod: runAsNonRoot is not true")
     check(pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "pod: seccompProfile is not RuntimeDefault")
     check(sc.get("readOnlyRootFilesystem") is True, "container: readOnlyRootFilesystem is not true")
+
+    # State across restarts: the store is on the pod's own claim (the root is read-only).
+    storage = flag(args, "--storage.path")
+    claims = {c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])}
+    state_mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts", [])}
+    if check(storage is not None, "StatefulSet: --storage.path is missing"):
+        check(
+            state_mounts.get(storage.rstrip("/")) in claims,
+            f"StatefulSet: --storage.path={storage} is not a mounted volumeClaimTemplate",
+        )
     check(sc.get("allowPrivilegeEscalation") is False, "container: allowPrivilegeEscalation is not false")
     check(sc.get("capabilities", {}).get("drop") == ["ALL"], "container: capabilities do not drop ALL")
     check(spec.get("automountServiceAccountToken") is False, "pod: the service account token is mounted")
@@ -220,6 +230,7 @@ MUTATIONS = [
     ("liveness elsewhere", lambda o: container_of(o)["livenessProbe"]["httpGet"].update(path="/"), "livenessProbe"),
     ("no requests", lambda o: container_of(o)["resources"].pop("requests"), "requests"),
     ("index not from the pod name", lambda o: container_of(o)["args"].remove("--shard.index-from-hostname"), "index-from-hostname"),
+    ("store not on a claim", lambda o: kind(o, "StatefulSet")["spec"].pop("volumeClaimTemplates"), "volumeClaimTemplate"),
     ("Service not headless", lambda o: kind(o, "Service")["spec"].pop("clusterIP"), "headless"),
     ("PodMonitor on a wrong port", lambda o: kind(o, "PodMonitor")["spec"]["podMetricsEndpoints"][0].update(port="metrics"), "PodMonitor: port"),
     ("PDB selecting nothing", lambda o: kind(o, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].update(app="x"), "PodDisruptionBudget: its selector"),

@@ -58,6 +58,18 @@ impl Target {
         self.redact(self.url.as_str())
     }
 
+    /// The URL with every secret replaced by one fixed mark, whatever its value: what
+    /// tells two targets apart except their secrets (the store's settings digest).
+    pub fn masked(&self) -> String {
+        let mut out = self.url.as_str().to_owned();
+        for (form, _) in &self.redactions {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), "<secret>");
+            }
+        }
+        out
+    }
+
     /// `text` with each secret, in any of its spellings, replaced by its redacted form.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();

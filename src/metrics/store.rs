@@ -136,20 +136,57 @@ impl ProbeMetrics {
         }
         values.sum += seconds;
         values.count += 1;
+        values.set_last(outcome);
+        values.retries += u64::from(outcome.attempts.saturating_sub(1));
+        match outcome.reason {
+            None => {
+                values.runs[0] += 1;
+                values.consecutive_failures = 0;
+                values.last_success = Some(finished);
+            }
+            Some(reason) => {
+                values.runs[1] += 1;
+                values.consecutive_failures += 1;
+                let index = reason_index(reason);
+                values.failures[index] += 1;
+                values.failure_exemplars[index] = Some(exemplar(1.0));
+            }
+        }
+    }
+
+    /// Sets the gauges a restart carries on (`--storage.path`) from the last stored run,
+    /// the streak and the last success, without counting a run: counters start from 0.
+    pub(crate) fn restore(
+        &self,
+        last: &Outcome,
+        consecutive_failures: u64,
+        last_success: Option<SystemTime>,
+    ) {
+        let mut values = lock(&self.values);
+        values.set_last(last);
+        values.consecutive_failures = consecutive_failures;
+        values.last_success = last_success.map(unix_seconds);
+    }
+}
+
+impl ProbeValues {
+    /// The gauges of the last run (and the last certificate seen): the one place that maps
+    /// an outcome to them, for a run and for a restored one.
+    fn set_last(&mut self, outcome: &Outcome) {
+        let values = self;
         values.last = Some(LastRun {
             success: outcome.success,
-            duration: seconds,
+            duration: outcome.duration.as_secs_f64(),
             phases: outcome.phases.as_array().map(|d| d.as_secs_f64()),
             http_status: outcome.http_status.unwrap_or(0),
             response_code: outcome
                 .response_code
                 .as_deref()
                 .and_then(|code| code.parse::<f64>().ok()),
-            finished,
+            finished: unix_seconds(outcome.finished_at),
             redirects: outcome.redirects,
             http_version: outcome.http_version.and_then(|v| v.parse().ok()),
         });
-        values.retries += u64::from(outcome.attempts.saturating_sub(1));
         // Kept from the last run that saw a certificate, so a server that is down for a while
         // does not make its expiry vanish from the expiry alerts.
         if let Some(tls) = &outcome.tls
@@ -167,20 +204,6 @@ impl ProbeMetrics {
                 earliest_not_after: certificate.earliest_not_after as f64,
                 info_labels,
             });
-        }
-        match outcome.reason {
-            None => {
-                values.runs[0] += 1;
-                values.consecutive_failures = 0;
-                values.last_success = Some(finished);
-            }
-            Some(reason) => {
-                values.runs[1] += 1;
-                values.consecutive_failures += 1;
-                let index = reason_index(reason);
-                values.failures[index] += 1;
-                values.failure_exemplars[index] = Some(exemplar(1.0));
-            }
         }
     }
 }

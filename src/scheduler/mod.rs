@@ -62,6 +62,10 @@ struct Shared {
     /// Runtimes the probes are spread over (each probe always on the same one, so its timer,
     /// run and connection never wake another thread); empty: the current runtime.
     runtimes: Vec<tokio::runtime::Handle>,
+    /// Where results are kept across restarts (`--storage.path`), if anywhere.
+    storage: std::sync::OnceLock<crate::storage::Recorder>,
+    /// What the store kept, by probe, until the first config is applied.
+    restored: Mutex<BTreeMap<String, crate::storage::Saved>>,
 }
 
 impl Shared {
@@ -153,6 +157,8 @@ impl Scheduler {
             slots: Mutex::default(),
             run_now_min_gap: Mutex::new(crate::config::DEFAULT_RUN_NOW_MIN_GAP),
             runtimes,
+            storage: std::sync::OnceLock::new(),
+            restored: Mutex::default(),
         });
         Self {
             shared,
@@ -160,6 +166,17 @@ impl Scheduler {
             state: Probes::new(),
             cancel,
         }
+    }
+
+    /// Keeps results in a store from now on, and restores the probes of the next config
+    /// (the first) from what it kept: call it before the first [`Scheduler::apply`].
+    pub fn persist_to(
+        &self,
+        recorder: crate::storage::Recorder,
+        saved: BTreeMap<String, crate::storage::Saved>,
+    ) {
+        let _ = self.shared.storage.set(recorder);
+        *lock(&self.shared.restored) = saved;
     }
 
     /// Starts a scheduler running `config`.
@@ -224,6 +241,12 @@ impl Scheduler {
             .set(i64::try_from(probes.len()).unwrap_or(i64::MAX));
         self.state
             .publish(probes.values().map(|entry| entry.state.clone()));
+        // Only the first config restores; the store forgets what this one does not run.
+        lock(&self.shared.restored).clear();
+        if let Some(storage) = self.shared.storage.get() {
+            let specs = probes.values().map(|e| e.state.spec.clone()).collect();
+            storage.keep(specs, config.history_size);
+        }
         summary
     }
 
@@ -241,6 +264,10 @@ impl Scheduler {
             self.shared.metrics.clone(),
             config.history_size,
         );
+        let saved = lock(&self.shared.restored).remove(&spec.name);
+        if let Some(saved) = saved.filter(|saved| saved.digest == crate::storage::digest(&spec)) {
+            state.restore(saved);
+        }
         tracing::debug!(probe = %state.spec.name, url = %state.spec.target.redacted(), schedule = %state.spec.schedule, "probe scheduled");
         let cancel = self.cancel.child_token();
         let timer = timer(state.clone(), self.shared.clone(), cancel.clone());

@@ -61,6 +61,9 @@ pub(super) async fn run(
     };
     drop(permits);
     state.record(&outcome);
+    if let Some(storage) = shared.storage.get() {
+        storage.result(&state.spec, &outcome, state.next_run());
+    }
     // The probe is free again only once its result is recorded.
     drop(claim);
     Some(outcome)
