@@ -4,9 +4,12 @@
     bench/run.py                      # N = 1,000 and 10,000 at 1,000 probes/s, blackbox ratio
     bench/run.py --saturation         # also: highest probes/s with p99 schedule lag < 100 ms
     bench/run.py --probes 10000 --window 600   # a 10-minute soak
+    bench/run.py --repeat 3           # every figure three times, then medians [min-max]
 
 Public tools only: the exporter's release binary (built by this script with
-`cargo build --release --locked`), nginx (Debian `nginx-light`) as the webhook target,
+`cargo build --release --locked`), the floor client `bench/floor` (a dependency-free crate
+built here too: one thread, blocking std::net, a fresh connection per request, paced at
+the same rate, the probes' path), nginx (Debian `nginx-light`) as the webhook target,
 blackbox_exporter (Debian `prometheus-blackbox-exporter`) for the comparison, and /proc
 for CPU and memory. Every figure is printed; nothing is asserted.
 """
@@ -31,6 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/webhook-exporter/target"))
 BINARY = TARGET_DIR / "release/webhook-exporter"
+# The floor client (bench/floor) is its own crate, built into its own target dir.
+FLOOR_TARGET_DIR = TARGET_DIR / "bench-floor"
+FLOOR_BINARY = FLOOR_TARGET_DIR / "release/floor"
+# The path every exporter probe of the benchmark calls (webhook-00000's), so the floor
+# asks nginx exactly what the probes ask.
+PROBE_PATH = "/erp/api/v1/WebHook/BENCHWEBHOOKACADEMY00000000?dos=998"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BODY = '{"code":"0","message":"OK"}'
 
@@ -419,6 +428,34 @@ def wrk_floor(nginx_port, seconds=10):
     return cpu / requests * 1e6, requests / seconds
 
 
+def measure_floor(nginx_port, rate, window):
+    """CPU per request of bench/floor: one thread, blocking, a fresh connection per request,
+    paced at `rate`, the probes' path. Its whole life is measured (start-up is a few
+    hundred microseconds against seconds of requests)."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([str(FLOOR_BINARY), f"127.0.0.1:{nginx_port}", PROBE_PATH, str(rate), str(window)],
+                         capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fields = dict(item.split("=") for item in out.split())
+    requests, seconds = int(fields["requests"]), float(fields["seconds"])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_us_per_request": cpu / requests * 1e6, "requests_per_s": requests / seconds,
+            "failed": int(fields["failed"]), "cpu_s": cpu}
+
+
+def spread(values):
+    """`median [min–max]` of the repetitions' figures (just the figure for one)."""
+    values = [v for v in values if v == v]
+    if not values:
+        return "n/a"
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    if len(ordered) == 1:
+        return f"{median:.3g}"
+    return f"{median:.3g} [{ordered[0]:.3g}-{ordered[-1]:.3g}]"
+
+
 def saturation(workdir, nginx_port, nginx_log, probes, rates, step):
     print(f"\n== saturation: {probes} probes, {step:.0f} s per step")
     best = None
@@ -433,6 +470,70 @@ def saturation(workdir, nginx_port, nginx_log, probes, rates, step):
             break
     print(f"  saturation: {best:.0f} probes/s with p99 lag < 100 ms" if best else "  saturation: below the first step")
 
+def repetition(args, workdir, nginx_port, nginx_log):
+    """One run of every measurement; returns the figures the repetitions summarise."""
+    results = []
+    for probes in [int(p) for p in args.probes.split(",")]:
+        print(f"\n== webhook-exporter, {probes} probes at {args.rate:.0f} probes/s "
+              f"(warm-up {args.warmup:.0f} s, window {args.window:.0f} s, gzip scrapes every 15 s)")
+        r = measure_exporter(workdir, nginx_port, nginx_log, probes, args.rate, args.warmup, args.window)
+        results.append(r)
+        print(f"  start-up              {r['startup_s'] * 1000:.0f} ms; first interval per tenth: {r['first_interval_tenths']}")
+        print(f"  probes/s achieved     {r['probes_per_s']:.0f} ({r['runs']:.0f} runs in {r['window_s']:.1f} s)")
+        print(f"  CPU                   {r['cpu_s']:.2f} s = {r['cpu_us_per_probe']:.1f} us per probe "
+              f"= {r['cpu_us_per_probe'] / 1000:.3f} CPU-s per 1000 probes (scrapes included)")
+        print(f"  schedule lag          exporter histogram p50 <= {fmt_ms(r['lag_hist_p50'])}, p99 <= {fmt_ms(r['lag_hist_p99'])}")
+        print(f"                        nginx arrival - plan p50 {fmt_ms(r['lag_nginx_p50'])}, p99 {fmt_ms(r['lag_nginx_p99'])}, "
+              f"max {fmt_ms(r['lag_nginx_max'])}")
+        print(f"  memory                RSS {r['rss_kib'] / 1024:.1f} MiB, peak {r['peak_rss_kib'] / 1024:.1f} MiB")
+        print(f"  /metrics              {r['series']} series, {r['size_plain'] / 1024:.0f} KiB plain in "
+              f"{r['render_s'] * 1000:.1f} ms, {r['size_gzip'] / 1024:.0f} KiB gzip in {r['render_gzip_s'] * 1000:.1f} ms")
+        for (path, gzip_ok), (elapsed, size) in r["surfaces"].items():
+            budget = BUDGETS.get((path, gzip_ok))
+            note = ""
+            if budget:
+                max_size, max_time = budget
+                within = size <= max_size and (max_time is None or elapsed <= max_time)
+                note = (f"  budget <= {max_size / 1e6:g} MB" + (f", <= {max_time * 1000:.0f} ms" if max_time else "")
+                        + (": within" if within else ": OVER"))
+            print(f"  {'GET ' + path + (' gzip' if gzip_ok else ''):<44} {size / 1024:>9.0f} KiB in {elapsed * 1000:7.1f} ms{note}")
+        h = r["healthy_under_load"]
+        print(f"  /-/healthy under load p50 {fmt_ms(h['p50'])}, p99 {fmt_ms(h['p99'])}, max {fmt_ms(h['max'])} "
+              f"({h['samples']} samples while 2 clients loop over the page, its JSON, the API with histories, /metrics)")
+        print(f"  reload                {r['reload_s'] * 1000:.0f} ms ({r['reload_answer']})")
+    summary = {}
+    for r in results:
+        summary[f"ours CPU us/probe, {r['probes']} probes"] = r["cpu_us_per_probe"]
+    f = measure_floor(nginx_port, args.rate, args.window)
+    print(f"\n== floor: bench/floor at {args.rate:.0f} requests/s (one thread, blocking std::net, a fresh connection per "
+          f"request, GET {PROBE_PATH.split('?')[0].rsplit('/', 1)[0]}/..., whole answer read), {args.window:.0f} s")
+    print(f"  requests/s achieved   {f['requests_per_s']:.0f} ({f['failed']} failed)")
+    print(f"  CPU                   {f['cpu_s']:.2f} s = {f['cpu_us_per_request']:.1f} us per request")
+    summary["floor CPU us/request"] = f["cpu_us_per_request"]
+    for r in results:
+        ratio = r["cpu_us_per_probe"] / f["cpu_us_per_request"]
+        print(f"  ratio ours/floor      {ratio:.2f} at {r['probes']} probes (goal <= 1.15 at 1,000 probes/s)")
+        summary[f"ours/floor, {r['probes']} probes"] = ratio
+    floor = wrk_floor(nginx_port)
+    if floor:
+        print(f"\n== wrk, one fresh connection per request, saturating: {floor[0]:.1f} us per request "
+              f"({floor[1]:.0f} requests/s)")
+        summary["wrk CPU us/request"] = floor[0]
+        for r in results:
+            print(f"  ratio ours/wrk        {r['cpu_us_per_probe'] / floor[0]:.2f} at {r['probes']} probes")
+    if not args.no_blackbox:
+        print(f"\n== blackbox_exporter 0.23 at {args.rate:.0f} probes/s (same nginx, fresh connection each)")
+        b = measure_blackbox(workdir, nginx_port, args.rate, args.warmup, args.window)
+        print(f"  probes/s achieved     {b['probes_per_s']:.0f} ({b['failed']} failed)")
+        print(f"  CPU                   {b['cpu_s']:.2f} s = {b['cpu_us_per_probe']:.1f} us per probe "
+              f"= {b['cpu_us_per_probe'] / 1000:.3f} CPU-s per 1000 probes")
+        summary["blackbox CPU us/probe"] = b["cpu_us_per_probe"]
+        for r in results:
+            print(f"  ratio ours/blackbox   {r['cpu_us_per_probe'] / b['cpu_us_per_probe']:.3f} of the CPU per probe "
+                  f"at {r['probes']} probes ({b['cpu_us_per_probe'] / r['cpu_us_per_probe']:.1f}x less; goal <= 0.10)")
+            summary[f"ours/blackbox, {r['probes']} probes"] = r["cpu_us_per_probe"] / b["cpu_us_per_probe"]
+    return summary
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,6 +543,7 @@ def main():
     parser.add_argument("--window", type=float, default=60)
     parser.add_argument("--no-blackbox", action="store_true")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="repetitions of every measurement (medians and spread printed)")
     parser.add_argument("--saturation", action="store_true")
     parser.add_argument("--saturation-rates", default="2000,4000,8000,12000,15000,18000,22000")
     parser.add_argument("--exporter-arg", action="append", default=[], help="extra flag for the exporter")
@@ -454,6 +556,10 @@ def main():
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True,
                        env={**os.environ, "CARGO_TARGET_DIR": str(TARGET_DIR)})
+    # The floor client is tiny: built even with --no-build when it is missing.
+    if not args.no_build or not FLOOR_BINARY.exists():
+        subprocess.run(["cargo", "build", "--release", "--manifest-path", str(ROOT / "bench/floor/Cargo.toml")], cwd=ROOT,
+                       check=True, env={**os.environ, "CARGO_TARGET_DIR": str(FLOOR_TARGET_DIR)})
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
     print(f"machine: {os.cpu_count()} cores, {cpu}, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
           f"Linux {platform.release()}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
@@ -463,56 +569,20 @@ def main():
         workdir = Path(tmp)
         nginx, nginx_port, nginx_log = start_nginx(workdir)
         try:
-            results = []
-            for probes in [int(p) for p in args.probes.split(",")]:
-                print(f"\n== webhook-exporter, {probes} probes at {args.rate:.0f} probes/s "
-                      f"(warm-up {args.warmup:.0f} s, window {args.window:.0f} s, gzip scrapes every 15 s)")
-                r = measure_exporter(workdir, nginx_port, nginx_log, probes, args.rate, args.warmup, args.window)
-                results.append(r)
-                print(f"  start-up              {r['startup_s'] * 1000:.0f} ms; first interval per tenth: {r['first_interval_tenths']}")
-                print(f"  probes/s achieved     {r['probes_per_s']:.0f} ({r['runs']:.0f} runs in {r['window_s']:.1f} s)")
-                print(f"  CPU                   {r['cpu_s']:.2f} s = {r['cpu_us_per_probe']:.1f} us per probe "
-                      f"= {r['cpu_us_per_probe'] / 1000:.3f} CPU-s per 1000 probes (scrapes included)")
-                print(f"  schedule lag          exporter histogram p50 <= {fmt_ms(r['lag_hist_p50'])}, p99 <= {fmt_ms(r['lag_hist_p99'])}")
-                print(f"                        nginx arrival - plan p50 {fmt_ms(r['lag_nginx_p50'])}, p99 {fmt_ms(r['lag_nginx_p99'])}, "
-                      f"max {fmt_ms(r['lag_nginx_max'])}")
-                print(f"  memory                RSS {r['rss_kib'] / 1024:.1f} MiB, peak {r['peak_rss_kib'] / 1024:.1f} MiB")
-                print(f"  /metrics              {r['series']} series, {r['size_plain'] / 1024:.0f} KiB plain in "
-                      f"{r['render_s'] * 1000:.1f} ms, {r['size_gzip'] / 1024:.0f} KiB gzip in {r['render_gzip_s'] * 1000:.1f} ms")
-                for (path, gzip_ok), (elapsed, size) in r["surfaces"].items():
-                    budget = BUDGETS.get((path, gzip_ok))
-                    note = ""
-                    if budget:
-                        max_size, max_time = budget
-                        within = size <= max_size and (max_time is None or elapsed <= max_time)
-                        note = (f"  budget <= {max_size / 1e6:g} MB" + (f", <= {max_time * 1000:.0f} ms" if max_time else "")
-                                + (": within" if within else ": OVER"))
-                    print(f"  {'GET ' + path + (' gzip' if gzip_ok else ''):<44} {size / 1024:>9.0f} KiB in {elapsed * 1000:7.1f} ms{note}")
-                h = r["healthy_under_load"]
-                print(f"  /-/healthy under load p50 {fmt_ms(h['p50'])}, p99 {fmt_ms(h['p99'])}, max {fmt_ms(h['max'])} "
-                      f"({h['samples']} samples while 2 clients loop over the page, its JSON, the API with histories, /metrics)")
-                print(f"  reload                {r['reload_s'] * 1000:.0f} ms ({r['reload_answer']})")
-            floor = wrk_floor(nginx_port)
-            if floor:
-                print(f"\n== floor: wrk, one fresh connection per request, saturating: {floor[0]:.1f} us per request "
-                      f"({floor[1]:.0f} requests/s)")
-                for r in results:
-                    print(f"  ratio ours/wrk        {r['cpu_us_per_probe'] / floor[0]:.2f} at {r['probes']} probes")
-            if not args.no_blackbox:
-                print(f"\n== blackbox_exporter 0.23 at {args.rate:.0f} probes/s (same nginx, fresh connection each)")
-                b = measure_blackbox(workdir, nginx_port, args.rate, args.warmup, args.window)
-                print(f"  probes/s achieved     {b['probes_per_s']:.0f} ({b['failed']} failed)")
-                print(f"  CPU                   {b['cpu_s']:.2f} s = {b['cpu_us_per_probe']:.1f} us per probe "
-                      f"= {b['cpu_us_per_probe'] / 1000:.3f} CPU-s per 1000 probes")
-                for r in results:
-                    print(f"  ratio ours/blackbox   {r['cpu_us_per_probe'] / b['cpu_us_per_probe']:.3f} of the CPU per probe "
-                          f"at {r['probes']} probes ({b['cpu_us_per_probe'] / r['cpu_us_per_probe']:.1f}x less)")
+            summaries = []
+            for k in range(args.repeat):
+                if args.repeat > 1:
+                    print(f"\n######## repetition {k + 1} of {args.repeat}")
+                summaries.append(repetition(args, workdir, nginx_port, nginx_log))
+            if args.repeat > 1:
+                print(f"\n== {args.repeat} repetitions: median [min-max]")
+                for key in summaries[0]:
+                    print(f"  {key:<36} {spread([s[key] for s in summaries if key in s])}")
             if args.saturation:
                 saturation(workdir, nginx_port, nginx_log, 10000, [int(r) for r in args.saturation_rates.split(",")], 20)
         finally:
             nginx.terminate()
             nginx.wait()
-
 
 if __name__ == "__main__":
     main()

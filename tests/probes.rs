@@ -872,3 +872,35 @@ async fn credentials_are_dropped_on_a_cross_origin_redirect_and_a_307_keeps_the_
     assert_eq!(other_headers.get("authorization"), None);
     assert_eq!(other.last_body().unwrap(), b"payload");
 }
+
+/// Politeness to the ERP: once the answer is read, the run closes its connection with a
+/// FIN (the server reads an end of file), never an RST, even when the server answers and
+/// waits for the client to hang up first.
+#[tokio::test]
+async fn a_run_hangs_up_with_a_fin_not_a_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            head.extend_from_slice(&buffer[..n]);
+        }
+        stream
+            .write_all(raw_answer(
+                "application/json",
+                br#"{"code":"0","message":"OK"}"#,
+            ))
+            .await
+            .unwrap();
+        // The server does not close: the client hangs up, and how it does is what we see.
+        tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await
+    });
+    let outcome = probe::run(&url_spec(&format!("http://{address}/webhook"), "")).await;
+    assert!(outcome.success, "{outcome:?}");
+    let hang_up = server.await.unwrap().expect("the client never hung up");
+    assert_eq!(hang_up.unwrap(), 0, "an end of file (a FIN), nothing more");
+}

@@ -205,8 +205,27 @@ where
 /// families alternate, and the next address is tried as soon as the one before fails or
 /// after [`CONNECTION_ATTEMPT_DELAY`] without an answer, while earlier attempts go on. A
 /// blackholed address (an IPv6 route that drops everything) so costs 250 ms, not the budget.
+///
+/// One address (an IP literal, most names) has nothing to race: it is connected in the
+/// run's own task, with no task spawned, no set to join and no timer, which is most of what
+/// a run costs outside the kernel besides HTTP itself.
 pub(super) async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
-    connect_racing(addresses, CONNECTION_ATTEMPT_DELAY).await
+    match addresses {
+        [address] => match TcpStream::connect(*address).await {
+            Ok(stream) => Ok(ready(stream)),
+            Err(e) => Err(fail(
+                FailureReason::Connect,
+                format!("cannot connect to {address}: {e}"),
+            )),
+        },
+        _ => connect_racing(addresses, CONNECTION_ATTEMPT_DELAY).await,
+    }
+}
+
+/// A connected stream, set up for a small request: sent at once, waiting for nothing.
+fn ready(stream: TcpStream) -> TcpStream {
+    let _ = stream.set_nodelay(true);
+    stream
 }
 
 async fn connect_racing(
@@ -233,12 +252,8 @@ async fn connect_racing(
             racing.join_next().await
         };
         match finished {
-            Some(Ok((_, Ok(stream)))) => {
-                // Small request, wait for nothing.
-                let _ = stream.set_nodelay(true);
-                // Dropping the set aborts the attempts still going.
-                return Ok(stream);
-            }
+            // Dropping the set aborts the attempts still going.
+            Some(Ok((_, Ok(stream)))) => return Ok(ready(stream)),
             Some(Ok((address, Err(e)))) => errors.push(format!("{address}: {e}")),
             Some(Err(e)) => errors.push(format!("a connection attempt failed ({e})")),
             None => {}
@@ -352,6 +367,33 @@ mod tests {
             failure.message.contains("Connection refused"),
             "{}",
             failure.message
+        );
+    }
+
+    /// One address is connected without the race (no task): the same stream settings and
+    /// the same failure as through the race.
+    #[tokio::test]
+    async fn one_address_connects_like_the_race_does() {
+        let alive = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let alive_address = alive.local_addr().unwrap();
+        let stream = connect(&[alive_address]).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), alive_address);
+        assert!(
+            stream.nodelay().unwrap(),
+            "a small request waits for nothing"
+        );
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused_address = refused.local_addr().unwrap();
+        drop(refused);
+        let alone = connect(&[refused_address]).await.unwrap_err();
+        let raced = connect_racing(&[refused_address], CONNECTION_ATTEMPT_DELAY)
+            .await
+            .unwrap_err();
+        assert_eq!(alone.reason, raced.reason);
+        assert_eq!(alone.message, raced.message);
+        assert_eq!(
+            alone.message,
+            format!("cannot connect to {refused_address}: Connection refused (os error 111)")
         );
     }
 
