@@ -456,8 +456,22 @@ def spread(values):
     return f"{median:.3g} [{ordered[0]:.3g}-{ordered[-1]:.3g}]"
 
 
+def wrk_rate(nginx_port, connections=32, seconds=10):
+    """Requests/s of wrk on fresh connections (`-t1 -c32 -H 'Connection: close'`): the
+    saturation the exporter is compared with."""
+    if not shutil.which("wrk"):
+        return None
+    out = subprocess.run(["wrk", "-c", str(connections), "-t", "1", "-d", f"{seconds}s", "-H", "Connection: close",
+                          f"http://127.0.0.1:{nginx_port}/erp/api/v1/WebHook/BENCHWEBHOOKACADEMY00000000"],
+                         capture_output=True, text=True).stdout
+    return int(re.search(r"(\d+) requests in", out).group(1)) / seconds
+
+
 def saturation(workdir, nginx_port, nginx_log, probes, rates, step):
     print(f"\n== saturation: {probes} probes, {step:.0f} s per step")
+    wrk = wrk_rate(nginx_port)
+    if wrk:
+        print(f"  wrk -t1 -c32, Connection: close: {wrk:.0f} requests/s")
     best = None
     for rate in rates:
         r = measure_exporter(workdir, nginx_port, nginx_log, probes, rate, warmup=max(3, probes / rate + 2), window=step)
@@ -469,6 +483,8 @@ def saturation(workdir, nginx_port, nginx_log, probes, rates, step):
         else:
             break
     print(f"  saturation: {best:.0f} probes/s with p99 lag < 100 ms" if best else "  saturation: below the first step")
+    if best and wrk:
+        print(f"  ratio saturation/wrk  {best / wrk:.2f} (goal >= 0.9; the steps bound it from below)")
 
 def repetition(args, workdir, nginx_port, nginx_log):
     """One run of every measurement; returns the figures the repetitions summarise."""
