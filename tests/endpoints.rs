@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Exporter, FakeDivalto, SECRET_CODE, Scrape};
+use common::{Exporter, Fake, FakeDivalto, SECRET_CODE, Scrape, fake};
 
 /// Every reason label value of the contract.
 const REASONS: [&str; 10] = [
@@ -446,21 +446,6 @@ fn the_demo_probes_its_simulated_divalto_server() {
 
 // ---------------------------------------------------------------------------------------
 // Cross-site requests, basic auth, the web config and the command line.
-
-/// A fake Divalto server on its own runtime (the test thread blocks on HTTP calls).
-struct Fake {
-    _runtime: tokio::runtime::Runtime,
-    server: FakeDivalto,
-}
-
-fn fake() -> Fake {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(FakeDivalto::start());
-    Fake {
-        _runtime: runtime,
-        server,
-    }
-}
 
 /// A config whose probes (named `names`, codes ending `-{name}-ok`) run only when asked:
 /// their cron fires once a year.

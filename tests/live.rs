@@ -6,22 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Exporter, FakeDivalto, SECRET_CODE, Scrape};
-
-/// The fake Divalto server on its own runtime, so test threads may block.
-struct Fake {
-    _runtime: tokio::runtime::Runtime,
-    server: FakeDivalto,
-}
-
-fn fake() -> Fake {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(FakeDivalto::start());
-    Fake {
-        _runtime: runtime,
-        server,
-    }
-}
+use common::{Exporter, Fake, SECRET_CODE, Scrape, fake};
 
 fn config(fake: &Fake, probes: &[&str]) -> String {
     let mut text = format!(

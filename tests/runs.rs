@@ -10,22 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{Exporter, FakeDivalto, SECRET_CODE};
-
-/// The fake Divalto server on its own runtime while the test thread blocks.
-struct Fake {
-    _runtime: tokio::runtime::Runtime,
-    server: FakeDivalto,
-}
-
-fn fake() -> Fake {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(FakeDivalto::start());
-    Fake {
-        _runtime: runtime,
-        server,
-    }
-}
+use common::{Exporter, Fake, SECRET_CODE, fake};
 
 /// A succeeding probe and one failing with `webhook_error`, every 500 ms; and one that only
 /// runs when asked.

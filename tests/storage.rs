@@ -6,22 +6,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::{Exporter, FakeDivalto, SECRET_CODE, Scrape};
+use common::{Exporter, Fake, SECRET_CODE, Scrape, fake};
 use serde_json::Value;
-
-struct Fake {
-    _runtime: tokio::runtime::Runtime,
-    server: FakeDivalto,
-}
-
-fn fake() -> Fake {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(FakeDivalto::start());
-    Fake {
-        _runtime: runtime,
-        server,
-    }
-}
 
 /// A config whose probes are `probes` (flow mappings), with no gap between on-demand runs.
 fn config(fake: &Fake, history_size: usize, probes: &[String]) -> String {

@@ -8,22 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Exporter, FakeDivalto, SECRET_CODE, Scrape};
-
-/// The fake Divalto server on its own runtime, so test threads may block.
-struct Fake {
-    _runtime: tokio::runtime::Runtime,
-    server: FakeDivalto,
-}
-
-fn fake() -> Fake {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(FakeDivalto::start());
-    Fake {
-        _runtime: runtime,
-        server,
-    }
-}
+use common::{Exporter, Fake, SECRET_CODE, Scrape, fake};
 
 /// A main file including `conf.d/*.yaml`, with the fake as the shared server `erp` and
 /// defaults every tenant's probes inherit.

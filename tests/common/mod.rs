@@ -272,6 +272,26 @@ async fn webhook(
     }
 }
 
+/// The fake Divalto server on its own runtime, so a test thread may block on HTTP calls to
+/// the exporter while the fake answers it.
+#[allow(dead_code)] // not every test binary uses it
+pub struct Fake {
+    _runtime: tokio::runtime::Runtime,
+    /// The server.
+    pub server: FakeDivalto,
+}
+
+/// Starts a [`Fake`].
+#[allow(dead_code)] // not every test binary uses it
+pub fn fake() -> Fake {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(FakeDivalto::start());
+    Fake {
+        _runtime: runtime,
+        server,
+    }
+}
+
 /// A loopback port with nothing listening (bound, then released).
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
