@@ -14,7 +14,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::scalars::{MAX_DETAIL_CHARS, cut};
+use crate::config::scalars::{MAX_DETAIL_CHARS, cut, shown, shown_path};
 use crate::config::{Config, ConfigError, ConfigErrors, ProbeSpec, TlsFile, TlsSettings};
 
 /// The `tls` key a [`TlsConfigError`] is about.
@@ -91,7 +91,8 @@ pub type Verifier = Arc<dyn ServerCertVerifier>;
 pub fn server_name(name: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
     rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
         format!(
-            "\"{name}\" is not a valid TLS server name (write a DNS name or an IP address): {e}"
+            "{} is not a valid TLS server name (write a DNS name or an IP address): {e}",
+            shown(name)
         )
     })
 }
@@ -135,7 +136,7 @@ pub fn build_client(settings: &TlsSettings) -> Result<ClientTls, TlsConfigError>
             })?;
             root_store(certs).ok_or_else(|| TlsConfigError {
                 field: TlsField::CaFile,
-                message: format!("{} holds no usable CA certificate", file.path.display()),
+                message: format!("{} holds no usable CA certificate", shown_path(&file.path)),
             })?
         }
     };
@@ -168,7 +169,7 @@ pub fn build_client(settings: &TlsSettings) -> Result<ClientTls, TlsConfigError>
                 field: TlsField::KeyFile,
                 message: format!(
                     "cannot read a PEM private key from {}: {e}",
-                    key.path.display()
+                    shown_path(&key.path)
                 ),
             })?;
             builder
@@ -382,7 +383,7 @@ pub fn root_store(certs: Vec<CertificateDer<'static>>) -> Option<Arc<RootCertSto
 
 /// The certificates of a PEM file as read.
 fn pem_certs(file: &TlsFile) -> Result<Vec<CertificateDer<'static>>, String> {
-    let path = file.path.display();
+    let path = shown_path(&file.path);
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&file.contents)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{path} is not a valid PEM file: {e}"))?;

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::scalars::{shown, shown_path};
+
 /// The files matched by `pattern`, relative to `base_dir` (the main file's folder), sorted.
 /// A folder that does not exist matches nothing; a pattern without `*` names one file,
 /// which must exist.
@@ -20,12 +22,14 @@ pub fn expand(base_dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     };
     if folder.contains('*') {
         return Err(format!(
-            "include: \"{pattern}\": only the file name may hold `*` (write e.g. conf.d/*.yaml)"
+            "include: {}: only the file name may hold `*` (write e.g. conf.d/*.yaml)",
+            shown(pattern)
         ));
     }
     if name.is_empty() {
         return Err(format!(
-            "include: \"{pattern}\": name a file or a file pattern"
+            "include: {}: name a file or a file pattern",
+            shown(pattern)
         ));
     }
     let dir = base_dir.join(folder);
@@ -35,15 +39,16 @@ pub fn expand(base_dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
             Ok(vec![file])
         } else {
             Err(format!(
-                "include: \"{pattern}\": no such file {}",
-                file.display()
+                "include: {}: no such file {}",
+                shown(pattern),
+                shown_path(&file)
             ))
         };
     }
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("include: cannot read {}: {e}", dir.display())),
+        Err(e) => return Err(format!("include: cannot read {}: {e}", shown_path(&dir))),
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)

@@ -15,6 +15,7 @@ use super::raw::{
 };
 use super::scalars::{
     DivaltoMode, FailureReason, MAX_DETAIL_CHARS, MAX_SHOWN_CHARS, StatusMatcher, Text, cut, shown,
+    shown_path,
 };
 use super::validate::{Errors, ProbeContext};
 use super::{Expect, ProxyConfig, ProxyEndpoint, RequestBody, TlsFile, TlsServerName, TlsSettings};
@@ -350,11 +351,11 @@ impl TlsFiles {
                 Ok(contents) => Ok(TlsFile::new(path.to_owned(), contents)),
                 Err(e) if key => Err(format!(
                     "cannot read a PEM private key from {}: I/O error: {e}",
-                    path.display()
+                    shown_path(path)
                 )),
                 Err(e) => Err(format!(
                     "cannot read {}: I/O error: {e}; check the path",
-                    path.display()
+                    shown_path(path)
                 )),
             })
             .clone()
@@ -507,7 +508,7 @@ impl ProbeContext<'_> {
                     file.referenced,
                     format!(
                         "{label}.body_file: cannot read {}: {e}; check the path and its permissions",
-                        cut(&path.display().to_string(), MAX_DETAIL_CHARS)
+                        shown_path(&path)
                     ),
                 );
                 Err(())
@@ -578,7 +579,7 @@ impl ProbeContext<'_> {
                     let path = self.resolve_path(&file.0);
                     std::fs::read_to_string(&path)
                         .map(|text| text.trim().to_owned())
-                        .map_err(|e| format!("{label}.{key}.{}: cannot read {}: {e}; check the path and its permissions", names[1], cut(&path.display().to_string(), MAX_DETAIL_CHARS)))
+                        .map_err(|e| format!("{label}.{key}.{}: cannot read {}: {e}; check the path and its permissions", names[1], shown_path(&path)))
                 }
                 (Some(_), Some(_)) => Err(format!(
                     "{label}.{key}: has both {} and {}; keep one",

@@ -286,7 +286,8 @@ impl TlsServerName {
             Ok(Self(name.to_owned()))
         } else {
             Err(format!(
-                "\"{name}\" is not a valid TLS server name (write a DNS name or an IP address): invalid dns name"
+                "{} is not a valid TLS server name (write a DNS name or an IP address): invalid dns name",
+                scalars::shown(name)
             ))
         }
     }
@@ -502,6 +503,41 @@ mod tests {
         std::fs::write(&ca, "rotated").unwrap();
         let rotated = parse(&path, &text("OK")).unwrap();
         assert!(!probe(&rotated, "p").same_settings(probe(&first, "p")));
+    }
+
+    /// A webhook URL pasted into a file key (the failure proptest found in CI) or another
+    /// free-text key: the message quoting what it could not use shows the code redacted.
+    #[test]
+    fn a_webhook_url_written_as_a_file_path_is_quoted_redacted() {
+        let code = "PLANTEDWEBHOOKCODE0123456789ABCDEF";
+        let url = format!("https://erp.example.com/api/v1/WebHook/{code}?dos=998");
+        for key in [
+            "tls: {ca_file: 'URL'}",
+            "tls: {cert_file: 'URL', key_file: 'URL'}",
+            "body_file: 'URL'",
+            "code_file: 'URL'",
+            "basic_auth: {username: u, password_file: 'URL'}",
+            "authorization: {credentials_file: 'URL'}",
+            "tls: {server_name: 'URL'}",
+            "retry_on: ['URL']",
+        ] {
+            // A code file names a Divalto webhook: the probe then has a server, not a URL.
+            let target = if key.starts_with("code_file") {
+                "server: s".to_string()
+            } else {
+                format!("url: '{url}'")
+            };
+            let text = format!(
+                "servers: {{s: {{base_url: 'https://api.divaltocloud.com/123456/TEST1'}}}}\nprobes:\n  - {{name: p, {target}, {}}}\n",
+                key.replace("URL", &url)
+            );
+            // In a folder, as configs are: a relative path is joined to it.
+            let errors = parse(Path::new("/etc/webhook-exporter/t.yaml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(!errors.contains(code), "{key}: {errors}");
+            assert!(errors.contains("PLAN…CDEF"), "{key}: {errors}");
+        }
     }
 
     #[test]

@@ -39,16 +39,54 @@ pub fn shown(value: &str) -> String {
     format!("\"{}\"", cut(&redact_url(value), MAX_SHOWN_CHARS))
 }
 
-/// `value` with the password and webhook code redacted, when it is a URL holding one.
+/// A path the config names, as messages quote it: cut to [`MAX_DETAIL_CHARS`], and a webhook
+/// URL written where a path belongs shown with its code redacted, as [`shown`] does.
+pub fn shown_path(path: &std::path::Path) -> String {
+    let text = path.to_string_lossy();
+    cut(&redact_url(&text), MAX_DETAIL_CHARS).into_owned()
+}
+
+/// `value` with every URL password and webhook code in it redacted, wherever they stand: a
+/// whole URL, a URL after a folder (a relative path joined to the config's folder), or a
+/// `…/WebHook/CODE` without a scheme.
 fn redact_url(value: &str) -> Cow<'_, str> {
-    let Ok(url) = url::Url::parse(value.trim()) else {
-        return Cow::Borrowed(value);
-    };
-    let secrets = super::target::secrets_in_url(&url);
+    let mut secrets = Vec::new();
+    let mut some_url = None;
+    for (at, _) in value.match_indices("://") {
+        let start = value[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .map_or(0, |i| i + 1);
+        let end = value[at..]
+            .find(|c: char| c.is_whitespace() || "\"'<>".contains(c))
+            .map_or(value.len(), |i| at + i);
+        if let Ok(url) = url::Url::parse(&value[start..end]) {
+            secrets.extend(super::target::secrets_in_url(&url));
+            some_url = Some(url);
+        }
+    }
+    secrets.extend(webhook_codes_in(value).map(super::Secret::new));
     if secrets.is_empty() {
         return Cow::Borrowed(value);
     }
+    let url = some_url
+        .unwrap_or_else(|| url::Url::parse("http://redacted.invalid/").expect("a valid URL"));
     Cow::Owned(super::Target::new(url, &secrets).redact(value))
+}
+
+/// Each segment that follows a `webhook/` (in any case) in `text`, as written.
+fn webhook_codes_in(text: &str) -> impl Iterator<Item = &str> {
+    let lower = text.to_ascii_lowercase();
+    let starts: Vec<usize> = lower
+        .match_indices("webhook/")
+        .map(|(at, marker)| at + marker.len())
+        .collect();
+    starts.into_iter().filter_map(move |start| {
+        let rest = &text[start..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || "/?#\"'<>".contains(c))
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    })
 }
 
 /// Replaces every `${NAME}` in `raw` with the environment variable `NAME`.
@@ -615,8 +653,8 @@ impl<'de> Deserialize<'de> for FailureReason {
                     let known: Vec<&str> =
                         FailureReason::ALL.iter().map(|r| r.as_label()).collect();
                     format!(
-                        "unknown failure reason \"{}\": use one of {}",
-                        text.chars().take(40).collect::<String>(),
+                        "unknown failure reason {}: use one of {}",
+                        shown(text),
                         known.join(", ")
                     )
                 })
@@ -847,6 +885,30 @@ mod tests {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_webhook_code_is_redacted_wherever_it_stands_in_a_value() {
+        let code = "MONWEBHOOKACADEMY123456789012363F53";
+        for value in [
+            format!("https://h.example/api/v1/WebHook/{code}?dos=998"),
+            format!("/etc/webhook-exporter/https://h.example/api/v1/WebHook/{code}"),
+            format!("h.example/api/v1/webhook/{code}"),
+            format!("see 'https://u:{code}@h.example/'"),
+        ] {
+            let path = shown_path(std::path::Path::new(&value));
+            assert!(!path.contains("ACADEMY"), "{path}");
+            assert!(path.contains("MONW…3F53"), "{path}");
+            assert!(!shown(&value).contains("ACADEMY"), "{value}");
+        }
+        assert_eq!(
+            shown_path(std::path::Path::new("/etc/ca.pem")),
+            "/etc/ca.pem"
+        );
+        assert_eq!(
+            shown("https://h.example/WebHook/"),
+            "\"https://h.example/WebHook/\""
+        );
     }
 
     #[test]

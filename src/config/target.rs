@@ -10,7 +10,7 @@ use url::Url;
 
 use super::merge::{ResolvedServer, merge_maps};
 use super::raw::RawProbe;
-use super::scalars::{MAX_DETAIL_CHARS, cut};
+use super::scalars::shown_path;
 use super::secret::{self, Secret};
 use super::validate::{Errors, ProbeContext};
 
@@ -214,13 +214,13 @@ impl ProbeContext<'_> {
                             file.referenced,
                             format!(
                                 "{label}.code_file: {} is empty; write the webhook code in it",
-                                cut(&path.display().to_string(), MAX_DETAIL_CHARS)
+                                shown_path(&path)
                             ),
                         );
                         None
                     }
                     Err(e) => {
-                        errors.at(file.referenced, format!("{label}.code_file: cannot read {}: {e}; check the path and its permissions", cut(&path.display().to_string(), MAX_DETAIL_CHARS)));
+                        errors.at(file.referenced, format!("{label}.code_file: cannot read {}: {e}; check the path and its permissions", shown_path(&path)));
                         None
                     }
                 }
