@@ -53,9 +53,12 @@ fn redact_url(value: &str) -> Cow<'_, str> {
     let mut secrets = Vec::new();
     let mut some_url = None;
     for (at, _) in value.match_indices("://") {
+        // The scheme starts after the last character that cannot be in one (which may be
+        // several bytes long).
         let start = value[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rfind(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = value[at..]
             .find(|c: char| c.is_whitespace() || "\"'<>".contains(c))
             .map_or(value.len(), |i| at + i);
@@ -909,6 +912,9 @@ mod tests {
             shown("https://h.example/WebHook/"),
             "\"https://h.example/WebHook/\""
         );
+        // A multi-byte character just before a scheme is no slicing point.
+        assert_eq!(shown("é://x"), "\"é://x\"");
+        assert!(!shown(&format!("€https://h.example/WebHook/{code}")).contains("ACADEMY"));
     }
 
     #[test]
