@@ -36,14 +36,33 @@ pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
 /// [`MAX_SHOWN_CHARS`], and a URL among them with its secrets redacted as a probe's URL is
 /// (a webhook URL pasted into the wrong key must not print its code).
 pub fn shown(value: &str) -> String {
-    format!("\"{}\"", cut(&redact_url(value), MAX_SHOWN_CHARS))
+    format!("\"{}\"", redacted_cut(value, MAX_SHOWN_CHARS))
 }
 
 /// A path the config names, as messages quote it: cut to [`MAX_DETAIL_CHARS`], and a webhook
 /// URL written where a path belongs shown with its code redacted, as [`shown`] does.
 pub fn shown_path(path: &std::path::Path) -> String {
-    let text = path.to_string_lossy();
-    cut(&redact_url(&text), MAX_DETAIL_CHARS).into_owned()
+    redacted_cut(&path.to_string_lossy(), MAX_DETAIL_CHARS)
+}
+
+/// Characters past the cut that are still redacted: room for a URL that starts in the shown
+/// part and runs past it, so its code is found whole.
+const REDACTION_MARGIN_CHARS: usize = 2048;
+
+/// `value` redacted, then cut to `max` characters. Only what can show (with
+/// [`REDACTION_MARGIN_CHARS`] more) is redacted: a value of megabytes full of `://` costs no
+/// more than a short one.
+fn redacted_cut(value: &str, max: usize) -> String {
+    let (window, more) = match value.char_indices().nth(max + REDACTION_MARGIN_CHARS) {
+        Some((end, _)) => (&value[..end], true),
+        None => (value, false),
+    };
+    let redacted = redact_url(window);
+    match cut(&redacted, max) {
+        // Redaction shortened the window below the cut: the value still goes on.
+        Cow::Borrowed(whole) if more => format!("{whole}…"),
+        shown => shown.into_owned(),
+    }
 }
 
 /// `value` with every URL password and webhook code in it redacted, wherever they stand: a
@@ -915,6 +934,30 @@ mod tests {
         // A multi-byte character just before a scheme is no slicing point.
         assert_eq!(shown("é://x"), "\"é://x\"");
         assert!(!shown(&format!("€https://h.example/WebHook/{code}")).contains("ACADEMY"));
+    }
+
+    /// A hostile value (400 KB of `a://`) is redacted as far as a message shows it, not
+    /// parsed whole once per `://` (which took minutes): the message comes, cut and redacted.
+    #[test]
+    fn a_huge_value_full_of_schemes_is_shown_cut_and_redacted() {
+        let code = "MONWEBHOOKACADEMY123456789012363F53";
+        let value = format!(
+            "https://h.example/WebHook/{code} {}",
+            "a://".repeat(100_000)
+        );
+        let quoted = shown(&value);
+        assert_eq!(quoted.chars().count(), MAX_SHOWN_CHARS + 3, "{quoted}");
+        assert!(
+            quoted.starts_with("\"https://h.example/WebHook/MONW…3F53 a://"),
+            "{quoted}"
+        );
+        assert!(quoted.ends_with("…\""), "{quoted}");
+        let path = shown_path(std::path::Path::new(&value));
+        assert!(
+            path.contains("MONW…3F53") && !path.contains("ACADEMY"),
+            "{path}"
+        );
+        assert_eq!(path.chars().count(), MAX_DETAIL_CHARS + 1, "{path}");
     }
 
     #[test]
