@@ -131,7 +131,7 @@ impl App {
             .map(WebConfig::load)
             .transpose()?;
         let storage = match storage {
-            Some(storage) => {
+            Some(mut storage) => {
                 let saved = storage.load()?;
                 let file = storage.file().display().to_string();
                 let writer = storage

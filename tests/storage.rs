@@ -3,8 +3,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
+
+use webhook_exporter::storage::{Recorder, Saved, Storage};
 
 use common::{Exporter, Fake, SECRET_CODE, Scrape, fake};
 use serde_json::Value;
@@ -371,7 +374,6 @@ fn run(config: &Path, store: &Path) -> (Option<i32>, String, String) {
 #[ignore = "a measurement (a minute or two), not a check"]
 fn store_size_at_ten_thousand_probes_with_history_size_100() {
     use webhook_exporter::probe::{Outcome, Phases};
-    use webhook_exporter::storage::Storage;
 
     const PROBES: usize = 10_000;
     const HISTORY: usize = 100;
@@ -452,9 +454,169 @@ fn store_size_at_ten_thousand_probes_with_history_size_100() {
         "after redb's compact(): {:.1} MiB",
         std::fs::metadata(&file).unwrap().len() as f64 / 1048576.0
     );
-    let reopened = Storage::open(store.path()).unwrap();
+    let mut reopened = Storage::open(store.path()).unwrap();
     let saved = reopened.load().unwrap();
     assert_eq!(saved.len(), PROBES);
     // Entries fallen out of a ring go in batches: a few may still be there.
     assert!(saved.values().all(|s| s.results.len() >= HISTORY));
+}
+
+/// A result of `spec` ending now, a success unless `failed`.
+fn outcome(failed: bool) -> webhook_exporter::probe::Outcome {
+    use webhook_exporter::probe::{Outcome, Phases, RunId};
+    let finished_at = SystemTime::now();
+    Outcome {
+        run_id: RunId::next(),
+        success: !failed,
+        reason: failed.then_some(webhook_exporter::config::FailureReason::HttpStatus),
+        message: "Client C0000001 rafraîchi".to_owned(),
+        http_status: Some(if failed { 500 } else { 200 }),
+        response_code: Some("0".to_owned()),
+        duration: Duration::from_micros(52_431),
+        phases: Phases::default(),
+        attempts: 1,
+        redirects: 0,
+        tls: None,
+        http_version: Some("1.1"),
+        started_at: finished_at - Duration::from_micros(52_431),
+        finished_at,
+    }
+}
+
+/// The run ids of what the store kept of `probe`, oldest first.
+fn stored_runs(saved: &BTreeMap<String, Saved>, probe: &str) -> Vec<String> {
+    saved.get(probe).map_or_else(Vec::new, |saved| {
+        saved.results.iter().map(|r| r.run_id.to_string()).collect()
+    })
+}
+
+type Probes = Vec<std::sync::Arc<webhook_exporter::config::ProbeSpec>>;
+
+/// `fast` probes and `slow` ones (flow mappings, 1m and 1d).
+fn probe_specs(fast: usize, slow: usize) -> (tempfile::TempDir, Probes) {
+    let mut text = "history_size: 10\nprobes:\n".to_owned();
+    for i in 0..fast {
+        text.push_str(&format!(
+            "  - {{name: fast-{i}, url: 'http://127.0.0.1:9/f{i}', interval: 1m}}\n"
+        ));
+    }
+    for i in 0..slow {
+        text.push_str(&format!(
+            "  - {{name: slow-{i}, url: 'http://127.0.0.1:9/s{i}', interval: 1d}}\n"
+        ));
+    }
+    let (dir, path) = common::write_config(&text);
+    let config = webhook_exporter::config::load(&path).unwrap();
+    (dir, config.probes)
+}
+
+#[test]
+fn results_kept_by_rare_probes_do_not_pin_old_commits_and_come_back_in_order() {
+    // 40 probes run once a day beside 50 that run all the time, 400 results a commit: each
+    // daily result lands in its own commit, whose other results fall out of their rings
+    // soon after. Left there, 400 commits would keep 160,000 results on disk for the 500
+    // that the rings hold.
+    let (_dir, probes) = probe_specs(50, 40);
+    let (fast, slow) = probes.split_at(50);
+    let store = tempfile::tempdir().unwrap();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut record = |recorder: &Recorder, spec: &std::sync::Arc<_>, failed: bool| {
+        let outcome = outcome(failed);
+        let runs = expected.entry(spec_name(spec)).or_default();
+        runs.push(outcome.run_id.to_string());
+        if runs.len() > 10 {
+            runs.remove(0);
+        }
+        recorder.result(spec, &outcome, None);
+    };
+    let storage = Storage::open(store.path()).unwrap();
+    let writer = storage.start_writer(&BTreeMap::new()).unwrap();
+    let recorder = writer.recorder();
+    recorder.keep(probes.clone(), 10);
+    for commit in 0..400 {
+        let daily = &slow[commit % slow.len()];
+        record(&recorder, daily, commit % 3 == 0);
+        for i in 0..399 {
+            record(&recorder, &fast[i % fast.len()], false);
+        }
+        recorder.flush();
+    }
+    writer.close();
+
+    let mut reopened = Storage::open(store.path()).unwrap();
+    let saved = reopened.load().unwrap();
+    for spec in &probes {
+        let name = spec_name(spec);
+        assert_eq!(stored_runs(&saved, &name), expected[&name], "{name}");
+    }
+    let slow_0 = &saved["slow-0"];
+    assert_eq!(slow_0.results.len(), 10);
+    assert_eq!(
+        slow_0.consecutive_failures, 1,
+        "its last run (commit 360) failed, the one before succeeded"
+    );
+    let kept = 50 * 10 + 40 * 10;
+    let stored = reopened.stored_results();
+    assert!(
+        stored <= 2 * kept + 10_000 + 400,
+        "{stored} results on disk for {kept} kept"
+    );
+}
+
+#[test]
+fn a_removed_probe_and_a_shorter_history_do_not_come_back_after_a_restart() {
+    let (_dir, probes) = probe_specs(3, 0);
+    let store = tempfile::tempdir().unwrap();
+    let storage = Storage::open(store.path()).unwrap();
+    let writer = storage.start_writer(&BTreeMap::new()).unwrap();
+    let recorder = writer.recorder();
+    recorder.keep(probes.clone(), 10);
+    let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // fast-1 runs once, in the first commit: that commit stays in the store for it.
+    for round in 0..6 {
+        for spec in probes
+            .iter()
+            .filter(|spec| round == 0 || spec.name != "fast-1")
+        {
+            let outcome = outcome(false);
+            runs.entry(spec_name(spec))
+                .or_default()
+                .push(outcome.run_id.to_string());
+            recorder.result(spec, &outcome, None);
+        }
+        recorder.flush();
+    }
+    // fast-2 removed and the history cut to 4 (fast-0's first result stays on disk beside
+    // fast-1's), then fast-2 back and the history at 10 again.
+    recorder.keep(probes[..2].to_vec(), 4);
+    recorder.flush();
+    writer.close();
+    let mut reopened = Storage::open(store.path()).unwrap();
+    let saved = reopened.load().unwrap();
+    assert!(
+        !saved.contains_key("fast-2"),
+        "a removed probe is forgotten"
+    );
+    assert_eq!(stored_runs(&saved, "fast-0"), runs["fast-0"][2..].to_vec());
+    let writer = reopened.start_writer(&saved).unwrap();
+    let recorder = writer.recorder();
+    recorder.keep(probes.clone(), 10);
+    let again = outcome(false);
+    recorder.result(&probes[2], &again, None);
+    writer.close();
+    let mut reopened = Storage::open(store.path()).unwrap();
+    let saved = reopened.load().unwrap();
+    assert_eq!(
+        stored_runs(&saved, "fast-2"),
+        vec![again.run_id.to_string()]
+    );
+    assert_eq!(
+        stored_runs(&saved, "fast-0"),
+        runs["fast-0"][2..].to_vec(),
+        "the results cut by the shorter history stay cut"
+    );
+}
+
+fn spec_name(spec: &webhook_exporter::config::ProbeSpec) -> String {
+    spec.name.clone()
 }

@@ -1,9 +1,9 @@
-//! The bytes of what the store keeps: one entry per result, the result followed by the
-//! probe's summary as of that result and the probe's name (so recording a run appends one
-//! value, and a probe's latest entry says what its results alone cannot). A
-//! hand-written, versioned little-endian layout (no serialization framework needed for two
-//! small structs), read back defensively: bytes that do not decode are a corrupt store,
-//! never a panic.
+//! The bytes of what the store keeps: one value per commit (a *batch*), holding one entry
+//! per result: its sequence number, the probe's name, then the result followed by the
+//! probe's summary as of that result (so a probe's latest entry says what its results
+//! alone cannot). A hand-written, versioned little-endian layout (no serialization
+//! framework needed for two small structs), read back defensively: bytes that do not
+//! decode are a corrupt store, never a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,9 +64,83 @@ pub fn encode_result(outcome: &Outcome) -> Vec<u8> {
     out
 }
 
-/// A stored entry back: the outcome, which gives the same history record and gauges
+/// Layout version of a batch's framing.
+const BATCH_VERSION: u8 = 1;
+
+/// An empty batch value, to [`push_entry`] into.
+pub fn new_batch() -> Vec<u8> {
+    vec![BATCH_VERSION]
+}
+
+/// What locates an entry: which probe's result it is, and where that probe's results
+/// started when it was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place<'a> {
+    /// The result's sequence number (the order of a probe's results).
+    pub seq: u64,
+    /// The sequence number of the oldest result in the probe's ring once this one was in:
+    /// its older entries still in the store are not in its history any more.
+    pub ring_start: u64,
+    /// The probe's name.
+    pub name: &'a str,
+}
+
+/// Appends to `batch` the entry of a result at `place`: the result ([`encode_result`]'s
+/// bytes) and the probe's summary as of it.
+pub fn push_entry(batch: &mut Vec<u8>, place: Place<'_>, result: &[u8], summary: &Summary) {
+    put_u64(batch, place.seq);
+    put_u64(batch, place.ring_start);
+    put_str(batch, place.name);
+    let length_at = batch.len();
+    batch.extend_from_slice(&[0; 4]);
+    batch.extend_from_slice(result);
+    append_summary_fields(batch, summary);
+    let length = u32::try_from(batch.len() - length_at - 4).unwrap_or(u32::MAX);
+    batch[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
+}
+
+/// One entry of a batch, undecoded.
+pub struct Entry<'a> {
+    /// Whose result it is, and in which order.
+    pub place: Place<'a>,
+    /// The result and the summary ([`decode_body`]).
+    pub body: &'a [u8],
+    /// The whole entry, framing included, to copy it into another batch as it is.
+    pub framed: &'a [u8],
+}
+
+/// The entries of a batch value, in the order they were pushed; `None` when the framing
+/// does not decode (a corrupt store).
+pub fn entries(batch: &[u8]) -> Option<Vec<Entry<'_>>> {
+    let mut input = Input(batch);
+    if input.u8()? != BATCH_VERSION {
+        return None;
+    }
+    let mut entries = Vec::new();
+    while !input.0.is_empty() {
+        let start = input.0;
+        let seq = input.u64()?;
+        let ring_start = input.u64()?;
+        let name = input.str()?;
+        let len = usize::try_from(input.u32()?).ok()?;
+        let body = input.take(len)?;
+        let framed = &start[..start.len() - input.0.len()];
+        entries.push(Entry {
+            place: Place {
+                seq,
+                ring_start,
+                name,
+            },
+            body,
+            framed,
+        });
+    }
+    Some(entries)
+}
+
+/// An entry's body back: the outcome, which gives the same history record and gauges
 /// (without TLS and HTTP version, which the summary keeps), and the summary.
-pub fn decode_entry(bytes: &[u8]) -> Option<(String, Outcome, Summary)> {
+pub fn decode_body(bytes: &[u8]) -> Option<(Outcome, Summary)> {
     let mut input = Input(bytes);
     if input.u8()? != VERSION {
         return None;
@@ -93,7 +167,6 @@ pub fn decode_entry(bytes: &[u8]) -> Option<(String, Outcome, Summary)> {
     let response_code = input.opt_str()?.map(str::to_owned);
     let message = input.str()?.to_owned();
     let summary = decode_summary(&mut input)?;
-    let name = input.str()?.to_owned();
     input.end()?;
     let outcome = Outcome {
         run_id,
@@ -117,14 +190,7 @@ pub fn decode_entry(bytes: &[u8]) -> Option<(String, Outcome, Summary)> {
         started_at: finished_at.checked_sub(duration).unwrap_or(finished_at),
         finished_at,
     };
-    Some((name, outcome, summary))
-}
-
-/// Completes the entry of a result ([`encode_result`]) with the summary as of it and the
-/// probe's name.
-pub fn append_summary(out: &mut Vec<u8>, summary: &Summary, name: &str) {
-    append_summary_fields(out, summary);
-    put_str(out, name);
+    Some((outcome, summary))
 }
 
 fn append_summary_fields(out: &mut Vec<u8>, summary: &Summary) {
@@ -324,10 +390,22 @@ mod tests {
             let original = outcome(reason, code);
             let mut history = History::new(2);
             history.push(&original);
-            let mut entry = encode_result(&original);
-            append_summary(&mut entry, &Summary::default(), "p");
-            let (name, back, _) = decode_entry(&entry).expect("decodes");
-            assert_eq!(name, "p");
+            let mut batch = new_batch();
+            let place = Place {
+                seq: 7,
+                ring_start: 3,
+                name: "p",
+            };
+            push_entry(
+                &mut batch,
+                place,
+                &encode_result(&original),
+                &Summary::default(),
+            );
+            let entries = entries(&batch).expect("decodes");
+            assert_eq!(entries[0].place, place);
+            assert_eq!(entries[0].framed, &batch[1..]);
+            let (back, _) = decode_body(entries[0].body).expect("decodes");
             history.push(&back);
             let [first, second]: [&Record; 2] =
                 history.iter().collect::<Vec<_>>().try_into().unwrap();
@@ -356,21 +434,46 @@ mod tests {
         let mut history = History::new(1);
         let original = outcome(None, Some("0"));
         history.push(&original);
-        let mut entry = encode_result(&original);
-        append_summary(&mut entry, &summary, "p");
-        let (_, _, back) = decode_entry(&entry).unwrap();
+        let mut batch = new_batch();
+        let place = |seq, name| Place {
+            seq,
+            ring_start: 0,
+            name,
+        };
+        push_entry(
+            &mut batch,
+            place(1, "p"),
+            &encode_result(&original),
+            &summary,
+        );
+        let other = Summary::default();
+        push_entry(&mut batch, place(2, "q"), &encode_result(&original), &other);
+        let entries = entries(&batch).unwrap();
+        assert_eq!(entries.len(), 2);
+        let (_, back) = decode_body(entries[0].body).unwrap();
         assert_eq!(back, summary);
     }
 
     #[test]
     fn truncated_or_extended_bytes_do_not_decode() {
-        let mut stored = encode_result(&outcome(None, Some("0")));
-        append_summary(&mut stored, &Summary::default(), "p");
-        for len in 0..stored.len() {
-            assert!(decode_entry(&stored[..len]).is_none(), "{len}");
+        let mut batch = new_batch();
+        let place = Place {
+            seq: 1,
+            ring_start: 0,
+            name: "p",
+        };
+        let result = encode_result(&outcome(None, Some("0")));
+        push_entry(&mut batch, place, &result, &Summary::default());
+        for len in 0..batch.len() {
+            let whole = entries(&batch[..len]).is_some_and(|entries| entries.len() == 1);
+            assert!(!whole, "{len}");
         }
-        let mut longer = stored.clone();
+        let body = entries(&batch).unwrap()[0].body.to_vec();
+        for len in 0..body.len() {
+            assert!(decode_body(&body[..len]).is_none(), "{len}");
+        }
+        let mut longer = body.clone();
         longer.push(0);
-        assert!(decode_entry(&longer).is_none());
+        assert!(decode_body(&longer).is_none());
     }
 }

@@ -14,7 +14,7 @@
 mod codec;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,11 +28,21 @@ pub use writer::{Recorder, Writer};
 /// The store's file name inside `--storage.path`.
 pub const FILE_NAME: &str = "webhook-exporter.redb";
 
-/// Sequence number -> one result, the probe's summary as of it, and the probe's name
-/// ([`codec::encode_result`], [`codec::append_summary`]): a log in the order results came,
-/// so recording a run appends to the last page instead of rewriting a page per probe. The
-/// writer deletes what falls out of a probe's ring in batches ([`writer`]).
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Batch key -> the results of one commit ([`codec::push_entry`]): each commit writes
+/// one value, so recording a run costs a few bytes appended to a buffer rather than a
+/// B-tree insertion (and its later deletion) of its own. A batch is deleted once none of
+/// its results is in a probe's ring any more; the writer moves the few results still kept
+/// out of old batches when the dead ones would make the file grow ([`writer`]).
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+
+/// Probe name -> where its results start: its entries with a lower sequence number still
+/// in a batch are not its results any more (it was removed, its settings changed, or its
+/// ring was cut by a smaller `history_size`), so a restart does not bring them back.
+const STARTS: TableDefinition<&str, u64> = TableDefinition::new("starts");
+
+/// The table of an earlier development layout (one value per result), never released:
+/// dropped on open.
+const OLD_LOG: &str = "log";
 
 /// redb's page cache: small, since the store is written far more than read (it is read
 /// whole once, at start).
@@ -98,15 +108,29 @@ pub struct Saved {
     pub http_version: Option<&'static str>,
     /// The last TLS details with a certificate.
     pub tls: Option<TlsDetails>,
-    /// The keys of its entries in the store, in order (beyond its ring too, until the
-    /// writer deletes those).
-    pub(crate) seqs: Vec<u64>,
+    /// Where its results are in the store, in order.
+    pub(crate) slots: Vec<Slot>,
+}
+
+/// Where a result is in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// Its sequence number: the order of a probe's results.
+    pub seq: u64,
+    /// The batch holding it.
+    pub batch: u64,
 }
 
 /// An open store.
 pub struct Storage {
     db: Arc<redb::Database>,
     file: PathBuf,
+    /// How many entries each batch holds, live or not, as [`Storage::load`] found them.
+    batch_sizes: BTreeMap<u64, u32>,
+    /// Starts ([`STARTS`]) below which [`Storage::load`] found nothing: no longer needed.
+    needless_starts: Vec<String>,
+    /// Above every sequence number the store holds or refers to: the next result's.
+    next_seq: u64,
 }
 
 impl Storage {
@@ -133,6 +157,9 @@ impl Storage {
         let storage = Self {
             db: Arc::new(db),
             file,
+            batch_sizes: BTreeMap::new(),
+            needless_starts: Vec::new(),
+            next_seq: 0,
         };
         // Creates the tables, and proves a commit reaches the disk before anything runs.
         let unwritable = |reason: String| StorageError::Unwritable {
@@ -144,8 +171,17 @@ impl Storage {
             .begin_write()
             .map_err(|e| unwritable(e.to_string()))?;
         tx.set_quick_repair(true);
-        tx.open_table(LOG)
+        tx.open_table(BATCHES)
             .map_err(|e| table_error(&storage.file, e))?;
+        tx.open_table(STARTS)
+            .map_err(|e| table_error(&storage.file, e))?;
+        let old_log = redb::TableDefinition::<u64, &[u8]>::new(OLD_LOG);
+        if tx
+            .delete_table(old_log)
+            .map_err(|e| table_error(&storage.file, e))?
+        {
+            tracing::warn!(file = %storage.file.display(), "the store held results in a layout of a development build: they are dropped");
+        }
         tx.commit().map_err(|e| unwritable(e.to_string()))?;
         Ok(storage)
     }
@@ -155,48 +191,106 @@ impl Storage {
         &self.file
     }
 
+    /// How many results the file holds, in a ring or not, as the last [`Storage::load`]
+    /// found them: what its size follows.
+    pub fn stored_results(&self) -> u64 {
+        self.batch_sizes.values().map(|&size| u64::from(size)).sum()
+    }
+
     /// Everything kept, by probe name.
     ///
     /// # Errors
     /// A value that does not decode: the store is corrupt.
-    pub fn load(&self) -> Result<BTreeMap<String, Saved>, StorageError> {
+    pub fn load(&mut self) -> Result<BTreeMap<String, Saved>, StorageError> {
         let corrupt = |reason: String| StorageError::Corrupt {
             file: self.file.clone(),
             reason,
         };
         let tx = self.db.begin_read().map_err(|e| corrupt(e.to_string()))?;
-        let log = tx.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
-        let mut saved: BTreeMap<String, Saved> = BTreeMap::new();
-        for entry in log.iter().map_err(|e| corrupt(e.to_string()))? {
-            let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
-            let seq = key.value();
-            let (name, outcome, summary) = codec::decode_entry(value.value())
-                .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
-            let probe = saved.entry(name).or_insert_with(|| Saved {
-                digest: summary.digest,
+        self.next_seq = 0;
+        let mut starts: HashMap<String, (u64, bool)> = HashMap::new();
+        let table = tx.open_table(STARTS).map_err(|e| corrupt(e.to_string()))?;
+        for start in table.iter().map_err(|e| corrupt(e.to_string()))? {
+            let (name, seq) = start.map_err(|e| corrupt(e.to_string()))?;
+            self.next_seq = self.next_seq.max(seq.value());
+            starts.insert(name.value().to_owned(), (seq.value(), false));
+        }
+        let table = tx.open_table(BATCHES).map_err(|e| corrupt(e.to_string()))?;
+        // A result, where its probe's ring started then, its outcome and summary.
+        type Found = (Slot, u64, Outcome, codec::Summary);
+        let mut found: BTreeMap<String, Vec<Found>> = BTreeMap::new();
+        self.batch_sizes.clear();
+        for batch in table.iter().map_err(|e| corrupt(e.to_string()))? {
+            let (key, value) = batch.map_err(|e| corrupt(e.to_string()))?;
+            let key = key.value();
+            let undecodable = || corrupt(format!("batch {key} does not decode"));
+            let entries = codec::entries(value.value()).ok_or_else(undecodable)?;
+            self.batch_sizes
+                .insert(key, u32::try_from(entries.len()).unwrap_or(u32::MAX));
+            for entry in entries {
+                let codec::Place {
+                    seq,
+                    ring_start,
+                    name,
+                } = entry.place;
+                self.next_seq = self.next_seq.max(seq + 1);
+                if let Some((start, below)) = starts.get_mut(name)
+                    && seq < *start
+                {
+                    *below = true;
+                    continue;
+                }
+                let (outcome, summary) = codec::decode_body(entry.body).ok_or_else(undecodable)?;
+                let slot = Slot { seq, batch: key };
+                let result = (slot, ring_start, outcome, summary);
+                match found.get_mut(name) {
+                    Some(results) => results.push(result),
+                    None => {
+                        found.insert(name.to_owned(), vec![result]);
+                    }
+                }
+            }
+        }
+        self.needless_starts = starts
+            .into_iter()
+            .filter(|(_, (_, below))| !below)
+            .map(|(name, _)| name)
+            .collect();
+        let mut saved = BTreeMap::new();
+        for (name, mut results) in found {
+            // Batches come in commit order, but a result the writer moved out of an old
+            // batch sits in a later one: the sequence numbers give the order.
+            results.sort_by_key(|(slot, ..)| slot.seq);
+            // Older results the ring had let go of before the last one came.
+            let ring_start = results.last().map_or(0, |(_, start, ..)| *start);
+            results.retain(|(slot, ..)| slot.seq >= ring_start);
+            let mut probe = Saved {
+                digest: [0; 16],
                 results: Vec::new(),
                 consecutive_failures: 0,
                 last_success: None,
                 next_run: None,
                 http_version: None,
                 tls: None,
-                seqs: Vec::new(),
-            });
-            if probe.digest != summary.digest {
-                // Settings changed by a reload: only what came after counts.
-                probe.results.clear();
-                probe.seqs.clear();
+                slots: Vec::new(),
+            };
+            for (slot, _, outcome, summary) in results {
+                if probe.digest != summary.digest {
+                    // Settings changed by a reload: only what came after counts.
+                    probe.results.clear();
+                    probe.slots.clear();
+                }
+                // A probe's last result has its latest summary.
+                probe.digest = summary.digest;
+                probe.consecutive_failures = summary.consecutive_failures;
+                probe.last_success = summary.last_success_ns.map(codec::time);
+                probe.next_run = summary.next_run_ns.map(codec::time);
+                probe.http_version = summary.http_version.as_deref().and_then(static_version);
+                probe.tls = summary.tls;
+                probe.slots.push(slot);
+                probe.results.push(outcome);
             }
-            // Entries come in the order they were recorded: a probe's last one has its
-            // latest summary.
-            probe.digest = summary.digest;
-            probe.consecutive_failures = summary.consecutive_failures;
-            probe.last_success = summary.last_success_ns.map(codec::time);
-            probe.next_run = summary.next_run_ns.map(codec::time);
-            probe.http_version = summary.http_version.as_deref().and_then(static_version);
-            probe.tls = summary.tls;
-            probe.seqs.push(seq);
-            probe.results.push(outcome);
+            saved.insert(name, probe);
         }
         Ok(saved)
     }
@@ -207,7 +301,14 @@ impl Storage {
     /// # Errors
     /// When the thread cannot be started.
     pub fn start_writer(self, saved: &BTreeMap<String, Saved>) -> std::io::Result<Writer> {
-        Writer::start(self.db, self.file, saved)
+        Writer::start(
+            self.db,
+            self.file,
+            &self.batch_sizes,
+            self.needless_starts,
+            self.next_seq,
+            saved,
+        )
     }
 }
 

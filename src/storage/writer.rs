@@ -1,9 +1,16 @@
 //! The writer thread: the only code that writes the store. The scheduler hands it updates
 //! through an unbounded channel (a send never waits), and it commits them in batches: after
 //! the first update of a batch it sleeps [`BATCH`], then takes what came meanwhile, so a
-//! crash loses at most about that much, and a commit is one fsync for many results.
+//! crash loses at most about that much, and a commit is one fsync and one value for many
+//! results.
+//!
+//! A batch is deleted once none of its results is in a probe's ring. A probe that runs
+//! rarely keeps results in batches whose other results are long gone: when the entries no
+//! ring holds would outnumber the kept ones (plus [`SLACK`]), each commit moves the kept
+//! results of the oldest batches into its own (at most [`MOVES_PER_COMMIT`]), so the file
+//! stays within about twice what it keeps.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque, btree_map};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
@@ -13,7 +20,7 @@ use chrono::{DateTime, Utc};
 use redb::Table;
 
 use super::codec::{self, Summary};
-use super::{LOG, Saved, digest};
+use super::{BATCHES, STARTS, Saved, Slot, digest};
 use crate::config::ProbeSpec;
 use crate::probe::Outcome;
 
@@ -21,9 +28,12 @@ use crate::probe::Outcome;
 /// may lose at most (one second, the promise, with room for the commit itself).
 const BATCH: Duration = Duration::from_millis(800);
 
-/// Entries fallen out of their rings deleted together: a few pages of the log's old end
-/// per batch, rather than one page per result.
-const GARBAGE: usize = 4096;
+/// Entries no ring holds that the store may carry beyond as many as the rings hold,
+/// before commits start moving kept results out of old batches.
+const SLACK: u64 = 10_000;
+
+/// At most this many kept results are moved per commit, so one commit stays short.
+const MOVES_PER_COMMIT: usize = 4_096;
 
 enum Update {
     /// A run's result.
@@ -108,14 +118,13 @@ impl Writer {
     pub(super) fn start(
         db: Arc<redb::Database>,
         file: PathBuf,
+        batch_sizes: &BTreeMap<u64, u32>,
+        needless_starts: Vec<String>,
+        next_seq: u64,
         saved: &BTreeMap<String, Saved>,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = channel();
-        let next_seq = saved
-            .values()
-            .filter_map(|saved| saved.seqs.last())
-            .max()
-            .map_or(0, |last| last + 1);
+        let mut batches = Batches::new(batch_sizes);
         let probes = saved
             .iter()
             .map(|(name, saved)| {
@@ -127,13 +136,19 @@ impl Writer {
                     http_version: saved.http_version.map(str::to_owned),
                     tls: saved.tls.clone(),
                 };
+                for slot in &saved.slots {
+                    batches.keep(slot.batch);
+                }
                 let probe = Probe {
                     summary,
-                    seqs: saved.seqs.iter().copied().collect(),
+                    ring: saved.slots.iter().copied().collect(),
                 };
                 (name.clone(), probe)
             })
             .collect();
+        // Batches that hold nothing kept (results of settings since changed): deleted by
+        // the first commit.
+        batches.release_unkept();
         let state = WriterState {
             db,
             file,
@@ -142,7 +157,10 @@ impl Writer {
             kept: None,
             history_size: usize::MAX,
             next_seq,
-            garbage: Vec::new(),
+            batches,
+            new_starts: Vec::new(),
+            needless_starts,
+            fallen: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("storage-writer".to_owned())
@@ -178,8 +196,146 @@ impl Writer {
 struct Probe {
     /// As of its last stored result.
     summary: Summary,
-    /// The keys of its ring's entries, oldest first.
-    seqs: VecDeque<u64>,
+    /// Where its ring's results are, oldest first.
+    ring: VecDeque<Slot>,
+}
+
+/// What the writer knows of one stored batch.
+struct Batch {
+    /// Its entries, kept or not.
+    entries: u64,
+    /// Its entries still in a probe's ring.
+    kept: u64,
+}
+
+/// The stored batches and how much of each is still kept.
+struct Batches {
+    /// Every stored batch (and the one being made), by key.
+    by_key: BTreeMap<u64, Batch>,
+    /// Entries in all batches, kept or not.
+    entries: u64,
+    /// Entries in a probe's ring.
+    kept: u64,
+    /// Batches left with nothing kept, to delete in this commit.
+    emptied: Vec<u64>,
+    /// The key of the batch the running commit makes, if one runs.
+    making: Option<u64>,
+    /// The key of the next batch.
+    next_key: u64,
+}
+
+impl Batches {
+    /// The batches found in the store, with their sizes, none kept yet.
+    fn new(sizes: &BTreeMap<u64, u32>) -> Self {
+        let by_key: BTreeMap<u64, Batch> = sizes
+            .iter()
+            .map(|(&key, &entries)| {
+                let entries = u64::from(entries);
+                (key, Batch { entries, kept: 0 })
+            })
+            .collect();
+        Self {
+            entries: by_key.values().map(|batch| batch.entries).sum(),
+            kept: 0,
+            by_key,
+            emptied: Vec::new(),
+            making: None,
+            next_key: sizes.keys().next_back().map_or(0, |last| last + 1),
+        }
+    }
+
+    /// Counts an entry of batch `key` as kept (at start).
+    fn keep(&mut self, key: u64) {
+        if let Some(batch) = self.by_key.get_mut(&key) {
+            batch.kept += 1;
+            self.kept += 1;
+        }
+    }
+
+    /// Lets go of the batches of which nothing is kept (at start).
+    fn release_unkept(&mut self) {
+        let unkept: Vec<u64> = self
+            .by_key
+            .iter()
+            .filter(|(_, batch)| batch.kept == 0)
+            .map(|(&key, _)| key)
+            .collect();
+        for key in unkept {
+            self.drop(key);
+            self.emptied.push(key);
+        }
+    }
+
+    /// Starts a new batch; returns its key.
+    fn open(&mut self) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.making = Some(key);
+        self.by_key.insert(
+            key,
+            Batch {
+                entries: 0,
+                kept: 0,
+            },
+        );
+        key
+    }
+
+    /// Counts one more kept entry in the batch being made.
+    fn add(&mut self) {
+        if let Some(batch) = self.making.and_then(|key| self.by_key.get_mut(&key)) {
+            batch.entries += 1;
+            batch.kept += 1;
+            self.entries += 1;
+            self.kept += 1;
+        }
+    }
+
+    /// Ends the batch being made: whether anything it holds is kept (else it is not
+    /// written).
+    fn close(&mut self) -> bool {
+        let Some(key) = self.making.take() else {
+            return false;
+        };
+        let kept = self.by_key.get(&key).is_some_and(|batch| batch.kept > 0);
+        if !kept {
+            self.drop(key);
+        }
+        kept
+    }
+
+    /// Counts `slot` as no longer in its ring; its batch goes when nothing in it is kept.
+    fn release(&mut self, slot: Slot) {
+        let btree_map::Entry::Occupied(mut batch) = self.by_key.entry(slot.batch) else {
+            return;
+        };
+        batch.get_mut().kept -= 1;
+        self.kept -= 1;
+        // The batch being made stays until the commit ends: more may come into it.
+        if batch.get().kept == 0 && Some(slot.batch) != self.making {
+            self.entries -= batch.remove().entries;
+            self.emptied.push(slot.batch);
+        }
+    }
+
+    /// Forgets batch `key` (its kept entries moved elsewhere or lost).
+    fn drop(&mut self, key: u64) {
+        if let Some(batch) = self.by_key.remove(&key) {
+            self.entries -= batch.entries;
+            self.kept -= batch.kept;
+        }
+    }
+
+    /// The oldest batch, unless it is the one being made.
+    fn oldest(&self) -> Option<u64> {
+        let (&key, _) = self.by_key.first_key_value()?;
+        (Some(key) != self.making).then_some(key)
+    }
+
+    /// Whether the entries no ring holds outnumber the kept ones by more than [`SLACK`].
+    fn too_many_unkept(&self) -> bool {
+        self.entries - self.kept > self.kept + SLACK
+    }
 }
 
 struct WriterState {
@@ -192,10 +348,15 @@ struct WriterState {
     /// The running probes' digests, once the scheduler said which they are.
     kept: Option<HashMap<String, [u8; 16]>>,
     history_size: usize,
-    /// The key of the next entry.
+    /// The sequence number of the next result.
     next_seq: u64,
-    /// Keys of entries fallen out of their probe's ring, deleted [`GARBAGE`] at a time.
-    garbage: Vec<u64>,
+    batches: Batches,
+    /// Where the results of these probes start now ([`super::STARTS`]), to write.
+    new_starts: Vec<(String, u64)>,
+    /// Starts no longer needed, to delete.
+    needless_starts: Vec<String>,
+    /// Slots fallen out of a ring, to release (kept to spare an allocation per result).
+    fallen: Vec<Slot>,
 }
 
 impl WriterState {
@@ -251,41 +412,47 @@ impl WriterState {
         }
     }
 
-    fn commit(&mut self, batch: Vec<Update>) -> Result<(), redb::Error> {
+    fn commit(&mut self, updates: Vec<Update>) -> Result<(), redb::Error> {
+        let key = self.batches.open();
+        let mut batch = codec::new_batch();
         let mut tx = self.db.begin_write()?;
         tx.set_quick_repair(true);
         {
-            let mut log = tx.open_table(LOG)?;
-            for update in batch {
+            let mut table = tx.open_table(BATCHES)?;
+            for update in updates {
                 match update {
-                    Update::Result(result) => self.append(&mut log, result)?,
+                    Update::Result(result) => self.append(&mut batch, key, result),
                     Update::Keep {
                         specs,
                         history_size,
-                    } => self.keep(&mut log, &specs, history_size)?,
+                    } => self.keep(&specs, history_size),
                     Update::Flush(_) | Update::Close => {}
                 }
             }
-            if self.garbage.len() >= GARBAGE {
-                // In key order: the entries of one page go together.
-                self.garbage.sort_unstable();
-                for seq in self.garbage.drain(..) {
-                    log.remove(seq)?;
-                }
+            self.move_kept_out_of_old_batches(&mut table, &mut batch, key)?;
+            if self.batches.close() {
+                table.insert(key, batch.as_slice())?;
+            }
+            for emptied in std::mem::take(&mut self.batches.emptied) {
+                table.remove(emptied)?;
+            }
+            let mut starts = tx.open_table(STARTS)?;
+            for name in std::mem::take(&mut self.needless_starts) {
+                starts.remove(name.as_str())?;
+            }
+            for (name, seq) in std::mem::take(&mut self.new_starts) {
+                starts.insert(name.as_str(), seq)?;
             }
         }
         tx.commit()?;
         Ok(())
     }
 
-    fn append(
-        &mut self,
-        log: &mut Table<u64, &[u8]>,
-        result: ResultUpdate,
-    ) -> Result<(), redb::Error> {
+    /// Adds the result to its probe's ring and its entry to `batch` (key `key`).
+    fn append(&mut self, batch: &mut Vec<u8>, key: u64, result: ResultUpdate) {
         let ResultUpdate {
             spec,
-            mut result,
+            result,
             success,
             finished_ns,
             next_run_ns,
@@ -298,26 +465,15 @@ impl WriterState {
         if let Some(kept) = &self.kept
             && kept.get(&spec.name) != Some(&digest)
         {
-            return Ok(());
+            return;
         }
-        if self
-            .probes
-            .get(&spec.name)
-            .is_some_and(|probe| probe.summary.digest != digest)
-            && let Some(old) = self.probes.remove(&spec.name)
-        {
-            forget(log, old.seqs)?;
+        let known = self.probes.get(&spec.name);
+        if known.is_none_or(|probe| probe.summary.digest != digest) {
+            self.start_probe(&spec.name, digest);
         }
-        let probe = self
-            .probes
-            .entry(spec.name.clone())
-            .or_insert_with(|| Probe {
-                summary: Summary {
-                    digest,
-                    ..Summary::default()
-                },
-                seqs: VecDeque::new(),
-            });
+        let Some(probe) = self.probes.get_mut(&spec.name) else {
+            return;
+        };
         let summary = &mut probe.summary;
         if success {
             summary.consecutive_failures = 0;
@@ -326,29 +482,56 @@ impl WriterState {
             summary.consecutive_failures += 1;
         }
         summary.next_run_ns = next_run_ns;
-        summary.http_version = http_version.map(str::to_owned);
+        if summary.http_version.as_deref() != http_version {
+            summary.http_version = http_version.map(str::to_owned);
+        }
         if tls.is_some() {
             summary.tls = tls;
         }
-        codec::append_summary(&mut result, summary, &spec.name);
         let seq = self.next_seq;
         self.next_seq += 1;
-        log.insert(seq, result.as_slice())?;
-        probe.seqs.push_back(seq);
-        while probe.seqs.len() > self.history_size {
-            self.garbage.extend(probe.seqs.pop_front());
+        probe.ring.push_back(Slot { seq, batch: key });
+        let fallen = probe.ring.len().saturating_sub(self.history_size);
+        self.fallen.extend(probe.ring.drain(..fallen));
+        let ring_start = probe.ring.front().map_or(seq + 1, |first| first.seq);
+        let place = codec::Place {
+            seq,
+            ring_start,
+            name: &spec.name,
+        };
+        codec::push_entry(batch, place, &result, &probe.summary);
+        self.batches.add();
+        for slot in self.fallen.drain(..) {
+            self.batches.release(slot);
         }
-        Ok(())
+    }
+
+    /// A fresh probe `name` of settings `digest`, in place of what was stored of it.
+    fn start_probe(&mut self, name: &str, digest: [u8; 16]) {
+        self.forget(name);
+        let probe = Probe {
+            summary: Summary {
+                digest,
+                ..Summary::default()
+            },
+            ring: VecDeque::new(),
+        };
+        self.probes.insert(name.to_owned(), probe);
+    }
+
+    /// Drops a probe and counts its results as no longer kept.
+    fn forget(&mut self, name: &str) {
+        if let Some(probe) = self.probes.remove(name) {
+            for slot in probe.ring {
+                self.batches.release(slot);
+            }
+            self.new_starts.push((name.to_owned(), self.next_seq));
+        }
     }
 
     /// The running probes are `specs`: forgets the others and those whose settings changed,
     /// and trims every ring to `history_size`.
-    fn keep(
-        &mut self,
-        log: &mut Table<u64, &[u8]>,
-        specs: &[Arc<ProbeSpec>],
-        history_size: usize,
-    ) -> Result<(), redb::Error> {
+    fn keep(&mut self, specs: &[Arc<ProbeSpec>], history_size: usize) {
         let kept: HashMap<String, [u8; 16]> = specs
             .iter()
             .map(|spec| (spec.name.clone(), self.digest_of(spec)))
@@ -360,27 +543,65 @@ impl WriterState {
             .filter(|(name, probe)| kept.get(*name) != Some(&probe.summary.digest))
             .map(|(name, _)| name.clone())
             .collect();
-        // Deleted now, not with the garbage: a restart must not find them.
         for name in gone {
-            if let Some(probe) = self.probes.remove(&name) {
-                forget(log, probe.seqs)?;
+            self.forget(&name);
+        }
+        for (name, probe) in &mut self.probes {
+            if probe.ring.len() > history_size {
+                let cut = probe.ring.len() - history_size;
+                self.fallen.extend(probe.ring.drain(..cut));
+                let start = probe.ring.front().map_or(self.next_seq, |first| first.seq);
+                self.new_starts.push((name.clone(), start));
             }
         }
-        for probe in self.probes.values_mut() {
-            while probe.seqs.len() > history_size {
-                self.garbage.extend(probe.seqs.pop_front());
-            }
+        for slot in self.fallen.drain(..) {
+            self.batches.release(slot);
         }
         self.history_size = history_size;
         self.kept = Some(kept);
+    }
+
+    /// While the entries no ring holds outnumber the kept ones by more than [`SLACK`],
+    /// copies the kept results of the oldest batches into `batch` (the one being made,
+    /// `key`) and deletes those batches, at most [`MOVES_PER_COMMIT`] results a commit.
+    fn move_kept_out_of_old_batches(
+        &mut self,
+        table: &mut Table<u64, &[u8]>,
+        batch: &mut Vec<u8>,
+        key: u64,
+    ) -> Result<(), redb::Error> {
+        let mut moved = 0;
+        while self.batches.too_many_unkept() && moved < MOVES_PER_COMMIT {
+            let Some(oldest) = self.batches.oldest() else {
+                break;
+            };
+            let removed = table.remove(oldest)?;
+            // None: lost by a failed commit, nothing of it is on disk to move.
+            let value = removed
+                .map(|value| value.value().to_vec())
+                .unwrap_or_default();
+            let entries = codec::entries(&value).unwrap_or_else(|| {
+                tracing::error!(file = %self.file.display(), batch = oldest, "a batch of the store does not decode: its results are dropped");
+                Vec::new()
+            });
+            for entry in entries {
+                let Some(slot) = self.probes.get_mut(entry.place.name).and_then(|probe| {
+                    let at = probe
+                        .ring
+                        .binary_search_by_key(&entry.place.seq, |slot| slot.seq)
+                        .ok()?;
+                    let slot = &mut probe.ring[at];
+                    (slot.batch == oldest).then_some(slot)
+                }) else {
+                    continue;
+                };
+                slot.batch = key;
+                batch.extend_from_slice(entry.framed);
+                self.batches.add();
+                moved += 1;
+            }
+            self.batches.drop(oldest);
+        }
         Ok(())
     }
-}
-
-/// Deletes the entries `seqs`.
-fn forget(log: &mut Table<u64, &[u8]>, seqs: VecDeque<u64>) -> Result<(), redb::Error> {
-    for seq in seqs {
-        log.remove(seq)?;
-    }
-    Ok(())
 }
