@@ -56,6 +56,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def thread_cpu_seconds(pid, name):
+    """User + system CPU of the threads of a process called `name` (0 when none is)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() != name:
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 def memory_kib(pid):
     status = Path(f"/proc/{pid}/status").read_text()
     get = lambda key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1))
@@ -250,12 +264,14 @@ def measure_exporter(workdir, nginx_port, nginx_log, probes, rate, warmup, windo
     runs0 = sample_sum(text, "webhook_probe_runs_total")
     lag0 = histogram(text, "webhook_exporter_schedule_lag_seconds")
     cpu0, t0 = cpu_seconds(exporter.process.pid), time.time()
+    writer0 = thread_cpu_seconds(exporter.process.pid, "storage-writer")
     scrapes = 0
     while time.time() - t0 < window:
         time.sleep(min(15, window - (time.time() - t0)))
         exporter.metrics()
         scrapes += 1
     cpu1, t1 = cpu_seconds(exporter.process.pid), time.time()
+    writer1 = thread_cpu_seconds(exporter.process.pid, "storage-writer")
     text, _, _ = exporter.metrics()
     runs1 = sample_sum(text, "webhook_probe_runs_total")
     lag1 = histogram(text, "webhook_exporter_schedule_lag_seconds")
@@ -271,6 +287,7 @@ def measure_exporter(workdir, nginx_port, nginx_log, probes, rate, warmup, windo
         probes_per_s=runs / (t1 - t0),
         cpu_s=cpu1 - cpu0,
         cpu_us_per_probe=(cpu1 - cpu0) / runs * 1e6 if runs else float("nan"),
+        writer_us_per_probe=(writer1 - writer0) / runs * 1e6 if runs else float("nan"),
         lag_hist_p50=quantile_from(delta, 0.5),
         lag_hist_p99=quantile_from(delta, 0.99),
         lag_nginx_p50=percentile(lags, 0.5),
@@ -498,6 +515,8 @@ def repetition(args, workdir, nginx_port, nginx_log):
         print(f"  probes/s achieved     {r['probes_per_s']:.0f} ({r['runs']:.0f} runs in {r['window_s']:.1f} s)")
         print(f"  CPU                   {r['cpu_s']:.2f} s = {r['cpu_us_per_probe']:.1f} us per probe "
               f"= {r['cpu_us_per_probe'] / 1000:.3f} CPU-s per 1000 probes (scrapes included)")
+        if r["writer_us_per_probe"] > 0:
+            print(f"  of which the store     {r['writer_us_per_probe']:.1f} us per probe on the storage-writer thread")
         print(f"  schedule lag          exporter histogram p50 <= {fmt_ms(r['lag_hist_p50'])}, p99 <= {fmt_ms(r['lag_hist_p99'])}")
         print(f"                        nginx arrival - plan p50 {fmt_ms(r['lag_nginx_p50'])}, p99 {fmt_ms(r['lag_nginx_p99'])}, "
               f"max {fmt_ms(r['lag_nginx_max'])}")
