@@ -373,8 +373,6 @@ fn run(config: &Path, store: &Path) -> (Option<i32>, String, String) {
 #[test]
 #[ignore = "a measurement (a minute or two), not a check"]
 fn store_size_at_ten_thousand_probes_with_history_size_100() {
-    use webhook_exporter::probe::{Outcome, Phases};
-
     const PROBES: usize = 10_000;
     const HISTORY: usize = 100;
     let mut text = format!("history_size: {HISTORY}\nprobes:\n");
@@ -413,26 +411,7 @@ fn store_size_at_ten_thousand_probes_with_history_size_100() {
             if i % 1000 == 0 {
                 recorder.flush();
             }
-            let finished_at = SystemTime::now();
-            let outcome = Outcome {
-                run_id: webhook_exporter::probe::RunId::next(),
-                success: round % 10 != 0,
-                reason: None,
-                message: "Client C0000001 rafraîchi".to_owned(),
-                http_status: Some(200),
-                response_code: Some("0".to_owned()),
-                duration: Duration::from_micros(52_431),
-                phases: Phases {
-                    processing: Duration::from_micros(50_000),
-                    ..Phases::default()
-                },
-                attempts: 1,
-                redirects: 0,
-                tls: None,
-                http_version: Some("1.1"),
-                started_at: finished_at - Duration::from_micros(52_431),
-                finished_at,
-            };
+            let outcome = outcome(round % 10 == 0);
             recorder.result(spec, &outcome, None);
         }
     }
