@@ -77,7 +77,7 @@ pub(crate) struct FamilyDef {
 /// A per-probe family: its definition, and how [`text`] writes one probe's samples of it.
 pub(crate) struct ProbeFamily {
     pub(crate) def: FamilyDef,
-    pub(crate) write: text::WriteRow,
+    write: text::WriteRow,
 }
 
 const fn def(
@@ -475,14 +475,14 @@ impl Metrics {
         self.render().collect()
     }
 
-    /// Starts rendering the page in the text format: a snapshot now, written piece by
-    /// piece as it is read.
+    /// Starts rendering the page in the text format: the probes as they are now, written
+    /// piece by piece as it is read.
     pub fn render(&self) -> Rendering {
         self.render_as(Format::Text)
     }
 
-    /// Starts rendering the page in `format`: a snapshot now, written piece by piece as it
-    /// is read.
+    /// Starts rendering the page in `format`: the probes as they are now, written piece by
+    /// piece as it is read.
     pub fn render_as(&self, format: Format) -> Rendering {
         let families = self.registry.gather();
         let head = match format {
@@ -494,7 +494,7 @@ impl Metrics {
             }
             Format::OpenMetrics => openmetrics::encode_families(&families),
         };
-        Rendering::new(head, self.probes.snapshot(), format)
+        Rendering::new(head, self.probes.probes(), format)
     }
 
     /// Marks the outcome of a config load or reload.

@@ -5,7 +5,7 @@
 //! one small mutex-guarded struct.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::sync::{lock, read, write};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -72,12 +72,9 @@ impl Store {
         read(&self.probes).len()
     }
 
-    /// Every probe with a copy of its values, in name order.
-    pub(super) fn snapshot(&self) -> Vec<(Arc<ProbeMetrics>, ProbeValues)> {
-        read(&self.probes)
-            .values()
-            .map(|probe| (probe.clone(), lock(&probe.values).clone()))
-            .collect()
+    /// Every probe's series, in name order (their values are read as the page is written).
+    pub(super) fn probes(&self) -> Vec<Arc<ProbeMetrics>> {
+        read(&self.probes).values().cloned().collect()
     }
 }
 
@@ -93,6 +90,11 @@ pub struct ProbeMetrics {
 }
 
 impl ProbeMetrics {
+    /// The values, locked: held while one family's samples of the probe are written.
+    pub(super) fn values(&self) -> MutexGuard<'_, ProbeValues> {
+        lock(&self.values)
+    }
+
     /// Whether the duration histogram has these buckets (a reload changing them starts the
     /// probe's series afresh).
     pub fn has_buckets(&self, buckets: &[f64]) -> bool {
@@ -149,7 +151,7 @@ impl ProbeMetrics {
                 values.consecutive_failures += 1;
                 let index = reason_index(reason);
                 values.failures[index] += 1;
-                values.failure_exemplars[index] = Some(exemplar(1.0));
+                values.failure_exemplars.get_or_insert_default()[index] = Some(exemplar(1.0));
             }
         }
     }
@@ -218,8 +220,9 @@ pub(super) struct ProbeValues {
     pub(super) runs: [u64; 2],
     /// Failed runs, in [`FailureReason::ALL`] order.
     pub(super) failures: [u64; FailureReason::ALL.len()],
-    /// The latest failed run of each reason (an increment of one), same order.
-    pub(super) failure_exemplars: [Option<Exemplar>; FailureReason::ALL.len()],
+    /// The latest failed run of each reason (an increment of one), same order; boxed on
+    /// the first failure, as most probes never fail (320 bytes a probe otherwise).
+    pub(super) failure_exemplars: Option<Box<[Option<Exemplar>; FailureReason::ALL.len()]>>,
     pub(super) skipped: u64,
     /// Extra attempts used by retries.
     pub(super) retries: u64,
