@@ -107,11 +107,11 @@ pub struct ProbeSpec {
     pub max_body_bytes: u64,
     /// TLS client settings, with the files as read at load time (`crate::tls` builds the
     /// client configuration from them).
-    pub tls: TlsSettings,
+    pub tls: Arc<TlsSettings>,
     /// HTTP proxy, if any.
-    pub proxy: ProxyConfig,
+    pub proxy: Arc<ProxyConfig>,
     /// What counts as success.
-    pub expect: Expect,
+    pub expect: Arc<Expect>,
     /// Where the probe is written, for messages about it after loading.
     pub origin: Origin,
     /// The request body, if any (never shown: its size only).
@@ -465,6 +465,38 @@ mod tests {
 
     fn probe<'a>(config: &'a Config, name: &str) -> &'a ProbeSpec {
         config.probes.iter().find(|p| p.name == name).unwrap()
+    }
+
+    #[test]
+    fn probes_inheriting_the_same_blocks_share_them_and_one_with_its_own_does_not() {
+        let config = parse(
+            Path::new("t.yaml"),
+            "defaults:\n  proxy_url: 'http://127.0.0.1:3128'\n  tls: {server_name: erp.example}\n  expect: {body_matches: OK}\n\
+             probes:\n\
+             - {name: a, url: 'https://127.0.0.1:1/'}\n\
+             - {name: b, url: 'https://127.0.0.1:2/'}\n\
+             - {name: own, url: 'https://127.0.0.1:3/', expect: {body_matches: KO}, tls: {server_name: other.example}}\n",
+        )
+        .unwrap();
+        let (a, b, own) = (
+            probe(&config, "a"),
+            probe(&config, "b"),
+            probe(&config, "own"),
+        );
+        assert!(Arc::ptr_eq(&a.tls, &b.tls));
+        assert!(Arc::ptr_eq(&a.proxy, &b.proxy));
+        assert!(Arc::ptr_eq(&a.expect, &b.expect));
+        assert!(Arc::ptr_eq(&a.proxy, &own.proxy));
+        assert!(!Arc::ptr_eq(&a.expect, &own.expect));
+        assert_eq!(own.expect.body_matches.as_ref().unwrap().0.as_str(), "KO");
+        assert_eq!(
+            own.tls.server_name.as_ref().map(TlsServerName::as_str),
+            Some("other.example")
+        );
+        assert_eq!(
+            a.tls.server_name.as_ref().map(TlsServerName::as_str),
+            Some("erp.example")
+        );
     }
 
     #[test]
