@@ -3,8 +3,9 @@
 //! Ten thousand probes keeping a hundred results each is a million entries, so an entry is a
 //! compact [`Record`] (40 bytes): the run id, times in micro- and milliseconds, phases as
 //! 16-bit floating microseconds, and the Divalto code and message in one string, shared with
-//! the previous entry when they are the same (they usually are). A probe's buffer is reserved
-//! whole at its first result, so memory does not creep up (nor fragment) as histories fill.
+//! one of the last few entries when they are the same (they usually are). A probe's buffer
+//! is reserved whole at its first result, so memory does not creep up (nor fragment) as
+//! histories fill.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -102,6 +103,9 @@ impl Packed {
         )
     }
 }
+
+/// Entries, newest first, searched for a text to share with a new one.
+const RECENT_TEXTS: usize = 8;
 
 /// `code_len` of a record without a Divalto code.
 const NO_CODE: u8 = u8::MAX;
@@ -242,9 +246,13 @@ impl History {
                 && p.text.starts_with(code)
                 && p.text[code.len()..] == *outcome.message
         };
-        let text = match self.entries.back() {
-            Some(previous) if same(previous) => previous.text.clone(),
-            _ => Arc::new(format!("{code}{}", outcome.message).into_boxed_str()),
+        // Shared with a recent entry of the same text, not only the last one: a target
+        // failing in rotating ways alternates a few messages, and each copy is two more
+        // allocations kept as long as the entry.
+        let mut recent = self.entries.iter().rev().take(RECENT_TEXTS);
+        let text = match recent.find(|previous| same(previous)) {
+            Some(previous) => previous.text.clone(),
+            None => Arc::new(format!("{code}{}", outcome.message).into_boxed_str()),
         };
         let finished_ms = outcome
             .finished_at
@@ -436,6 +444,36 @@ mod tests {
         history.push(&outcome(1, "OK"));
         let records: Vec<&Record> = history.iter().collect();
         assert!(Arc::ptr_eq(&records[0].text, &records[1].text));
+    }
+
+    #[test]
+    fn messages_that_alternate_are_stored_once_each() {
+        // A target failing in rotating ways (a 500, a timeout, a success between them).
+        let messages = [
+            "OK",
+            "HTTP 500",
+            "OK",
+            "no answer within 900ms",
+            "HTTP 500",
+            "OK",
+        ];
+        let mut history = History::new(10);
+        for message in messages {
+            history.push(&outcome(1, message));
+        }
+        let records: Vec<&Record> = history.iter().collect();
+        for (i, record) in records.iter().enumerate() {
+            let first = records
+                .iter()
+                .find(|other| other.message() == record.message())
+                .unwrap();
+            assert!(
+                Arc::ptr_eq(&first.text, &record.text),
+                "record {i} ({:?}) has its own copy of the text",
+                record.message()
+            );
+        }
+        assert_eq!(records[3].message(), "no answer within 900ms");
     }
 
     #[test]
