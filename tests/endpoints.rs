@@ -1286,3 +1286,45 @@ fn the_next_run_gauge_is_when_the_fake_sees_the_next_call() {
         "planned {planned}, the fake saw the call at {seen}"
     );
 }
+
+/// Each thread of process `pid`: its name and its niceness (`/proc/PID/task/TID/stat`).
+#[cfg(target_os = "linux")]
+fn thread_niceness(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            let name = std::fs::read_to_string(task.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+            // After the name in parentheses: state is the first field, niceness the 17th.
+            let niceness = stat.rsplit_once(')')?.1.split_whitespace().nth(16)?;
+            Some((name.trim().to_owned(), niceness.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A large answer (the status page) is built on a thread at niceness 10, so that when the
+/// cores are busy the threads answering `/-/healthy` and scrapes, and the probes' threads,
+/// run first; those keep the default niceness.
+#[cfg(target_os = "linux")]
+#[test]
+fn large_answers_are_built_at_a_lower_cpu_priority_than_probes_and_health_checks() {
+    let targets = targets();
+    let (_dir, path) = common::write_config(&config_text(&targets));
+    let exporter = Exporter::start(&[&format!("--config.file={}", path.display())], &[]);
+    let (status, _) = exporter.get("/");
+    assert_eq!(status, 200);
+    let threads = thread_niceness(exporter.pid());
+    assert!(
+        threads.iter().any(|(_, niceness)| *niceness == 10),
+        "no thread at niceness 10 after building the page: {threads:?}"
+    );
+    let probes: Vec<&(String, i64)> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("probes-"))
+        .collect();
+    assert!(!probes.is_empty(), "{threads:?}");
+    assert!(probes.iter().all(|(_, niceness)| *niceness == 0), "{threads:?}");
+    let (status, body) = exporter.get("/-/healthy");
+    assert_eq!((status, body.as_str()), (200, "Healthy\n"));
+}

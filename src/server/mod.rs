@@ -261,6 +261,10 @@ pub(crate) async fn off_the_serving_thread(
 ) -> Response {
     // The semaphore is never closed, so acquiring only waits.
     let _turn = HEAVY.acquire().await;
+    let work = move || {
+        lower_this_threads_priority();
+        work()
+    };
     match tokio::task::spawn_blocking(work).await {
         Ok(response) => response,
         Err(_) => (
@@ -268,6 +272,32 @@ pub(crate) async fn off_the_serving_thread(
             "internal error while building the answer\n",
         )
             .into_response(),
+    }
+}
+
+/// Lowers the calling thread's CPU priority (niceness 10), once per thread. When the cores
+/// are busy, the threads that answer `/-/healthy` and scrapes and the probes' threads are
+/// then scheduled before a page that takes 100 ms of CPU to build; when they are idle, the
+/// build runs as fast as before. On Linux a thread has its own niceness; the blocking pool's
+/// other work (bcrypt checks, a reload's file reads) may land on a lowered thread and wait
+/// the same way under load. bench/run.py at 10,000 probes, three runs each: `/-/healthy`
+/// under load p50 1.15-1.33 ms (1.60-2.00 without), p99 36-129 ms (83-108 without).
+fn lower_this_threads_priority() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if LOWERED.with(|lowered| lowered.replace(true)) {
+            return;
+        }
+        // SAFETY: gettid and setpriority only read their arguments; a thread id is a valid
+        // `who` for PRIO_PROCESS on Linux. Lowering needs no privilege; a failure leaves the
+        // priority as it was.
+        let tid = unsafe { libc::gettid() };
+        if let Ok(tid) = libc::id_t::try_from(tid) {
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+        }
     }
 }
 
