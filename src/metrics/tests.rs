@@ -370,3 +370,40 @@ fn rendering_ten_thousand_probes_in_both_formats() {
         );
     }
 }
+
+#[test]
+fn sample_values_are_written_as_display_writes_them() {
+    use super::text::SampleValue;
+    let floats = [
+        0.0,
+        -0.0,
+        1.0,
+        -3.0,
+        200.0,
+        1.1,
+        0.000_012_345,
+        1_795_000_000.123,
+        1e20,
+        9_007_199_254_740_991.0,
+        9_007_199_254_740_993.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+    ];
+    for value in floats {
+        let mut out = String::new();
+        value.write_to(&mut out);
+        assert_eq!(out, value.to_string(), "{value:?}");
+    }
+    for value in [0, 1, 42, u64::MAX] {
+        let mut out = String::new();
+        value.write_to(&mut out);
+        assert_eq!(out, value.to_string());
+    }
+    let (mut small, mut signed) = (String::new(), String::new());
+    255u8.write_to(&mut small);
+    (-7i32).write_to(&mut signed);
+    assert_eq!((small.as_str(), signed.as_str()), ("255", "-7"));
+}
