@@ -1324,7 +1324,10 @@ fn large_answers_are_built_at_a_lower_cpu_priority_than_probes_and_health_checks
         .filter(|(name, _)| name.starts_with("probes-"))
         .collect();
     assert!(!probes.is_empty(), "{threads:?}");
-    assert!(probes.iter().all(|(_, niceness)| *niceness == 0), "{threads:?}");
+    assert!(
+        probes.iter().all(|(_, niceness)| *niceness == 0),
+        "{threads:?}"
+    );
     let (status, body) = exporter.get("/-/healthy");
     assert_eq!((status, body.as_str()), (200, "Healthy\n"));
 }
