@@ -20,11 +20,11 @@ pub mod names;
 mod openmetrics;
 mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod text;
 
 pub use store::ProbeMetrics;
-pub use text::Rendering;
+pub use text::{Page, Part, Rendering};
 
 /// The `# TYPE` of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,6 +484,12 @@ impl Metrics {
     /// Starts rendering the page in `format`: the probes as they are now, written piece by
     /// piece as it is read.
     pub fn render_as(&self, format: Format) -> Rendering {
+        self.page(format).into()
+    }
+
+    /// The page in `format` over the probes as they are now, to be written in parts: the
+    /// exporter-wide families are rendered now, the probes' values when each part is written.
+    pub fn page(&self, format: Format) -> Page {
         let families = self.registry.gather();
         let head = match format {
             Format::Text => {
@@ -494,7 +500,7 @@ impl Metrics {
             }
             Format::OpenMetrics => openmetrics::encode_families(&families),
         };
-        Rendering::new(head, self.probes.probes(), format)
+        Page::new(head, self.probes.probes(), format)
     }
 
     /// Marks the outcome of a config load or reload.

@@ -407,3 +407,86 @@ fn sample_values_are_written_as_display_writes_them() {
     (-7i32).write_to(&mut signed);
     assert_eq!((small.as_str(), signed.as_str()), ("255", "-7"));
 }
+
+/// A registry with `count` probes that ran (one success, one failure each), with labels.
+pub(crate) fn ran_probes(count: usize) -> Metrics {
+    let mut text = String::from("probes:\n");
+    for i in 0..count {
+        text.push_str(&format!(
+            "  - {{name: p{i:05}, url: 'http://127.0.0.1:1/', labels: {{n: '{i}'}}}}\n"
+        ));
+    }
+    let config = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+    let metrics = Metrics::new().unwrap();
+    for spec in &config.probes {
+        let probe = metrics.register_probe(spec, &[0.1, 1.0]);
+        metrics.record(&probe, &full_outcome(true));
+        metrics.record(&probe, &full_outcome(false));
+    }
+    metrics
+}
+
+#[test]
+fn a_page_split_into_parts_of_any_size_joins_into_the_same_page() {
+    let metrics = ran_probes(300);
+    // The exporter-wide head (process memory, open files) changes between two renders.
+    let first_probe_family = format!("# HELP {} ", PROBE_FAMILIES[0].def.name);
+    let per_probe = |page: &str| page[page.find(&first_probe_family).unwrap()..].to_string();
+    for format in [Format::Text, Format::OpenMetrics] {
+        let whole = per_probe(&metrics.render_as(format).collect::<String>());
+        for bytes in [1, 100, 4096, 64 * 1024, usize::MAX / 2] {
+            let page = metrics.page(format);
+            let parts = page.parts(bytes);
+            let mut joined = String::new();
+            // A part may write nothing: a family without a value for its probes.
+            for (index, part) in parts.iter().enumerate() {
+                page.write(*part, &mut joined);
+                assert_eq!(part.is_last_of(&page), index + 1 == parts.len());
+            }
+            assert_eq!(
+                per_probe(&joined),
+                whole,
+                "{format:?} in parts of {bytes} bytes"
+            );
+        }
+        if format == Format::OpenMetrics {
+            assert!(whole.ends_with(openmetrics::EOF));
+            assert_eq!(whole.matches(openmetrics::EOF).count(), 1);
+        }
+    }
+}
+
+#[test]
+fn parts_are_about_the_size_asked_for_whatever_the_family() {
+    let metrics = ran_probes(2000);
+    let page = metrics.page(Format::OpenMetrics);
+    let target = 256 * 1024;
+    let parts = page.parts(target);
+    let sizes: Vec<usize> = parts
+        .iter()
+        .map(|part| {
+            let mut out = String::new();
+            page.write(*part, &mut out);
+            out.len()
+        })
+        .collect();
+    let total: usize = sizes.iter().sum();
+    assert!(
+        parts.len() >= total / target && parts.len() <= total / target + 2,
+        "{} parts for {total} bytes: {sizes:?}",
+        parts.len()
+    );
+    for size in &sizes[..sizes.len() - 1] {
+        assert!(
+            *size > target / 2 && *size < target * 2,
+            "a part of {size} bytes: {sizes:?}"
+        );
+    }
+}
+
+#[test]
+fn a_page_without_probes_is_one_part() {
+    let metrics = Metrics::new().unwrap();
+    let page = metrics.page(Format::Text);
+    assert_eq!(page.parts(64 * 1024).len(), 1);
+}

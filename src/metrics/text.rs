@@ -6,12 +6,12 @@
 //! 10,000 probes. That encoder only takes `MetricFamily` protobuf objects, so a custom
 //! collector would build, on every scrape, one `Metric` with owned label-pair strings per
 //! series (420,029 series at 10,000 probes), then encode them all into one buffer. This
-//! writer takes the list of probes when the scrape starts, then writes the page in
-//! [`CHUNK_BYTES`] pieces, each probe's label string rendered once per scrape and each
-//! family's samples of a probe read under one hold of that probe's lock (so a histogram's
-//! buckets, sum and count agree; a run that lands while the page is written may show in the
-//! later families only, as with any exporter's scrape). Copying every probe's values first
-//! cost about 14 MB per scrape at 10,000 probes. Measured by
+//! writer takes the list of probes when the scrape starts ([`Page`]), then writes the page
+//! in [`Part`]s (in order, or several at once on other threads), each probe's label string
+//! rendered once per scrape and each family's samples of a probe read under one hold of
+//! that probe's lock (so a histogram's buckets, sum and count agree; a run that lands while
+//! the page is written may show in the later families only, as with any exporter's scrape).
+//! Copying every probe's values first cost about 14 MB per scrape at 10,000 probes. Measured by
 //! `bench/run.py` (last figures in the issue notes): at 10,000 probes the page is 29,646 KiB,
 //! written in 93 ms (1,874 KiB gzipped in 135 ms); writing it whole into one buffer, as the
 //! crate's encoder does, left a 30 MB allocation that the allocator kept between scrapes.
@@ -25,7 +25,7 @@ use crate::probe::{FailureReason, PHASE_NAMES};
 
 use super::openmetrics;
 use super::store::{Exemplar, LastRun, ProbeMetrics, ProbeValues};
-use super::{FamilyDef, Format, PROBE_FAMILIES, names};
+use super::{FamilyDef, Format, PROBE_FAMILIES, ProbeFamily, names};
 
 /// `result` labels of `webhook_probe_runs_total`, in [`ProbeValues::runs`] order.
 static RESULT_LABELS: LazyLock<[String; 2]> =
@@ -159,13 +159,13 @@ fn sample_with(
 pub(crate) struct Row {
     labels: String,
     probe: Arc<ProbeMetrics>,
-    /// Index into [`Rendering::le_labels`] of this probe's bucket list.
+    /// Index into [`Page::le_labels`] of this probe's bucket list.
     le: usize,
 }
 
 /// How one per-probe family writes the samples of one probe, under the family's name, from
 /// the probe's values as they are (its lock held).
-pub(super) type WriteRow = fn(&mut String, &FamilyDef, &Rendering, &Row, &ProbeValues);
+pub(super) type WriteRow = fn(&mut String, &FamilyDef, &Page, &Row, &ProbeValues);
 
 /// Writes a gauge of the last run, when there was one and it has a value.
 fn last_gauge(
@@ -185,7 +185,7 @@ fn last_gauge(
 pub(super) fn success(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -197,7 +197,7 @@ pub(super) fn success(
 pub(super) fn duration_histogram(
     out: &mut String,
     family: &FamilyDef,
-    page: &Rendering,
+    page: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -234,7 +234,7 @@ pub(super) fn duration_histogram(
 pub(super) fn last_duration(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -244,7 +244,7 @@ pub(super) fn last_duration(
 pub(super) fn phase_durations(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -258,7 +258,7 @@ pub(super) fn phase_durations(
 pub(super) fn http_status(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -268,7 +268,7 @@ pub(super) fn http_status(
 pub(super) fn response_code(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -278,7 +278,7 @@ pub(super) fn response_code(
 pub(super) fn runs(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -290,7 +290,7 @@ pub(super) fn runs(
 pub(super) fn failures(
     out: &mut String,
     family: &FamilyDef,
-    page: &Rendering,
+    page: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -308,7 +308,7 @@ pub(super) fn failures(
 pub(super) fn consecutive_failures(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -321,7 +321,7 @@ pub(super) fn consecutive_failures(
 pub(super) fn last_run(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -331,7 +331,7 @@ pub(super) fn last_run(
 pub(super) fn last_success(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -343,7 +343,7 @@ pub(super) fn last_success(
 pub(super) fn skipped(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -353,7 +353,7 @@ pub(super) fn skipped(
 pub(super) fn retries(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -363,7 +363,7 @@ pub(super) fn retries(
 pub(super) fn redirects(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -373,7 +373,7 @@ pub(super) fn redirects(
 pub(super) fn http_version(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -383,7 +383,7 @@ pub(super) fn http_version(
 pub(super) fn tls_cert_expiry(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -395,7 +395,7 @@ pub(super) fn tls_cert_expiry(
 pub(super) fn tls_info(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -407,7 +407,7 @@ pub(super) fn tls_info(
 pub(super) fn probe_info(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     _: &ProbeValues,
 ) {
@@ -417,7 +417,7 @@ pub(super) fn probe_info(
 pub(super) fn maintenance(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -428,7 +428,7 @@ pub(super) fn maintenance(
 pub(super) fn next_run(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     values: &ProbeValues,
 ) {
@@ -442,7 +442,7 @@ pub(super) fn next_run(
 pub(super) fn objective(
     out: &mut String,
     family: &FamilyDef,
-    _: &Rendering,
+    _: &Page,
     row: &Row,
     _: &ProbeValues,
 ) {
@@ -451,26 +451,49 @@ pub(super) fn objective(
     }
 }
 
-/// Size of the pieces `/metrics` is written in: memory stays bounded whatever the probe
-/// count, and no piece is large enough for the allocator to keep it around.
+/// Size of the pieces [`Rendering`] writes: memory stays bounded whatever the probe count,
+/// and no piece is large enough for the allocator to keep it around.
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// A `/metrics` page being written, piece by piece, over the probes there were when it started.
-pub struct Rendering {
+/// Bytes a family's `# HELP` and `# TYPE` lines are counted as when a page is split.
+const HEADER_ESTIMATE: usize = 256;
+
+/// Rows sampled per family to estimate its size when a page is split.
+const ROWS_SAMPLED: usize = 16;
+
+/// A `/metrics` page to write: the exporter-wide families, rendered when the scrape started,
+/// then every per-probe family over the probes there were then. It is written in [`Part`]s,
+/// one after the other ([`Rendering`]) or several at once on other threads: each part reads
+/// the probes' values as they are when it is written.
+///
+/// A page is a list of positions: the exporter-wide families first, then, for each
+/// per-probe family, its header and one position per probe.
+pub struct Page {
     /// The exporter-wide families, written first.
-    head: Option<String>,
+    head: String,
     rows: Vec<Row>,
     /// Distinct bucket lists with their rendered `le` labels.
     le_labels: Vec<(Arc<[f64]>, Vec<String>)>,
     /// Text or OpenMetrics (exemplars, `# EOF`).
     format: Format,
-    family: usize,
-    row: usize,
-    /// Whether the end (OpenMetrics' `# EOF`) was written.
-    ended: bool,
 }
 
-impl Rendering {
+/// Positions `start..end` of a [`Page`]: written alone, the parts of a page make it whole
+/// when joined in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    start: usize,
+    end: usize,
+}
+
+impl Part {
+    /// Whether this part ends the page (OpenMetrics' `# EOF` is written with it).
+    pub fn is_last_of(&self, page: &Page) -> bool {
+        self.end == page.positions()
+    }
+}
+
+impl Page {
     pub(super) fn new(head: String, probes: Vec<Arc<ProbeMetrics>>, format: Format) -> Self {
         // Every row carries the union of the probes' static label names, empty where a probe
         // has none. The format does not require it (series of one family may carry different
@@ -508,14 +531,108 @@ impl Rendering {
             })
             .collect();
         Self {
-            head: Some(head),
+            head,
             rows,
             le_labels,
             format,
-            family: 0,
-            row: 0,
-            ended: false,
         }
+    }
+
+    /// The number of positions: the head, then a header and a position per probe for each
+    /// per-probe family.
+    fn positions(&self) -> usize {
+        1 + PROBE_FAMILIES.len() * (self.rows.len() + 1)
+    }
+
+    /// Splits the page into parts of about `bytes` each (the last may be smaller), from each
+    /// family's size over a few of its rows: a histogram's row is ten times a gauge's.
+    pub fn parts(&self, bytes: usize) -> Vec<Part> {
+        let bytes = bytes.max(1);
+        let mut ends = Vec::new();
+        let (mut position, mut filled) = (1, self.head.len());
+        for family in PROBE_FAMILIES {
+            let row_bytes = self.row_estimate(family);
+            position += 1;
+            filled += HEADER_ESTIMATE;
+            let mut left = self.rows.len();
+            while left > 0 {
+                if filled >= bytes {
+                    ends.push(position);
+                    filled = 0;
+                }
+                let fitting = (bytes - filled).div_ceil(row_bytes).min(left);
+                filled += fitting * row_bytes;
+                position += fitting;
+                left -= fitting;
+            }
+        }
+        debug_assert_eq!(position, self.positions());
+        if ends.last() != Some(&position) {
+            ends.push(position);
+        }
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let part = Part { start, end };
+                start = end;
+                part
+            })
+            .collect()
+    }
+
+    /// Bytes of one of `family`'s rows, on average over up to [`ROWS_SAMPLED`] probes spread
+    /// over the page (at least one byte).
+    fn row_estimate(&self, family: &ProbeFamily) -> usize {
+        let sampled = self.rows.len().min(ROWS_SAMPLED);
+        if sampled == 0 {
+            return 1;
+        }
+        let mut scratch = String::new();
+        for index in 0..sampled {
+            let row = &self.rows[index * self.rows.len() / sampled];
+            (family.write)(&mut scratch, &family.def, self, row, &row.probe.values());
+        }
+        (scratch.len() / sampled).max(1)
+    }
+
+    /// Appends `part` of the page to `out`.
+    pub fn write(&self, part: Part, out: &mut String) {
+        let stride = self.rows.len() + 1;
+        for position in part.start..part.end {
+            let Some(position) = position.checked_sub(1) else {
+                out.push_str(&self.head);
+                continue;
+            };
+            let Some(family) = PROBE_FAMILIES.get(position / stride) else {
+                break;
+            };
+            match (position % stride).checked_sub(1) {
+                None => header(out, &family.def, self.format),
+                Some(row) => {
+                    let row = &self.rows[row];
+                    // One family's samples of a probe under one hold of its lock: a
+                    // histogram's buckets, sum and count always agree.
+                    let values = row.probe.values();
+                    (family.write)(out, &family.def, self, row, &values);
+                }
+            }
+        }
+        if part.is_last_of(self) && self.format == Format::OpenMetrics {
+            out.push_str(openmetrics::EOF);
+        }
+    }
+}
+
+/// A [`Page`] written part after part as it is read, on the reader's thread.
+pub struct Rendering {
+    page: Page,
+    parts: std::vec::IntoIter<Part>,
+}
+
+impl From<Page> for Rendering {
+    fn from(page: Page) -> Self {
+        let parts = page.parts(CHUNK_BYTES).into_iter();
+        Self { page, parts }
     }
 }
 
@@ -524,35 +641,9 @@ impl Iterator for Rendering {
 
     /// The next piece of the page (about 64 KiB), `None` at the end.
     fn next(&mut self) -> Option<String> {
-        if let Some(head) = self.head.take() {
-            return Some(head);
-        }
+        let part = self.parts.next()?;
         let mut out = String::with_capacity(CHUNK_BYTES + 4096);
-        while out.len() < CHUNK_BYTES {
-            let Some(family) = PROBE_FAMILIES.get(self.family) else {
-                if !self.ended && self.format == Format::OpenMetrics {
-                    out.push_str(openmetrics::EOF);
-                }
-                self.ended = true;
-                break;
-            };
-            if self.row == 0 {
-                header(&mut out, &family.def, self.format);
-            }
-            match self.rows.get(self.row) {
-                Some(row) => {
-                    // One family's samples of a probe under one hold of its lock: a
-                    // histogram's buckets, sum and count always agree.
-                    let values = row.probe.values();
-                    (family.write)(&mut out, &family.def, self, row, &values);
-                    self.row += 1;
-                }
-                None => {
-                    self.family += 1;
-                    self.row = 0;
-                }
-            }
-        }
-        (!out.is_empty()).then_some(out)
+        self.page.write(part, &mut out);
+        Some(out)
     }
 }

@@ -7,6 +7,7 @@ mod api;
 pub mod auth;
 mod client_auth;
 mod csrf;
+mod metrics_page;
 mod status_page;
 pub mod web_config;
 
@@ -20,7 +21,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::{Format, Metrics};
@@ -102,14 +102,7 @@ pub fn router(handles: Handles) -> Router {
     let auth = handles.auth.clone();
     let response_headers = handles.response_headers.clone();
     let quick = Router::new()
-        .route(
-            "/metrics",
-            get(metrics).layer(
-                CompressionLayer::new()
-                    .gzip(true)
-                    .quality(CompressionLevel::Fastest),
-            ),
-        )
+        .route("/metrics", get(metrics))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload))
@@ -187,18 +180,40 @@ async fn metrics(State(handles): State<Handles>, headers: axum::http::HeaderMap)
         .collect::<Vec<_>>()
         .join(",");
     let format = negotiate(&accept);
-    // Written piece by piece as the client reads: memory stays bounded at any probe count,
-    // and each piece is a fraction of a millisecond of work on this thread.
-    let body = axum::body::Body::new(MetricsBody(handles.metrics.render_as(format)));
-    (
+    let accept_encoding = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let gzip = metrics_page::accepts_gzip(&accept_encoding);
+    // Built and written on the render threads, ahead of the reader: memory stays bounded at
+    // any probe count, and the serving threads only pass the parts on.
+    let Some(body) = metrics_page::MetricsBody::start(handles.metrics.clone(), format, gzip).await
+    else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while listing the probes\n",
+        )
+            .into_response();
+    };
+    let body = axum::body::Body::new(body);
+    let mut response = (
         [
             (header::CONTENT_TYPE, format.content_type()),
-            // The answer depends on the Accept header: a cache must not mix the formats.
-            (header::VARY, "Accept"),
+            // The answer depends on both headers: a cache must not mix formats or encodings.
+            (header::VARY, "Accept, Accept-Encoding"),
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if gzip {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            axum::http::HeaderValue::from_static("gzip"),
+        );
+    }
+    response
 }
 
 /// The format an `Accept` header asks for: OpenMetrics when it ranks
@@ -224,25 +239,6 @@ fn negotiate(accept: &str) -> Format {
         Format::OpenMetrics
     } else {
         Format::Text
-    }
-}
-
-/// A `/metrics` page as an HTTP body.
-struct MetricsBody(crate::metrics::Rendering);
-
-impl http_body::Body for MetricsBody {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::task::Poll::Ready(
-            self.0
-                .next()
-                .map(|piece| Ok(http_body::Frame::data(piece.into()))),
-        )
     }
 }
 
