@@ -96,35 +96,24 @@ impl Probes {
         self.all().iter().map(|probe| probe.view(history)).collect()
     }
 
-    /// The probes `filter` keeps, by name: how many there are, and the views of those from
-    /// `offset` on (at most `limit`), each with at most `history` past results (`None`:
-    /// none, and no `history` field). Only the views of the page are built, so a small page
-    /// of a large set costs little.
+    /// The probes `filter` keeps, by name: how many there are, and those from `offset` on
+    /// (at most `limit`). The caller builds only the views of that page, so a small page of
+    /// a large set costs little.
     pub fn select(
         &self,
         filter: &ProbeFilter,
         offset: usize,
         limit: usize,
-        history: Option<usize>,
-    ) -> (usize, Vec<ProbeView>) {
-        let matching: Vec<Arc<ProbeState>> = self
+    ) -> (usize, Vec<Arc<ProbeState>>) {
+        let mut matching: Vec<Arc<ProbeState>> = self
             .all()
             .into_iter()
             .filter(|probe| filter.keeps(probe))
             .collect();
-        let page = matching
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|probe| {
-                let mut view = probe.view(history.unwrap_or(0));
-                if history.is_none() {
-                    view.history = None;
-                }
-                view
-            })
-            .collect();
-        (matching.len(), page)
+        let total = matching.len();
+        matching.truncate(offset.saturating_add(limit));
+        matching.drain(..offset.min(total));
+        (total, matching)
     }
 }
 
@@ -353,6 +342,16 @@ impl ProbeState {
             Some(record) if record.success() => Health::Ok,
             Some(_) => Health::Failing,
         }
+    }
+
+    /// The view of this probe in a list: with at most `history` past results, or without a
+    /// `history` field when `None`.
+    pub fn list_view(&self, history: Option<usize>) -> ProbeView {
+        let mut view = self.view(history.unwrap_or(0));
+        if history.is_none() {
+            view.history = None;
+        }
+        view
     }
 
     /// The view of this probe, with at most `history` past results.

@@ -278,7 +278,7 @@ pub(crate) async fn off_the_serving_thread(
 /// other work (bcrypt checks, a reload's file reads) may land on a lowered thread and wait
 /// the same way under load. bench/run.py at 10,000 probes, three runs each: `/-/healthy`
 /// under load p50 1.15-1.33 ms (1.60-2.00 without), p99 36-129 ms (83-108 without).
-fn lower_this_threads_priority() {
+pub(crate) fn lower_this_threads_priority() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
