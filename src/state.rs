@@ -656,7 +656,7 @@ impl From<&Outcome> for ResultView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A successful run with a fresh id.
@@ -680,20 +680,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn finding_a_run_among_a_million_takes_milliseconds() {
-        // Arrange: 10,000 probes keeping 100 results each.
-        let (probe_count, history_size) = (10_000, 100);
+    /// `count` probes named `p00000`... that have not run, each keeping `history_size`
+    /// results: their states, and a read model they are not yet published in.
+    pub(crate) fn probe_states(
+        count: usize,
+        history_size: usize,
+    ) -> (Probes, Vec<Arc<ProbeState>>) {
         let mut text = String::from("probes:\n");
-        for i in 0..probe_count {
+        for i in 0..count {
             text.push_str(&format!(
                 "  - {{name: p{i:05}, url: 'http://127.0.0.1:1/'}}\n"
             ));
         }
         let config = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
         let registry = Arc::new(Metrics::new().unwrap());
-        let probes = Probes::new();
-        let states: Vec<Arc<ProbeState>> = config
+        let states = config
             .probes
             .iter()
             .map(|spec| {
@@ -701,6 +702,14 @@ mod tests {
                 ProbeState::new(spec.clone(), metrics, registry.clone(), history_size)
             })
             .collect();
+        (Probes::new(), states)
+    }
+
+    #[test]
+    fn finding_a_run_among_a_million_takes_milliseconds() {
+        // Arrange: 10,000 probes keeping 100 results each.
+        let (probe_count, history_size) = (10_000, 100);
+        let (probes, states) = probe_states(probe_count, history_size);
         let mut oldest_of_first = None;
         for (i, state) in states.iter().enumerate() {
             let mut history = lock(&state.history);

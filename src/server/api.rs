@@ -9,7 +9,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-
 use serde::Deserialize;
 
 use super::Handles;
@@ -244,24 +243,11 @@ pub async fn run(State(handles): State<Handles>, Path(name): Path<String>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::state::Probes;
 
     /// `count` probes that never ran, published in a read model.
-    fn probes(count: usize) -> Probes {
-        let mut text = String::from("probes:\n");
-        for i in 0..count {
-            text.push_str(&format!(
-                "  - {{name: p{i:04}, url: 'http://127.0.0.1:1/', labels: {{n: '{i}'}}}}\n"
-            ));
-        }
-        let config = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
-        let registry = Arc::new(Metrics::new().unwrap());
-        let probes = Probes::new();
-        probes.publish(config.probes.iter().map(|spec| {
-            let metrics = registry.register_probe(spec, &[0.1, 1.0]);
-            ProbeState::new(spec.clone(), metrics, registry.clone(), 10)
-        }));
+    fn probes(count: usize) -> crate::state::Probes {
+        let (probes, states) = crate::state::tests::probe_states(count, 10);
+        probes.publish(states);
         probes
     }
 

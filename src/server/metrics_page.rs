@@ -225,14 +225,8 @@ impl http_body::Body for MetricsBody {
 /// above zero, or, when gzip is not named, `*` with one (RFC 9110, 12.5.3).
 pub(super) fn accepts_gzip(accept_encoding: &str) -> bool {
     let (mut gzip, mut any) = (None, None);
-    for coding in accept_encoding.split(',') {
-        let mut parts = coding.split(';');
-        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|param| param.split_once('='))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
-            .map_or(1.0, |(_, value)| value.trim().parse().unwrap_or(0.0_f32));
-        match name.as_str() {
+    for (coding, q) in super::weighted(accept_encoding) {
+        match coding.as_str() {
             "gzip" | "x-gzip" => gzip = Some(gzip.map_or(q, |seen: f32| seen.max(q))),
             "*" => any = Some(q),
             _ => {}

@@ -173,20 +173,8 @@ pub async fn serve(
 }
 
 async fn metrics(State(handles): State<Handles>, headers: axum::http::HeaderMap) -> Response {
-    let accept = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    let format = negotiate(&accept);
-    let accept_encoding = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    let gzip = metrics_page::accepts_gzip(&accept_encoding);
+    let format = negotiate(&header_list(&headers, header::ACCEPT));
+    let gzip = metrics_page::accepts_gzip(&header_list(&headers, header::ACCEPT_ENCODING));
     // Built and written on the render threads, ahead of the reader: memory stays bounded at
     // any probe count, and the serving threads only pass the parts on.
     let Some(body) = metrics_page::MetricsBody::start(handles.metrics.clone(), format, gzip).await
@@ -216,19 +204,38 @@ async fn metrics(State(handles): State<Handles>, headers: axum::http::HeaderMap)
     response
 }
 
+/// Every value of header `name` as one comma-separated list (a header may come several
+/// times, each a part of the list).
+fn header_list(headers: &axum::http::HeaderMap, name: header::HeaderName) -> String {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The items of a comma-separated `Accept`-style list, each in lower case with its weight:
+/// `q` when given, 1 when absent, 0 when unreadable.
+fn weighted(list: &str) -> impl Iterator<Item = (String, f32)> + '_ {
+    list.split(',').map(|item| {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, value)| value.trim().parse().unwrap_or(0.0));
+        (name, q)
+    })
+}
+
 /// The format an `Accept` header asks for: OpenMetrics when it ranks
 /// `application/openmetrics-text` (any version: 1.0.0 is answered) above zero and at least
 /// as high as the text format (`text/plain`, `text/*`, `*/*`); else the text format, also
 /// when there is no header. Prometheus asks for OpenMetrics first.
 fn negotiate(accept: &str) -> Format {
     let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
-    for range in accept.split(',') {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|param| param.split_once('='))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
-            .map_or(1.0, |(_, value)| value.trim().parse().unwrap_or(0.0));
+    for (media, q) in weighted(accept) {
         match media.as_str() {
             "application/openmetrics-text" => openmetrics = openmetrics.max(q),
             "text/plain" | "text/*" | "*/*" => text = text.max(q),
