@@ -79,7 +79,7 @@ pub(super) struct MetricsBody {
     /// Parts not yet handed to a thread.
     waiting: std::vec::IntoIter<Part>,
     /// Parts being written, in page order.
-    writing: VecDeque<JoinHandle<Written>>,
+    writing: VecDeque<JoinHandle<std::io::Result<Written>>>,
     /// For a gzipped page: the checksum and length so far, and whether the header is out.
     gzip: Option<GzipMember>,
 }
@@ -129,14 +129,14 @@ impl MetricsBody {
 }
 
 /// Writes `part` of `page`, compressed as a piece of one deflate stream when `gzip`.
-fn write_part(page: &Page, part: Part, gzip: bool) -> Written {
+fn write_part(page: &Page, part: Part, gzip: bool) -> std::io::Result<Written> {
     let mut text = String::with_capacity(PART_BYTES + PART_BYTES / 4);
     page.write(part, &mut text);
     if !gzip {
-        return Written {
+        return Ok(Written {
             bytes: Bytes::from(text),
             crc: None,
-        };
+        });
     }
     let mut crc = Crc::new();
     crc.update(text.as_bytes());
@@ -145,15 +145,15 @@ fn write_part(page: &Page, part: Part, gzip: bool) -> Written {
     } else {
         FlushCompress::Sync
     };
-    Written {
-        bytes: Bytes::from(deflate(text.as_bytes(), flush)),
+    Ok(Written {
+        bytes: Bytes::from(deflate(text.as_bytes(), flush)?),
         crc: Some(crc),
-    }
+    })
 }
 
 /// `input` as raw deflate blocks, ended by `flush`: a sync flush ends on a byte boundary
 /// with the stream open, so the next part's blocks may follow; `Finish` closes the stream.
-fn deflate(input: &[u8], flush: FlushCompress) -> Vec<u8> {
+fn deflate(input: &[u8], flush: FlushCompress) -> std::io::Result<Vec<u8>> {
     let mut compressor = Compress::new(Compression::fast(), false);
     let mut out = Vec::with_capacity(input.len() / 4 + 1024);
     loop {
@@ -165,11 +165,11 @@ fn deflate(input: &[u8], flush: FlushCompress) -> Vec<u8> {
             Ok(Status::StreamEnd) => true,
             // A flush is complete when all the input is in and room was left after it.
             Ok(_) => flush == FlushCompress::Sync && all_in && out.len() < out.capacity(),
-            // Compressing to memory fails only on a misuse of the stream: stop, not loop.
-            Err(_) => true,
+            // Only a misuse of the stream fails: the scrape fails, never with a broken page.
+            Err(error) => return Err(std::io::Error::other(error)),
         };
         if done {
-            return out;
+            return Ok(out);
         }
         out.reserve(out.capacity());
     }
@@ -206,10 +206,11 @@ impl http_body::Body for MetricsBody {
                 Poll::Ready(result) => result,
             };
             this.writing.pop_front();
+            // A panic or a compressor error: the scrape fails rather than answers part of a
+            // page (hyper ends the connection without the last chunk).
             let written = written.map_err(|error| {
-                // A panic while writing: the scrape fails rather than answers part of a page.
                 std::io::Error::other(format!("writing /metrics failed: {error}"))
-            })?;
+            })??;
             if let (Some(gzip), Some(crc)) = (&mut this.gzip, &written.crc) {
                 gzip.crc.combine(crc);
             }
