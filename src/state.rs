@@ -90,12 +90,6 @@ impl Probes {
         })
     }
 
-    /// Every probe's view by name, each with at most `history` past results.
-    pub fn list(&self, history: usize) -> Vec<ProbeView> {
-        // The set's lock is released before any probe's is taken.
-        self.all().iter().map(|probe| probe.view(history)).collect()
-    }
-
     /// The probes `filter` keeps, by name: how many there are, and those from `offset` on
     /// (at most `limit`). The caller builds only the views of that page, so a small page of
     /// a large set costs little.

@@ -277,6 +277,30 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_at_once_and_one_dropped_halfway_each_get_their_whole_page() {
+        let metrics = crate::metrics::tests::ran_probes(3000);
+        let plain = String::from_utf8(body_of(metrics.page(Format::Text), false).await).unwrap();
+        // A client gone after the first part: its parts in flight finish and are dropped.
+        let mut dropped = MetricsBody::new(metrics.page(Format::Text), true);
+        assert!(dropped.frame().await.is_some());
+        drop(dropped);
+        // Three at once queue more parts than the render threads.
+        let (a, b, c) = tokio::join!(
+            body_of(metrics.page(Format::Text), true),
+            body_of(metrics.page(Format::Text), false),
+            body_of(metrics.page(Format::Text), true),
+        );
+        for gzipped in [a, c] {
+            let mut unzipped = String::new();
+            flate2::read::GzDecoder::new(&gzipped[..])
+                .read_to_string(&mut unzipped)
+                .unwrap();
+            assert_eq!(per_probe(&unzipped), per_probe(&plain));
+        }
+        assert_eq!(per_probe(&String::from_utf8(b).unwrap()), per_probe(&plain));
+    }
+
     #[tokio::test]
     async fn a_page_without_probes_gzips_whole() {
         let metrics = crate::metrics::Metrics::new().unwrap();
