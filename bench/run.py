@@ -105,6 +105,13 @@ def fnv1a(name):
     return h
 
 
+def phase_offset_ns(name, period_ns):
+    """The exporter's phase of an interval probe (src/schedule.rs, phase_offset): whole steps
+    of 10 ms, or of a hundredth of the period if that is shorter."""
+    grid = max(1, min(10_000_000, period_ns // 100))
+    return fnv1a(name) % max(1, period_ns // grid) * grid
+
+
 def start_nginx(workdir):
     port = free_port()
     conf = workdir / "nginx.conf"
@@ -230,7 +237,7 @@ def nginx_lags(log, since, until, interval):
             continue
         code = uri.rsplit("/", 1)[1]
         name = f"webhook-{int(code[-8:]):05d}"
-        offset = fnv1a(name) % period_ns
+        offset = phase_offset_ns(name, period_ns)
         t_ns = int(t * 1e9)
         # Distance to the nearest planned slot: nginx's clock (millisecond $msec) and the
         # exporter's may put an on-time arrival a hair before its slot.
