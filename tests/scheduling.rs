@@ -839,3 +839,36 @@ async fn an_on_demand_run_inside_a_skip_window_still_runs() {
     assert_eq!(starts_of(&harness.calls, "p").len(), 1);
     harness.scheduler.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_probes_hold_no_task_each_and_a_removed_probe_is_let_go_at_once() {
+    let mut text = String::from("probes:\n");
+    for i in 0..500 {
+        text.push_str(&format!(
+            "  - {{name: p{i}, url: 'http://127.0.0.1:1/', interval: 1h, timeout: 1s}}\n"
+        ));
+    }
+    text.push_str(
+        "  - {name: new-year, url: 'http://127.0.0.1:1/', schedule: '0 0 1 1 *', timeout: 1s}\n",
+    );
+    let wall = Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, 0).unwrap();
+    let harness = start(&text, wall, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A task per probe costs about a kilobyte each at 10,000 probes; the plan needs none.
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert!(alive < 10, "{alive} tasks alive for 501 idle probes");
+    // Removed, a probe whose next run is a month away is not kept until then.
+    let new_year = harness.scheduler.probe("new-year").unwrap();
+    harness.scheduler.apply(&parse(
+        "probes:\n  - {name: p0, url: 'http://127.0.0.1:1/', interval: 1h, timeout: 1s}\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        Arc::strong_count(&new_year),
+        1,
+        "the removed probe's state is still held"
+    );
+    harness.scheduler.shutdown().await;
+}

@@ -1,21 +1,22 @@
 //! Time and tasks only: when to run what, never two runs of one probe at once, the global
 //! and per-server caps, how late each run started, and what a new config changes.
 //!
-//! One timer task per probe sleeps until the next planned instant, then drives the run in
-//! that same task while it keeps watching the plan: a run still going (or still waiting for
-//! a slot) when the next one is due makes that next one skipped and counted, so the plan
-//! stays exact. A run waits for its server slot, then for a global slot, and gives up when
-//! the probe is stopped before it got them; a panic inside it is a failed run, never a dead
-//! timer. An on-demand run ([`Scheduler::run_now`]) gets a task of its own, tracked like
-//! the timers for shutdown. Every outcome is recorded through the read model
-//! (`crate::state::ProbeState::record`): the scheduler keeps no results itself. The probe
-//! itself is behind [`Runner`], so tests drive the scheduler with a stub and paused tokio
-//! time.
+//! Each probe thread has one queue of planned instants and one task that sleeps until the
+//! earliest ([`timers`]): at each instant due it starts the probe's run in a task of its own,
+//! or, the previous run still going (or still waiting for a slot), skips and counts it, and
+//! queues the probe's next instant, so the plan stays exact. A run waits for its server
+//! slot, then for a global slot, and gives up when the probe is stopped before it got them;
+//! a panic inside it is a failed run, never a lost plan. An on-demand run
+//! ([`Scheduler::run_now`]) gets a task of its own, tracked like the others for shutdown.
+//! Every outcome is recorded through the read model (`crate::state::ProbeState::record`):
+//! the scheduler keeps no results itself. The probe itself is behind [`Runner`], so tests
+//! drive the scheduler with a stub and paused tokio time.
 
 mod clock;
 mod run;
 mod runtimes;
 mod slots;
+mod timers;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -40,6 +41,7 @@ pub use clock::Clock;
 use run::run;
 pub use runtimes::ProbeRuntimes;
 use slots::{Permits, Slots};
+use timers::{Due, Timers};
 
 /// Runs one probe once. Production uses [`crate::probe::run`]; tests use stubs.
 pub type Runner =
@@ -66,6 +68,12 @@ struct Shared {
     storage: std::sync::OnceLock<crate::storage::Recorder>,
     /// What the store kept, by probe, until the first config is applied.
     restored: Mutex<BTreeMap<String, crate::storage::Saved>>,
+    /// The planned instants, one queue per runtime (one for the current runtime).
+    timers: Vec<Timers>,
+    /// Set once the timer tasks were started (at the first probe).
+    timers_started: std::sync::Once,
+    /// The scheduler's: stops the timer tasks.
+    cancel: CancellationToken,
 }
 
 impl Shared {
@@ -84,6 +92,96 @@ impl Shared {
 }
 
 impl Shared {
+    /// The queue of probe `name`'s thread.
+    fn timers_of(&self, name: &str) -> &Timers {
+        &self.timers[runtimes::runtime_of(name, self.timers.len())]
+    }
+
+    /// Starts one timer task per runtime, once.
+    fn start_timers(self: &Arc<Self>) {
+        self.timers_started.call_once(|| {
+            for index in 0..self.timers.len() {
+                let timers = drive_timers(self.clone(), index);
+                match self.runtimes.get(index) {
+                    Some(runtime) => drop(self.tracker.spawn_on(timers, runtime)),
+                    None => drop(self.tracker.spawn(timers)),
+                }
+            }
+        });
+    }
+
+    /// Queues the next instant of a probe (`next`, planned from its schedule) and publishes
+    /// it as the probe's next run. Nothing is queued for a probe stopped meanwhile, or whose
+    /// schedule never fires again.
+    fn plan(&self, state: Arc<ProbeState>, cancel: CancellationToken, next: NextStart) {
+        if cancel.is_cancelled() {
+            state.set_next_run(None);
+            return;
+        }
+        state.set_next_run(next.at());
+        let (wall, runs) = match next {
+            NextStart::At(wall) => (wall, true),
+            // An always-open skip window: nothing to plan before `resume`.
+            NextStart::Blocked(resume) => (resume, false),
+            NextStart::Never => return,
+        };
+        let at = self.clock.instant_at(wall);
+        self.timers_of(&state.spec.name).insert(
+            at,
+            Due {
+                state,
+                cancel,
+                wall,
+                runs,
+            },
+        );
+    }
+
+    /// Handles one instant due: starts the run planned at it, or skips and counts it if the
+    /// probe is still busy; then queues the probe's next instant. Instants inside a `skip`
+    /// maintenance window are never planned at all (so never counted as skipped): the plan
+    /// jumps to the first one after the window.
+    fn handle(self: &Arc<Self>, at: Instant, due: Due) {
+        let Due {
+            state,
+            cancel,
+            wall,
+            runs,
+        } = due;
+        if cancel.is_cancelled() {
+            return;
+        }
+        // The next slot after this one; if the timer woke late, no burst of catch-up runs.
+        let after = wall.max(self.clock.now());
+        // One task plans every probe of its thread: a panic while planning one (a bug in
+        // the schedule code) stops that probe's plan, never its neighbours'.
+        let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            state.spec.next_start(after)
+        }));
+        let Ok(next) = planned else {
+            tracing::error!(probe = %state.spec.name, "planning the next run panicked: the probe runs no more until the config is reloaded with a change to it");
+            state.set_next_run(None);
+            return;
+        };
+        if runs {
+            match state.try_claim() {
+                // A cancelled probe lets a run that started finish and be recorded; one still
+                // waiting for a slot gives up.
+                Some(claim) => {
+                    drop(
+                        self.tracker
+                            .spawn(run(claim, self.clone(), Some(at), cancel.clone())),
+                    )
+                }
+                None => {
+                    state.metrics.skipped();
+                    tracing::debug!(probe = %state.spec.name, "previous run still going: planned run skipped");
+                }
+            }
+        }
+        self.plan(state, cancel, next);
+    }
+
     /// Waits for the server slot (capped servers), then a global slot; `None` when `cancel`
     /// fires first.
     async fn acquire(&self, spec: &ProbeSpec, cancel: &CancellationToken) -> Option<Permits> {
@@ -149,6 +247,7 @@ impl Scheduler {
         cancel: CancellationToken,
         runtimes: Vec<tokio::runtime::Handle>,
     ) -> Self {
+        let runtimes_count = runtimes.len();
         let shared = Arc::new(Shared {
             metrics,
             runner,
@@ -159,6 +258,11 @@ impl Scheduler {
             runtimes,
             storage: std::sync::OnceLock::new(),
             restored: Mutex::default(),
+            timers: (0..runtimes_count.max(1))
+                .map(|_| Timers::default())
+                .collect(),
+            timers_started: std::sync::Once::new(),
+            cancel: cancel.clone(),
         });
         Self {
             shared,
@@ -236,6 +340,11 @@ impl Scheduler {
             self.stop(&name, &entry);
             summary.removed += 1;
         }
+        if summary.removed + summary.changed > 0 {
+            for timers in &self.shared.timers {
+                timers.forget_cancelled();
+            }
+        }
         metrics
             .probes_configured
             .set(i64::try_from(probes.len()).unwrap_or(i64::MAX));
@@ -270,8 +379,9 @@ impl Scheduler {
         }
         tracing::debug!(probe = %state.spec.name, url = %state.spec.target.redacted(), schedule = %state.spec.schedule, "probe scheduled");
         let cancel = self.cancel.child_token();
-        let timer = timer(state.clone(), self.shared.clone(), cancel.clone());
-        self.shared.spawn(&state.spec.name, timer);
+        self.shared.start_timers();
+        let next = state.spec.next_start(self.shared.clock.now());
+        self.shared.plan(state.clone(), cancel.clone(), next);
         if !state.spec.maintenance.is_empty() {
             let edges = maintenance_edges(state.clone(), self.shared.clone(), cancel.clone());
             self.shared.spawn(&state.spec.name, edges);
@@ -281,6 +391,7 @@ impl Scheduler {
 
     fn stop(&self, name: &str, entry: &Entry) {
         entry.cancel.cancel();
+        entry.state.set_next_run(None);
         self.shared.metrics.remove_probe(name, &entry.state.metrics);
     }
 
@@ -348,77 +459,17 @@ impl Scheduler {
     }
 }
 
-/// The timer of one probe: sleep to the planned instant, start a run or skip it, repeat.
-/// Planned instants inside a `skip` maintenance window are never planned at all (so never
-/// counted as skipped): the plan jumps to the first one after the window.
-async fn timer(state: Arc<ProbeState>, shared: Arc<Shared>, cancel: CancellationToken) {
-    let spec = state.spec.clone();
-    let plan = |wall: DateTime<Utc>| spec.next_start(wall);
-    let mut planned = plan(shared.clock.now());
-    loop {
-        let wall = match planned {
-            NextStart::Never => break,
-            NextStart::Blocked(resume) => {
-                // An always-open skip window: nothing to plan before `resume`.
-                state.set_next_run(None);
-                tokio::select! {
-                    () = tokio::time::sleep_until(shared.clock.instant_at(resume)) => {}
-                    () = cancel.cancelled() => break,
-                }
-                planned = plan(resume.max(shared.clock.now()));
-                continue;
-            }
-            NextStart::At(wall) => wall,
-        };
-        state.set_next_run(Some(wall));
-        let deadline = shared.clock.instant_at(wall);
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {}
-            () = cancel.cancelled() => break,
-        }
-        // The next slot after this one; if the timer woke late, no burst of catch-up runs.
-        planned = plan(wall.max(shared.clock.now()));
-        let Some(claim) = state.try_claim() else {
-            state.metrics.skipped();
-            tracing::debug!(probe = %spec.name, "previous run still going: planned run skipped");
-            continue;
-        };
-        // The run goes on in this task (no task per run); slots that pass meanwhile are
-        // skipped and counted. A cancelled timer lets a run that started finish and be
-        // recorded; one still waiting for a slot gives up. Boxed only while it runs: the
-        // future of a run is a few kilobytes, and thousands of idle timers should not each
-        // hold one.
-        let mut run = Box::pin(run(claim, shared.clone(), Some(deadline), cancel.clone()));
-        loop {
-            // (wall, instant, whether passing it skips a planned run)
-            let next = match planned {
-                NextStart::At(wall) => Some((wall, true)),
-                NextStart::Blocked(resume) => Some((resume, false)),
-                NextStart::Never => None,
-            }
-            .map(|(wall, counted)| (wall, shared.clock.instant_at(wall), counted));
-            state.set_next_run(planned.at());
-            tokio::select! {
-                biased;
-                _ = &mut run => break,
-                () = sleep_until_some(next.map(|(_, at, _)| at)) => {
-                    if let Some((wall, _, counted)) = next {
-                        if counted {
-                            state.metrics.skipped();
-                            tracing::debug!(probe = %spec.name, "run still going: planned run skipped");
-                        }
-                        planned = plan(wall);
-                    }
-                }
-                () = cancel.cancelled() => {
-                    run.await;
-                    state.set_next_run(None);
-                    return;
-                }
-            }
+/// The timer task of runtime `index`: waits for the instants of its probes and handles
+/// each one due, until the scheduler stops.
+async fn drive_timers(shared: Arc<Shared>, index: usize) {
+    let mut due = Vec::new();
+    while shared.timers[index].wait(&shared.cancel).await {
+        shared.timers[index].take_due(Instant::now(), &mut due);
+        for (at, one) in due.drain(..) {
+            shared.handle(at, one);
         }
     }
-    state.set_next_run(None);
+    shared.timers[index].clear();
 }
 
 /// Keeps a probe's maintenance state (`webhook_probe_maintenance`, the API's
