@@ -190,14 +190,24 @@ enum Command {
 /// probes/s: one arena (GLIBC_TUNABLES, quiet machine) 164 → 134 MiB after 4 minutes; two
 /// (this call, busy machine) 282 → 219 MiB after 3 minutes. Two, so the two probe threads
 /// do not share one lock. Set before any thread starts.
+///
+/// A fixed mmap threshold: blocks of 256 KiB and more (the parts of a `/metrics` answer, their
+/// compressors, a page's row lists) are mapped on their own and unmapped when freed. glibc's
+/// default raises the threshold after each such free, so from the first scrape on they came
+/// from the arenas and each scrape left a few MB of them there.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before any other
     // thread exists, as glibc asks.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
+
+/// See [`limit_malloc_arenas`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
