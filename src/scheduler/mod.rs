@@ -83,11 +83,20 @@ impl Shared {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        if self.runtimes.is_empty() {
-            return self.tracker.spawn(work);
+        let index = runtimes::runtime_of(name, self.runtimes.len().max(1));
+        self.spawn_on(index, work)
+    }
+
+    /// Spawns `work` on runtime `index` (on the current one when the scheduler has none).
+    fn spawn_on<F>(&self, index: usize, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.runtimes.get(index) {
+            Some(runtime) => self.tracker.spawn_on(work, runtime),
+            None => self.tracker.spawn(work),
         }
-        let index = runtimes::runtime_of(name, self.runtimes.len());
-        self.tracker.spawn_on(work, &self.runtimes[index])
     }
 }
 
@@ -101,11 +110,7 @@ impl Shared {
     fn start_timers(self: &Arc<Self>) {
         self.timers_started.call_once(|| {
             for index in 0..self.timers.len() {
-                let timers = drive_timers(self.clone(), index);
-                match self.runtimes.get(index) {
-                    Some(runtime) => drop(self.tracker.spawn_on(timers, runtime)),
-                    None => drop(self.tracker.spawn(timers)),
-                }
+                drop(self.spawn_on(index, drive_timers(self.clone(), index)));
             }
         });
     }

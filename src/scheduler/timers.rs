@@ -66,14 +66,12 @@ impl Timers {
     /// Takes every instant due at `now` into `into`, earliest first.
     pub(super) fn take_due(&self, now: Instant, into: &mut Vec<(Instant, Due)>) {
         let mut queue = lock(&self.queue);
-        while queue
-            .due
-            .first_key_value()
-            .is_some_and(|((at, _), _)| *at <= now)
-        {
-            if let Some(((at, _), due)) = queue.due.pop_first() {
-                into.push((at, due));
+        while let Some(first) = queue.due.first_entry() {
+            if first.key().0 > now {
+                break;
             }
+            let ((at, _), due) = first.remove_entry();
+            into.push((at, due));
         }
     }
 
